@@ -1,0 +1,38 @@
+"""Pure renderers (annotation -> RGB uint8 image) and their decoders (image -> annotation).
+
+Every renderer here has a decoder, and tests prove the round trip on exact ground truth.
+"""
+
+from lavin_data.render.boxes import box_iou, decode_boxes, decode_filled_box, render_boxes, render_filled_box
+from lavin_data.render.dense import (
+    angular_error_deg,
+    canny_edges,
+    decode_depth,
+    decode_edges,
+    decode_normals,
+    grey,
+    render_depth,
+    render_edges,
+    render_normals,
+)
+from lavin_data.render.masks import (
+    mask_iou,
+    decode_foreground,
+    decode_instances,
+    decode_panoptic,
+    decode_semantic,
+    render_foreground,
+    render_instances,
+    render_panoptic,
+    render_semantic,
+)
+from lavin_data.render.palette import PALETTE, THING_OFFSET, colour_index
+
+__all__ = [
+    "PALETTE", "THING_OFFSET", "colour_index",
+    "render_boxes", "decode_boxes", "render_filled_box", "decode_filled_box",
+    "render_instances", "decode_instances", "render_semantic", "decode_semantic",
+    "render_panoptic", "decode_panoptic", "render_foreground", "decode_foreground",
+    "render_depth", "decode_depth", "render_normals", "decode_normals",
+    "render_edges", "decode_edges", "canny_edges", "grey", "angular_error_deg", "box_iou", "mask_iou",
+]

@@ -1,0 +1,92 @@
+"""Dense renderings: depth (grey, near = bright), normals ((n+1)/2), edges (Canny)."""
+
+from __future__ import annotations
+
+import cv2
+import numpy as np
+
+
+def grey(img: np.ndarray) -> np.ndarray:
+    """(H, W, 3) uint8 RGB -> (H, W, 3) uint8 luma 0.299R + 0.587G + 0.114B, replicated."""
+    y = img.astype(np.float32) @ np.array([0.299, 0.587, 0.114], np.float32)
+    y = np.clip(np.rint(y), 0, 255).astype(np.uint8)
+    return np.repeat(y[..., None], 3, axis=2)
+
+
+def render_depth(value: np.ndarray, valid: np.ndarray | None = None, kind: str = "depth") -> tuple[np.ndarray, dict]:
+    """Depth or disparity -> grey image, near = bright, per-image min-max of disparity.
+
+    value: (H, W) float; ``kind="depth"`` (metres or any positive unit, 0 = invalid) is
+    inverted to disparity first, ``kind="disparity"`` (relative inverse depth, e.g.
+    Depth-Anything output) is used as is. Invalid pixels are black.
+    Returns ((H, W, 3) uint8, {"disparity_min", "disparity_max"}) so the rendering can be
+    mapped back to disparity.
+    """
+    value = value.astype(np.float64)
+    if valid is None:
+        valid = np.isfinite(value) & (value > 0) if kind == "depth" else np.isfinite(value)
+    disp = np.zeros_like(value)
+    if kind == "depth":
+        disp[valid] = 1.0 / value[valid]
+    elif kind == "disparity":
+        disp[valid] = value[valid]
+    else:
+        raise ValueError(f"kind must be 'depth' or 'disparity', got {kind!r}")
+    if not valid.any():
+        return np.zeros(value.shape + (3,), np.uint8), {"disparity_min": 0.0, "disparity_max": 0.0}
+    lo, hi = float(disp[valid].min()), float(disp[valid].max())
+    norm = (disp - lo) / max(hi - lo, 1e-12)
+    g = np.where(valid, np.rint(norm * 255), 0).astype(np.uint8)
+    return np.repeat(g[..., None], 3, axis=2), {"disparity_min": lo, "disparity_max": hi}
+
+
+def decode_depth(img: np.ndarray, disparity_min: float = 0.0, disparity_max: float = 1.0) -> np.ndarray:
+    """Grey rendering -> (H, W) float64 disparity (in [0, 1] unless the range is given).
+
+    The rendering fixes disparity only up to scale and shift; pass the json's range to
+    undo the per-image normalisation.
+    """
+    g = img[..., 0].astype(np.float64) / 255.0
+    return disparity_min + g * (disparity_max - disparity_min)
+
+
+def render_normals(normals: np.ndarray, valid: np.ndarray | None = None) -> np.ndarray:
+    """(H, W, 3) float unit normals (x right, y up, z towards the camera) -> RGB (n+1)/2.
+
+    Invalid pixels (``valid`` False, or zero-length normals) are black.
+    """
+    n = normals.astype(np.float32)
+    if valid is None:
+        valid = np.linalg.norm(n, axis=2) > 0.5
+    rgb = np.rint((n.clip(-1, 1) + 1.0) * 127.5).astype(np.uint8)
+    rgb[~valid] = 0
+    return rgb
+
+
+def decode_normals(img: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """RGB rendering -> ((H, W, 3) float32 unit normals, (H, W) bool valid = not black)."""
+    n = img.astype(np.float32) / 127.5 - 1.0
+    norm = np.linalg.norm(n, axis=2, keepdims=True)
+    valid = img.max(axis=2) > 0
+    return n / np.maximum(norm, 1e-6), valid
+
+
+def canny_edges(img: np.ndarray, low: float, high: float) -> np.ndarray:
+    """(H, W, 3) uint8 RGB -> (H, W) bool Canny edges of its luma."""
+    return cv2.Canny(grey(img)[..., 0], low, high, L2gradient=True) > 0
+
+
+def render_edges(edges: np.ndarray) -> np.ndarray:
+    """(H, W) bool -> white edges on black, (H, W, 3) uint8."""
+    return np.repeat((edges.astype(np.uint8) * 255)[..., None], 3, axis=2)
+
+
+def decode_edges(img: np.ndarray) -> np.ndarray:
+    """(H, W, 3) uint8 -> (H, W) bool edge mask."""
+    return img.max(axis=2) > 127
+
+
+def angular_error_deg(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Per-pixel angle in degrees between two (..., 3) unit-vector fields."""
+    cos = np.clip((a * b).sum(-1) / (np.linalg.norm(a, axis=-1) * np.linalg.norm(b, axis=-1) + 1e-12), -1, 1)
+    return np.degrees(np.arccos(cos))

@@ -1,0 +1,134 @@
+"""The shard format: a deterministic tar, a parquet index and a stats file written last.
+
+One shard is one unit of work, of resume and of commit (DESIGN.md §2). Files are written
+under a temporary name and renamed into place; the stats file comes last, so a shard
+whose stats file exists is complete and a re-run skips it.
+
+Tars are byte-reproducible: members sorted by (key, extension), mtime 0, uid/gid 0,
+no user names, mode 0644.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import tarfile
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+INDEX_SCHEMA = pa.schema([
+    ("key", pa.string()),
+    ("status", pa.string()),  # "ok" or "error"
+    ("stage", pa.string()),
+    ("error", pa.string()),
+    ("bytes", pa.int64()),
+])
+
+
+def check_key(key: str) -> str:
+    """Keys end at the first dot in WebDataset: refuse dots and slashes early."""
+    if not key or "." in key or "/" in key:
+        raise ValueError(f"invalid sample key {key!r}: keys may not be empty or contain '.' or '/'")
+    return key
+
+
+def stats_path(tar_path: str | os.PathLike) -> Path:
+    p = Path(tar_path)
+    return p.with_name(p.name.removesuffix(".tar") + ".stats.json")
+
+
+def index_path(tar_path: str | os.PathLike) -> Path:
+    p = Path(tar_path)
+    return p.with_name(p.name.removesuffix(".tar") + ".parquet")
+
+
+def shard_done(tar_path: str | os.PathLike) -> bool:
+    return stats_path(tar_path).exists()
+
+
+def read_stats(tar_path: str | os.PathLike) -> dict:
+    return json.loads(stats_path(tar_path).read_text())
+
+
+def _atomic_write(path: Path, data: bytes) -> None:
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    with open(tmp, "wb") as f:
+        f.write(data)
+    os.replace(tmp, path)
+
+
+@dataclass
+class ShardWriter:
+    """Collect samples of one shard in memory, then :meth:`commit` them.
+
+    ``add(key, {ext: bytes})`` adds a sample written to the tar; ``fail(key, stage,
+    error)`` records a sample that could not be produced (index only).
+    """
+
+    path: Path
+    stage: str
+    samples: dict[str, dict[str, bytes]] = field(default_factory=dict)
+    failures: dict[str, tuple[str, str]] = field(default_factory=dict)
+
+    def add(self, key: str, members: dict[str, bytes]) -> None:
+        check_key(key)
+        if key in self.samples:
+            raise ValueError(f"{self.path}: duplicate sample key {key!r}")
+        self.samples[key] = members
+
+    def fail(self, key: str, stage: str, error: str) -> None:
+        self.failures[key] = (stage, error)
+
+    def tar_bytes(self) -> bytes:
+        buf = io.BytesIO()
+        with tarfile.open(fileobj=buf, mode="w", format=tarfile.USTAR_FORMAT) as tar:
+            for key in sorted(self.samples):
+                for ext in sorted(self.samples[key]):
+                    data = self.samples[key][ext]
+                    info = tarfile.TarInfo(f"{key}.{ext}")
+                    info.size, info.mtime, info.mode = len(data), 0, 0o644
+                    info.uid = info.gid = 0
+                    info.uname = info.gname = ""
+                    tar.addfile(info, io.BytesIO(data))
+        return buf.getvalue()
+
+    def commit(self, stats: dict) -> dict:
+        """Write tar, index and (last) stats; returns the stats as written."""
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        _atomic_write(self.path, self.tar_bytes())
+        rows = [{"key": k, "status": "ok", "stage": self.stage, "error": None,
+                 "bytes": sum(len(b) for b in m.values())} for k, m in self.samples.items()]
+        rows += [{"key": k, "status": "error", "stage": s, "error": e, "bytes": 0}
+                 for k, (s, e) in self.failures.items()]
+        rows.sort(key=lambda r: r["key"])
+        table = pa.Table.from_pylist(rows, schema=INDEX_SCHEMA)
+        sink = pa.BufferOutputStream()
+        pq.write_table(table, sink)
+        _atomic_write(index_path(self.path), sink.getvalue().to_pybytes())
+        stats = dict(stats, shard=self.path.name, n_ok=len(self.samples), n_error=len(self.failures),
+                     bytes=os.path.getsize(self.path))
+        _atomic_write(stats_path(self.path), (json.dumps(stats, indent=1, sort_keys=True) + "\n").encode())
+        return stats
+
+
+def iter_tar_samples(path: str | os.PathLike):
+    """Yield ``(key, {ext: bytes})`` from a shard tar in file order (consecutive members
+    sharing the text before the first dot of their basename form one sample)."""
+    current, members = None, {}
+    with tarfile.open(path, "r") as tar:
+        for info in tar:
+            if not info.isfile():
+                continue
+            name = os.path.basename(info.name)
+            key, _, ext = name.partition(".")
+            if key != current:
+                if current is not None:
+                    yield current, members
+                current, members = key, {}
+            members[ext] = tar.extractfile(info).read()
+    if current is not None:
+        yield current, members

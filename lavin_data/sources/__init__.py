@@ -1,0 +1,28 @@
+"""Source readers: list a source's items (metadata only, deterministic order) and read one
+item into base-sample members. One module per ``kind``.
+
+A reader has ``check(src)`` (raise :class:`SourceError` naming the file if the source
+cannot be used at all, before any work), ``plan(src)`` -> list of item dicts (each with
+an ``item_id`` made of letters, digits and dashes) and ``read(src, item, seed, png_level)``
+-> base members (see :mod:`lavin_data.base`).
+"""
+
+from __future__ import annotations
+
+from types import ModuleType
+
+
+class SourceError(ValueError):
+    """A source that cannot be read at all (missing folder, malformed annotation file)."""
+
+
+def reader_for(kind: str) -> ModuleType:
+    from lavin_data.sources import synthetic_reader
+
+    readers = {"synthetic": synthetic_reader}
+    if kind not in readers:
+        raise SourceError(
+            f"source kind {kind!r} is part of the spec format but its reader is not built yet "
+            f"(available: {', '.join(sorted(readers))})"
+        )
+    return readers[kind]

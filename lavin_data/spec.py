@@ -1,0 +1,266 @@
+"""Build spec: a YAML file validated by pydantic before any work starts.
+
+A bad spec fails with :class:`SpecError`, whose message names the file, the field
+(dotted path, e.g. ``tasks[3].options.sigma``) and what is wrong.
+
+``${VAR}`` and ``${VAR:-default}`` in any string are replaced from the environment
+when the file is loaded; an unset variable without a default is an error naming it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+from pathlib import Path
+from typing import Annotated, Any, Literal, Union
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from lavin_data.tasks import TASKS, task_options_model
+
+NAME_RE = r"^[a-z][a-z0-9-]*$"  # source names go into sample keys: no dots, no underscores
+
+
+class SpecError(ValueError):
+    """A spec that cannot be built: the message names the file, the field and the problem."""
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+# --------------------------------------------------------------------------- sources
+
+
+class _SourceBase(_Strict):
+    name: str = Field(pattern=NAME_RE, description="used in sample keys and output paths")
+    limit: int | None = Field(None, ge=1, description="keep the first N planned items")
+    licence: str | None = None
+
+
+class SyntheticSource(_SourceBase):
+    """Procedural ray-cast scenes with exact depth, normals and instances (no download)."""
+
+    kind: Literal["synthetic"]
+    num_items: int = Field(64, ge=1)
+    image_size: tuple[int, int] = Field((320, 240), description="(width, height) of the rendered scene")
+    fov_deg: float = Field(60.0, gt=10, lt=150, description="horizontal field of view")
+    max_objects: int = Field(6, ge=1, le=32)
+    licence: str | None = "CC0-1.0 (procedurally generated)"
+
+
+class CocoSource(_SourceBase):
+    kind: Literal["coco"]
+    images: str
+    instances: str | None = None
+    keypoints: str | None = None
+    panoptic: str | None = None
+    panoptic_masks: str | None = None
+    licence: str | None = "annotations CC BY 4.0; images Flickr terms"
+
+
+class NyuSource(_SourceBase):
+    kind: Literal["nyu"]
+    root: str
+    split: Literal["train", "test", "all"] = "train"
+    split_file: str | None = None
+    normals: str | None = None
+    licence: str | None = "NYU Depth V2 research terms"
+
+
+class ImageFolderSource(_SourceBase):
+    kind: Literal["image_folder"]
+    root: str
+    file_list: str | None = None
+    seed: int = 0
+
+
+class HFDatasetSource(_SourceBase):
+    kind: Literal["hf_dataset"]
+    path: str
+    split: str = "train"
+    image_column: str = "image"
+    seed: int = 0
+
+
+class VideoFolderSource(_SourceBase):
+    kind: Literal["video_folder"]
+    root: str
+    clip_frames: int = Field(9, ge=1)
+    frame_stride: int = Field(1, ge=1)
+
+
+class DavisSource(_SourceBase):
+    kind: Literal["davis"]
+    root: str
+    clip_frames: int = Field(9, ge=1)
+
+
+class FlowSource(_SourceBase):
+    kind: Literal["flow"]
+    root: str
+    format: Literal["flyingchairs", "sintel", "flo_pairs"] = "flyingchairs"
+
+
+Source = Annotated[
+    Union[
+        SyntheticSource, CocoSource, NyuSource, ImageFolderSource, HFDatasetSource,
+        VideoFolderSource, DavisSource, FlowSource,
+    ],
+    Field(discriminator="kind"),
+]
+
+
+# --------------------------------------------------------------------------- labelers
+
+
+class Labeler(_Strict):
+    name: str = Field(pattern=NAME_RE)
+    kind: Literal["depth_anything_v2", "stable_normal", "marigold_normals", "normals_from_depth"]
+    source: str
+    model: str | None = Field(None, description="local directory or model id; never downloaded at run time")
+    batch_size: int = Field(8, ge=1)
+    num_gpus: float = Field(0, ge=0)
+    num_actors: int = Field(1, ge=1)
+    dtype: Literal["fp32", "fp16", "bf16"] = "fp32"
+    fov_deg: float | None = None
+
+
+# --------------------------------------------------------------------------- tasks
+
+
+class TaskSpec(_Strict):
+    task: str
+    source: str
+    labeler: str | None = Field(None, description="take depth/normals from this labeler's sidecars")
+    options: dict[str, Any] = Field(default_factory=dict)
+
+    @field_validator("task")
+    @classmethod
+    def _known_task(cls, v: str) -> str:
+        if v not in TASKS:
+            raise ValueError(f"unknown task {v!r}; known tasks: {', '.join(sorted(TASKS))}")
+        return v
+
+    @model_validator(mode="after")
+    def _check_options(self) -> "TaskSpec":
+        model = task_options_model(self.task)
+        # Raises a ValidationError located under .options, which SpecError reports.
+        self.options = model.model_validate(self.options).model_dump()
+        return self
+
+
+class Output(_Strict):
+    input_jpeg_quality: int = Field(95, ge=95, le=100, description="natural inputs are JPEG at this quality")
+    png_compression: int = Field(1, ge=0, le=9, description="zlib level of PNG targets (1: fast, 6: PIL default)")
+
+
+class Spec(_Strict):
+    name: str = Field(pattern=NAME_RE)
+    output: str
+    seed: int = 0
+    resolution: int = Field(256, ge=32, le=4096, description="square side of every pair image")
+    resize: Literal["crop", "squash", "pad"] = "crop"
+    shard_size: int = Field(1000, ge=1)
+    formats: Output = Field(default_factory=Output)
+    sources: list[Source] = Field(min_length=1)
+    labelers: list[Labeler] = Field(default_factory=list)
+    tasks: list[TaskSpec] = Field(min_length=1)
+
+    @model_validator(mode="after")
+    def _cross_refs(self) -> "Spec":
+        names = [s.name for s in self.sources]
+        dup = {n for n in names if names.count(n) > 1}
+        if dup:
+            raise ValueError(f"source names must be unique; repeated: {sorted(dup)}")
+        labelers = {lab.name for lab in self.labelers}
+        for lab in self.labelers:
+            if lab.source not in names:
+                raise ValueError(f"labeler {lab.name!r} names source {lab.source!r}, which is not in sources {names}")
+        seen = set()
+        for i, t in enumerate(self.tasks):
+            if t.source not in names:
+                raise ValueError(f"tasks[{i}] ({t.task}) names source {t.source!r}, which is not in sources {names}")
+            if t.labeler is not None and t.labeler not in labelers:
+                raise ValueError(f"tasks[{i}] ({t.task}) names labeler {t.labeler!r}, which is not in labelers")
+            if (t.task, t.source) in seen:
+                raise ValueError(f"tasks[{i}]: task {t.task!r} on source {t.source!r} appears twice")
+            seen.add((t.task, t.source))
+        return self
+
+    def source(self, name: str) -> Source:
+        return next(s for s in self.sources if s.name == name)
+
+    def canonical_json(self) -> str:
+        return json.dumps(self.model_dump(mode="json"), sort_keys=True, separators=(",", ":"))
+
+    def spec_hash(self) -> str:
+        return hashlib.sha256(self.canonical_json().encode()).hexdigest()
+
+
+# --------------------------------------------------------------------------- loading
+
+_ENV_RE = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
+
+
+def _expand_env(node: Any, where: str, file: str) -> Any:
+    if isinstance(node, dict):
+        return {k: _expand_env(v, f"{where}.{k}" if where else str(k), file) for k, v in node.items()}
+    if isinstance(node, list):
+        return [_expand_env(v, f"{where}[{i}]", file) for i, v in enumerate(node)]
+    if isinstance(node, str):
+        def sub(m: re.Match) -> str:
+            var, default = m.group(1), m.group(2)
+            if var in os.environ:
+                return os.environ[var]
+            if default is not None:
+                return default
+            raise SpecError(f"{file}: field {where}: environment variable ${{{var}}} is not set")
+        return _ENV_RE.sub(sub, node)
+    return node
+
+
+def _loc(loc: tuple) -> str:
+    out = ""
+    for part in loc:
+        if isinstance(part, int):
+            out += f"[{part}]"
+        elif part in {"synthetic", "coco", "nyu", "image_folder", "hf_dataset", "video_folder", "davis", "flow"}:
+            continue  # discriminator tag that pydantic puts into the path
+        else:
+            out += f".{part}" if out else str(part)
+    return out or "<root>"
+
+
+def parse_spec(data: Any, file: str = "<spec>") -> Spec:
+    """Validate an already-loaded mapping; ``file`` is only used in error messages."""
+    if not isinstance(data, dict):
+        raise SpecError(f"{file}: a spec is a YAML mapping, got {type(data).__name__}")
+    data = _expand_env(data, "", file)
+    try:
+        return Spec.model_validate(data)
+    except ValidationError as e:
+        lines = [f"{file}: invalid spec ({e.error_count()} problem{'s' if e.error_count() > 1 else ''}):"]
+        for err in e.errors():
+            msg = err["msg"].removeprefix("Value error, ")
+            lines.append(f"  field {_loc(err['loc'])}: {msg}")
+        raise SpecError("\n".join(lines)) from None
+
+
+def load_spec(path: str | os.PathLike, output: str | None = None) -> Spec:
+    """Read, expand and validate a YAML spec. ``output`` overrides the spec's output folder."""
+    path = Path(path)
+    try:
+        text = path.read_text()
+    except OSError as e:
+        raise SpecError(f"{path}: cannot read spec: {e.strerror}") from None
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as e:
+        raise SpecError(f"{path}: not valid YAML: {e}") from None
+    if output is not None and isinstance(data, dict):
+        data["output"] = output
+    return parse_spec(data, str(path))

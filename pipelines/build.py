@@ -1,0 +1,231 @@
+"""``python -m pipelines.build --spec manifests/demo.yaml [--output DIR] [--num-cpus N]``
+
+Plan every source, then stream one row per source shard through Ray Data: ingest the
+shard (base shard), render it for every task of its source (one pair shard per task),
+and finally write ``manifest.json`` and ``report/counts.md``. Done shards (stats file
+present) are skipped, so a killed build resumes where it stopped. Locally Ray starts
+with ``--num-cpus``; with ``RAY_ADDRESS`` set it joins that cluster instead (the output
+folder must then be on storage every node sees).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import platform
+import sys
+import time
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from lavin_data import __version__
+from lavin_data.shards import read_stats, shard_done
+from lavin_data.sources import SourceError, reader_for
+from lavin_data.spec import Spec, SpecError, load_spec
+from lavin_data.tasks import TASKS
+from pipelines.layout import base_tar, pair_tar, plan_path
+
+log = logging.getLogger("lavin.build")
+
+
+class BuildError(RuntimeError):
+    """The build cannot start or did not finish; the message says why and where."""
+
+
+def ensure_ray(num_cpus: int | None = None) -> None:
+    """Start Ray once per process (a test session shares it), or join ``RAY_ADDRESS``."""
+    import ray
+
+    if ray.is_initialized():
+        return
+    if os.environ.get("RAY_ADDRESS"):
+        ray.init(log_to_driver=True)
+    else:
+        ray.init(num_cpus=num_cpus, include_dashboard=False, logging_level=logging.WARNING)
+    ctx = ray.data.DataContext.get_current()
+    ctx.enable_progress_bars = False  # the build prints its own per-shard progress
+    ctx.print_on_execution_start = False
+
+
+# --------------------------------------------------------------------------- preflight
+
+
+def preflight(spec: Spec) -> None:
+    """Everything that can be checked before work: renderers, readers, source files, output."""
+    problems = []
+    for i, t in enumerate(spec.tasks):
+        if TASKS[t.task].render is None:
+            problems.append(f"tasks[{i}]: task {t.task!r} is in the spec format but has no renderer yet")
+        if t.labeler is not None:
+            problems.append(f"tasks[{i}]: labeler sidecars are not built yet (labeler {t.labeler!r})")
+    if spec.labelers:
+        problems.append(f"labelers: the label stage is not built yet ({[lab.name for lab in spec.labelers]})")
+    for src in spec.sources:
+        try:
+            reader_for(src.kind).check(src)
+        except SourceError as e:
+            problems.append(f"source {src.name!r}: {e}")
+    if problems:
+        raise BuildError("cannot build this spec:\n  " + "\n  ".join(problems))
+    out = Path(spec.output)
+    lock = out / "spec.json"
+    if lock.exists():
+        old = json.loads(lock.read_text()).get("spec_hash")
+        if old != spec.spec_hash():
+            raise BuildError(
+                f"{out} holds a build of a different spec (spec hash {old[:12]}, this spec {spec.spec_hash()[:12]}); "
+                "done shards would be mixed with new ones. Use another --output, or delete that folder."
+            )
+
+
+def write_plan(spec: Spec, source: str) -> list[dict]:
+    """List a source's items once; a resumed build reuses the written plan unchanged."""
+    path = plan_path(spec.output, source)
+    if path.exists():
+        return pq.read_table(path).to_pylist()
+    src = spec.source(source)
+    items = reader_for(src.kind).plan(src)
+    if src.limit is not None:
+        items = items[: src.limit]
+    rows = [dict(it, key=f"{source}_{it['item_id']}", shard=i // spec.shard_size) for i, it in enumerate(items)]
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    pq.write_table(pa.Table.from_pylist(rows), tmp)
+    os.replace(tmp, path)
+    return rows
+
+
+def shard_jobs(spec: Spec) -> tuple[list[dict], int]:
+    """Rows for Ray Data, one per source shard with work left; and the total shard count."""
+    jobs, total = [], 0
+    for src in spec.sources:
+        tasks = [t.task for t in spec.tasks if t.source == src.name]
+        plan = write_plan(spec, src.name)
+        by_shard: dict[int, list[dict]] = {}
+        for row in plan:
+            by_shard.setdefault(row["shard"], []).append({k: v for k, v in row.items() if k not in ("key", "shard")})
+        for shard, items in sorted(by_shard.items()):
+            total += 1
+            done = shard_done(base_tar(spec.output, src.name, shard)) and all(
+                shard_done(pair_tar(spec.output, t, src.name, shard)) for t in tasks)
+            if not done:
+                jobs.append({"source": src.name, "shard": shard, "items": json.dumps(items), "tasks": json.dumps(tasks)})
+    return jobs, total
+
+
+def _run_job(row: dict, spec_json: str) -> dict:
+    from pipelines.stages import run_shard_job
+
+    return run_shard_job(spec_json, row)
+
+
+# --------------------------------------------------------------------------- build
+
+
+def build(spec: Spec, num_cpus: int | None = None, echo=print) -> dict:
+    """Run (or resume) the whole build; returns the manifest. Raises BuildError on failure."""
+    preflight(spec)
+    out = Path(spec.output)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "spec.json").write_text(json.dumps({"spec_hash": spec.spec_hash(), "spec": spec.model_dump(mode="json")},
+                                              indent=1, sort_keys=True) + "\n")
+    t0 = time.perf_counter()
+    jobs, total = shard_jobs(spec)
+    echo(f"[build] {spec.name}: {total} source shards, {total - len(jobs)} already done, {len(jobs)} to do "
+         f"-> {out}")
+    errors: list[str] = []
+    n_pairs = n_fail = 0
+    t_work = 0.0
+    if jobs:
+        import ray
+
+        ensure_ray(num_cpus)
+        ds = ray.data.from_items(jobs, override_num_blocks=len(jobs)).map(
+            _run_job, fn_kwargs={"spec_json": spec.model_dump_json()}, num_cpus=1)
+        tw = time.perf_counter()
+        for i, row in enumerate(ds.iter_rows(), 1):
+            if row["error"]:
+                errors.append(row["error"])
+            renders = [st for st in json.loads(row["render"]) if not st.get("skipped")]
+            n_pairs += sum(st["n_ok"] for st in renders)
+            n_fail += sum(st["n_error"] for st in renders)
+            el = time.perf_counter() - tw
+            echo(f"[build] {total - len(jobs) + i}/{total} shards | {n_pairs} pairs written, {n_fail} failed | "
+                 f"{n_pairs / max(el, 1e-9):.1f} pairs/s | {el:.1f}s"
+                 + (f" | ERROR in {row['source']} shard {row['shard']}" if row["error"] else ""))
+        t_work = time.perf_counter() - tw
+    manifest = write_manifest(spec, time.perf_counter() - t0)
+    manifest["run"] = {"pairs_written": n_pairs, "pairs_failed": n_fail, "work_seconds": round(t_work, 3),
+                       "pairs_per_second": round(n_pairs / t_work, 2) if t_work else None}
+    if errors:
+        raise BuildError(f"{len(errors)} shard(s) failed; the others are committed and a re-run retries only "
+                         "these:\n" + "\n".join(errors))
+    return manifest
+
+
+def write_manifest(spec: Spec, seconds: float) -> dict:
+    import numpy
+    import ray
+
+    out = Path(spec.output)
+    counts: dict[str, dict[str, int]] = {}
+    failures: dict[str, dict[str, int]] = {}
+    shards: dict[str, list[str]] = {"base": [], "pairs": []}
+    for src in spec.sources:
+        n_shards = max((r["shard"] for r in pq.read_table(plan_path(out, src.name), columns=["shard"]).to_pylist()),
+                       default=-1) + 1
+        for s in range(n_shards):
+            shards["base"].append(str(base_tar(out, src.name, s).relative_to(out)))
+        for t in (t.task for t in spec.tasks if t.source == src.name):
+            for s in range(n_shards):
+                p = pair_tar(out, t, src.name, s)
+                shards["pairs"].append(str(p.relative_to(out)))
+                st = read_stats(p) if shard_done(p) else {"n_ok": 0, "n_error": 0}
+                counts.setdefault(t, {}).setdefault(src.name, 0)
+                failures.setdefault(t, {}).setdefault(src.name, 0)
+                counts[t][src.name] += st["n_ok"]
+                failures[t][src.name] += st["n_error"]
+    import cv2
+
+    manifest = {
+        "name": spec.name, "spec_hash": spec.spec_hash(), "spec": spec.model_dump(mode="json"),
+        "versions": {"lavin_data": __version__, "python": platform.python_version(), "numpy": numpy.__version__,
+                     "opencv": cv2.__version__, "pyarrow": pa.__version__, "ray": ray.__version__},
+        "counts": counts, "failures": failures, "shards": shards, "seconds": round(seconds, 3),
+    }
+    (out / "manifest.json").write_text(json.dumps(manifest, indent=1, sort_keys=True) + "\n")
+    lines = ["| task | source | pairs | failed |", "|---|---|---:|---:|"]
+    for t in sorted(counts):
+        for s in sorted(counts[t]):
+            lines.append(f"| {t} | {s} | {counts[t][s]} | {failures[t][s]} |")
+    (out / "report").mkdir(exist_ok=True)
+    (out / "report" / "counts.md").write_text("\n".join(lines) + "\n")
+    return manifest
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m pipelines.build", description=__doc__.split("\n\n")[1])
+    ap.add_argument("--spec", required=True, help="build spec (YAML)")
+    ap.add_argument("--output", help="output folder (overrides the spec's `output`)")
+    ap.add_argument("--num-cpus", type=int, help="CPUs for a local Ray (default: all); ignored with RAY_ADDRESS")
+    args = ap.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    try:
+        spec = load_spec(args.spec, output=args.output)
+        manifest = build(spec, args.num_cpus)
+    except (SpecError, BuildError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    total = sum(sum(v.values()) for v in manifest["counts"].values())
+    failed = sum(sum(v.values()) for v in manifest["failures"].values())
+    print(f"[build] done: {total} pairs in {len(manifest['counts'])} tasks, {failed} failed, "
+          f"{manifest['seconds']:.1f}s -> {Path(spec.output) / 'manifest.json'}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,156 @@
+"""Per-shard workers of the build. Each maps one input shard to output shards with the same
+shard id and sample keys, commits atomically, and records per-sample failures in the
+index instead of raising. They are plain functions: Ray Data calls them, and so can a test.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+import traceback
+
+from lavin_data.base import view_from_base
+from lavin_data.codecs import encode_jpeg, encode_npy, encode_png
+from lavin_data.rng import sample_rng
+from lavin_data.shards import ShardWriter, iter_tar_samples, read_stats, shard_done
+from lavin_data.sources import reader_for
+from lavin_data.spec import Spec
+from lavin_data.tasks import TASKS, Pair, View
+from pipelines.layout import base_tar, pair_tar, sample_key, shard_name
+
+
+def _short_error(e: BaseException) -> str:
+    return f"{type(e).__name__}: {e}"
+
+
+def ingest_shard(spec: Spec, source: str, shard: int, items: list[dict]) -> dict:
+    """Read the planned items of one shard into a base shard. Skips a done shard."""
+    path = base_tar(spec.output, source, shard)
+    if shard_done(path):
+        return dict(read_stats(path), skipped=True)
+    src = spec.source(source)
+    reader = reader_for(src.kind)
+    t0 = time.perf_counter()
+    w = ShardWriter(path, stage="ingest")
+    for item in items:
+        key = sample_key(source, item["item_id"])
+        try:
+            w.add(key, reader.read(src, item, spec.seed, spec.formats.png_compression))
+        except Exception as e:  # noqa: BLE001 - a bad item is recorded, the shard goes on
+            w.fail(key, "ingest", _short_error(e))
+    return dict(w.commit({"stage": "ingest", "source": source, "spec_hash": spec.spec_hash(),
+                          "seconds": round(time.perf_counter() - t0, 3)}), skipped=False)
+
+
+class PairEncoder:
+    """Encodes pairs of one view; the view's own image is encoded once and reused, since
+    most tasks of a sample share it as input or target."""
+
+    def __init__(self, spec: Spec, view: View):
+        self.spec, self.view = spec, view
+        self._jpeg: bytes | None = None
+        self._png: bytes | None = None
+
+    def _input(self, p: Pair) -> tuple[str, bytes]:
+        if p.input_natural:
+            if p.input is self.view.image:
+                if self._jpeg is None:
+                    self._jpeg = encode_jpeg(p.input, self.spec.formats.input_jpeg_quality)
+                return "input.jpg", self._jpeg
+            return "input.jpg", encode_jpeg(p.input, self.spec.formats.input_jpeg_quality)
+        return "input.png", encode_png(p.input, self.spec.formats.png_compression)
+
+    def _target(self, p: Pair) -> bytes:
+        if p.target is self.view.image:
+            if self._png is None:
+                self._png = encode_png(p.target, self.spec.formats.png_compression)
+            return self._png
+        return encode_png(p.target, self.spec.formats.png_compression)
+
+    def encode(self, task: str, key: str, p: Pair, labeler: dict | None = None) -> dict[str, bytes]:
+        v = self.view
+        in_name, in_bytes = self._input(p)
+        members = {in_name: in_bytes, "target.png": self._target(p)}
+        for name, arr in p.raw.items():
+            members[f"{name}.npy"] = encode_npy(arr)
+        meta = {
+            "task": task, "source": v.source, "item_id": v.item_id, "base_key": v.key, "variant": p.variant,
+            "width": v.size[1], "height": v.size[0], "frames": 1, "resize": v.resize.as_dict(),
+            "input": in_name, "target": "target.png", "raw": sorted(f"{n}.npy" for n in p.raw),
+            "input_format": f"jpeg q{self.spec.formats.input_jpeg_quality} 4:4:4" if p.input_natural else "png",
+            "licence": v.licence, "labeler": labeler, "params": p.meta,
+        }
+        members["json"] = json.dumps(meta, sort_keys=True).encode()
+        return members
+
+
+def render_shard(spec: Spec, source: str, shard: int, tasks: list[str]) -> list[dict]:
+    """Render one base shard into one pair shard per task (tasks already done are skipped).
+
+    The base shard is decoded once; each sample's view serves every task.
+    """
+    todo = [t for t in tasks if not shard_done(pair_tar(spec.output, t, source, shard))]
+    done = [dict(read_stats(pair_tar(spec.output, t, source, shard)), skipped=True) for t in tasks if t not in todo]
+    if not todo:
+        return done
+    name = shard_name(source, shard)
+    opts = {t.task: t.options for t in spec.tasks if t.source == source}
+    writers = {t: ShardWriter(pair_tar(spec.output, t, source, shard), stage="render") for t in todo}
+    seconds = dict.fromkeys(todo, 0.0)
+    base = base_tar(spec.output, source, shard)
+    for key, members in iter_tar_samples(base):
+        try:
+            view = view_from_base(key, members, spec.resolution, spec.resize)
+        except Exception as e:  # noqa: BLE001
+            for w in writers.values():
+                w.fail(key, "decode", _short_error(e))
+            continue
+        enc = PairEncoder(spec, view)
+        for task in todo:
+            t0 = time.perf_counter()
+            try:
+                pairs = TASKS[task].render(view, sample_rng(spec.seed, "render", task, name, key), opts[task])
+                for p in pairs:
+                    k = sample_key(source, view.item_id, p.variant)
+                    writers[task].add(k, enc.encode(task, k, p))
+            except Exception as e:  # noqa: BLE001
+                writers[task].fail(key, "render", _short_error(e))
+            seconds[task] += time.perf_counter() - t0
+    # Samples the ingest stage could not produce are carried into every task's index.
+    base_failures = _failures(base)
+    out = done
+    for task, w in writers.items():
+        for key, (stage, err) in base_failures.items():
+            w.fail(key, stage, err)
+        out.append(dict(w.commit({"stage": "render", "task": task, "source": source, "spec_hash": spec.spec_hash(),
+                                  "seconds": round(seconds[task], 3)}), skipped=False))
+    return out
+
+
+def _failures(tar) -> dict[str, tuple[str, str]]:
+    import pyarrow.parquet as pq
+
+    from lavin_data.shards import index_path
+
+    t = pq.read_table(index_path(tar), filters=[("status", "=", "error")]).to_pylist()
+    return {r["key"]: (r["stage"], r["error"]) for r in t}
+
+
+def run_shard_job(spec_json: str, row: dict) -> dict:
+    """One Ray Data row = one source shard: ingest it, then render it for every task.
+
+    Shard-level errors (an unreadable base shard, say) are returned in the row, not raised,
+    so that the other shards finish; the driver reports them and exits non-zero.
+    """
+    spec = Spec.model_validate_json(spec_json)
+    out = {"source": row["source"], "shard": int(row["shard"]), "ingest": "", "render": "[]", "error": ""}
+    try:
+        items = json.loads(row["items"])
+        st = ingest_shard(spec, row["source"], int(row["shard"]), items)
+        out["ingest"] = json.dumps(st)
+        tasks = json.loads(row["tasks"])
+        if tasks:
+            out["render"] = json.dumps(render_shard(spec, row["source"], int(row["shard"]), tasks))
+    except Exception as e:  # noqa: BLE001
+        out["error"] = f"{shard_name(row['source'], int(row['shard']))}: {_short_error(e)}\n{traceback.format_exc()}"
+    return out

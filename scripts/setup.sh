@@ -1,0 +1,42 @@
+#!/usr/bin/env bash
+# One-step, idempotent set-up. Usage: scripts/setup.sh [EXTRAS]   (default: dev)
+#   EXTRAS is a comma list of pyproject extras: dev, labelers, train.
+# Installs into the active virtualenv/conda env if there is one, else into ./.venv.
+# torch (only for the labelers/train extras): an importable torch is kept as it is;
+# otherwise torch==${TORCH_VERSION:-2.13.0} is installed, from ${TORCH_INDEX_URL} if set
+# (e.g. https://download.pytorch.org/whl/cpu or .../cu128), else from pip's configured indexes.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+extras="${1:-dev}"
+
+if [ -n "${VIRTUAL_ENV:-}" ] || [ -n "${CONDA_PREFIX:-}" ]; then
+    py=python
+else
+    [ -x .venv/bin/python ] || python3 -m venv .venv
+    py=.venv/bin/python
+fi
+
+stamp_dir=$($py -c 'import sys; print(sys.prefix)')
+stamp="$stamp_dir/.lavin-setup-$(cat pyproject.toml | sha256sum | cut -c1-12)-${extras//,/_}"
+if [ -f "$stamp" ]; then exit 0; fi
+
+constraints=$(mktemp)
+trap 'rm -f "$constraints"' EXIT
+case ",$extras," in
+  *,labelers,*|*,train,*)
+    if have=$($py -c 'import torch; print(torch.__version__.split("+")[0])' 2>/dev/null); then
+        echo "setup: keeping the installed torch $have"
+    else
+        want="${TORCH_VERSION:-2.13.0}"
+        echo "setup: installing torch==$want"
+        $py -m pip install -q ${TORCH_INDEX_URL:+--index-url "$TORCH_INDEX_URL"} "torch==$want"
+        have="$want"
+    fi
+    # Pin it so that no dependency's resolver swaps it for the registry's newest build.
+    echo "torch==$have" >"$constraints"
+    ;;
+esac
+
+$py -m pip install -q -c "$constraints" -e ".[${extras}]"
+touch "$stamp"
+echo "setup: ready ($py, extras: $extras)"
