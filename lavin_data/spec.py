@@ -145,12 +145,17 @@ class TaskSpec(_Strict):
             raise ValueError(f"unknown task {v!r}; known tasks: {', '.join(sorted(TASKS))}")
         return v
 
-    @model_validator(mode="after")
-    def _check_options(self) -> "TaskSpec":
-        model = task_options_model(self.task)
-        # Raises a ValidationError located under .options, which SpecError reports.
-        self.options = model.model_validate(self.options).model_dump()
-        return self
+    @field_validator("options")
+    @classmethod
+    def _check_options(cls, v: dict, info) -> dict:
+        task = info.data.get("task")
+        if task is None:
+            return v  # the task name itself is wrong; that error is reported
+        try:
+            return task_options_model(task).model_validate(v).model_dump()
+        except ValidationError as e:
+            raise ValueError("; ".join(
+                f"{'.'.join(map(str, err['loc']))}: {err['msg']}" for err in e.errors())) from None
 
 
 class Output(_Strict):

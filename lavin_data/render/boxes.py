@@ -61,16 +61,18 @@ def _runs(m: np.ndarray, axis: int, reverse: bool) -> np.ndarray:
     return np.moveaxis(run, -1, axis)
 
 
-def _decode_outline_rects(m: np.ndarray, thickness: int) -> list[tuple[int, int, int, int]]:
-    """Rectangles whose whole outline is set in mask ``m`` and whose corners are corners.
+def _decode_outline_rects(m: np.ndarray, cover: np.ndarray, thickness: int) -> list[tuple[int, int, int, int]]:
+    """Rectangles drawn in mask ``m`` (one colour) whose outline is complete in ``cover``.
 
-    Crossing outlines of two boxes also enclose rectangles (their intersection); those
-    have at most two clean corners (where the outline does not run on outward), while a
-    drawn box has four, or three when one corner sits on another box's line.
+    ``cover`` is every drawn pixel: where another class's outline crosses this one it
+    overwrites a few pixels, so edges are checked against any colour, while corners and
+    most of the outline must be in this colour. Crossing outlines of two same-coloured
+    boxes also enclose a rectangle (their intersection); two of its corners are
+    crossings, where the outline runs on outward both ways, which a drawn box's corners
+    are not (unless one sits exactly on another box's crossing).
     """
-    h, w = m.shape
-    right, down = _runs(m, 1, False), _runs(m, 0, False)
-    left, up = _runs(m, 1, True), _runs(m, 0, True)
+    right, down = _runs(cover, 1, False), _runs(cover, 0, False)
+    left, up = _runs(cover, 1, True), _runs(cover, 0, True)
     k = thickness + 1
     tl = np.argwhere(m & (right >= k) & (down >= k))
     br = np.argwhere(m & (left >= k) & (up >= k))
@@ -84,17 +86,56 @@ def _decode_outline_rects(m: np.ndarray, thickness: int) -> list[tuple[int, int,
     ok &= down[y0, x0] >= bh  # left edge
     ok &= left[y1, x1] >= bw  # bottom edge
     ok &= up[y1, x1] >= bh  # right edge
-    pad = np.pad(m, 1)  # out-of-frame counts as clear
+    # Outward runs in this colour, for the crossing test at corners.
+    m_right, m_down = _runs(m, 1, False), _runs(m, 0, False)
+    m_left, m_up = _runs(m, 1, True), _runs(m, 0, True)
+    h, w = m.shape
+
+    def run(arr, y, x):
+        return int(arr[y, x]) if 0 <= y < h and 0 <= x < w else 0
+
+    def crossing(y, x, dx, dy):
+        """The outline goes on past the corner both sideways and vertically: a crossing."""
+        horiz = run(m_left if dx < 0 else m_right, y, x + dx)
+        vert = run(m_up if dy < 0 else m_down, y + dy, x)
+        return horiz > thickness and vert > thickness
+
+    # Own-colour pixels per row/column prefix, to measure how much of an outline is ours.
+    row_cs = np.pad(np.cumsum(m, 1), ((0, 0), (1, 0)))
+    col_cs = np.pad(np.cumsum(m, 0), ((1, 0), (0, 0)))
+    integral = np.pad(np.cumsum(np.cumsum(m, 0), 1), ((1, 0), (1, 0)))
     ii, jj = np.nonzero(ok)
-    rects = []
+    found = []
     for i, j in zip(ii, jj):
         a, b = int(tl[i, 0]), int(tl[i, 1])  # y0, x0
         c, d = int(br[j, 0]), int(br[j, 1])  # y1, x1
-        p = lambda y, x: pad[y + 1, x + 1]  # noqa: E731
-        clean = (not p(a, b - 1) and not p(a - 1, b)) + (not p(a, d + 1) and not p(a - 1, d))
-        clean += (not p(c, b - 1) and not p(c + 1, b)) + (not p(c, d + 1) and not p(c + 1, d))
-        if clean >= 3:
-            rects.append((b, a, d, c))
+        n_cross = crossing(a, b, -1, -1) + crossing(a, d, 1, -1) + crossing(c, b, -1, 1) + crossing(c, d, 1, 1)
+        if n_cross >= 2:
+            continue
+        # Each corner (a thickness x thickness block) must show some of this colour.
+        t = thickness
+        if not (m[a:a + t, b:b + t].any() and m[a:a + t, d - t + 1:d + 1].any()
+                and m[c - t + 1:c + 1, b:b + t].any() and m[c - t + 1:c + 1, d - t + 1:d + 1].any()):
+            continue
+        # An outline is hollow: where parallel lines touch, the solid band between them
+        # would otherwise yield rectangles everywhere.
+        ia, ib, ic, id_ = a + thickness, b + thickness, c - thickness, d - thickness
+        if ic < ia or id_ < ib:
+            continue
+        inner = integral[ic + 1, id_ + 1] - integral[ia, id_ + 1] - integral[ic + 1, ib] + integral[ia, ib]
+        if inner > 0.5 * (ic - ia + 1) * (id_ - ib + 1):
+            continue
+        own = row_cs[a, d + 1] - row_cs[a, b] + row_cs[c, d + 1] - row_cs[c, b]
+        own += col_cs[c + 1, b] - col_cs[a, b] + col_cs[c + 1, d] - col_cs[a, d]
+        if own >= 0.5 * 2 * ((d - b + 1) + (c - a + 1)):
+            found.append((b, a, d, c))
+    # A thick outline also holds rectangles inset by less than its thickness: keep the outer.
+    found.sort(key=lambda r: -(r[2] - r[0] + 1) * (r[3] - r[1] + 1))
+    rects: list[tuple[int, int, int, int]] = []
+    for r in found:
+        if not any(0 <= r[0] - o[0] < thickness and 0 <= r[1] - o[1] < thickness
+                   and 0 <= o[2] - r[2] < thickness and 0 <= o[3] - r[3] < thickness for o in rects):
+            rects.append(r)
     return rects
 
 
@@ -105,11 +146,12 @@ def decode_boxes(img: np.ndarray, thickness: int = 2) -> tuple[np.ndarray, np.nd
     under a same-coloured box's outline along a whole side cannot be recovered.
     """
     idx = colour_index(img)
+    cover = img.max(axis=2) > 0
     boxes, classes = [], []
     for cls in np.unique(idx):
         if cls <= 0:
             continue
-        for x0, y0, x1, y1 in _decode_outline_rects(idx == cls, thickness):
+        for x0, y0, x1, y1 in _decode_outline_rects(idx == cls, cover, thickness):
             boxes.append((x0, y0, x1 + 1, y1 + 1))
             classes.append(int(cls))
     return np.array(boxes, np.float64).reshape(-1, 4), np.array(classes, np.int64)
