@@ -51,6 +51,8 @@ def encode_base(
 
 def view_from_base(key: str, members: dict[str, bytes], resolution: int, policy: str) -> View:
     """Decode a base sample and bring it to ``resolution`` with the resize ``policy``."""
+    if "json" not in members:
+        raise ValueError(f"base sample {key} has no json member (has {sorted(members)})")
     meta = json.loads(members["json"])
     img_ext = next((e for e in ("image.jpg", "image.png") if e in members), None)
     if img_ext is None:

@@ -136,7 +136,7 @@ class TaskSpec(_Strict):
     task: str
     source: str
     labeler: str | None = Field(None, description="take depth/normals from this labeler's sidecars")
-    options: dict[str, Any] = Field(default_factory=dict)
+    options: dict[str, Any] = Field(default_factory=dict, validate_default=True)  # fill the task's defaults
 
     @field_validator("task")
     @classmethod

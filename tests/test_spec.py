@@ -85,3 +85,8 @@ def test_unreadable_and_non_yaml_spec(tmp_path):
     p.write_text("name: [unclosed\n")
     with pytest.raises(SpecError, match="bad.yaml: not valid YAML"):
         load_spec(p)
+
+
+def test_task_option_defaults_are_filled_when_options_are_omitted():
+    spec = parse_spec(minimal(tasks=[{"task": "object_detection", "source": "syn"}]))
+    assert spec.tasks[0].options == {"thickness": 2, "min_side": 4}
