@@ -6,6 +6,7 @@ index instead of raising. They are plain functions: Ray Data calls them, and so 
 from __future__ import annotations
 
 import json
+import os
 import time
 import traceback
 
@@ -142,8 +143,10 @@ def run_shard_job(spec_json: str, row: dict) -> dict:
     Shard-level errors (an unreadable base shard, say) are returned in the row, not raised,
     so that the other shards finish; the driver reports them and exits non-zero.
     """
+    t_start = time.time()
     spec = Spec.model_validate_json(spec_json)
-    out = {"source": row["source"], "shard": int(row["shard"]), "ingest": "", "render": "[]", "error": ""}
+    out = {"source": row["source"], "shard": int(row["shard"]), "ingest": "", "render": "[]", "error": "",
+           "pid": os.getpid(), "t_start": t_start, "t_end": 0.0}
     try:
         items = json.loads(row["items"])
         st = ingest_shard(spec, row["source"], int(row["shard"]), items)
@@ -153,4 +156,5 @@ def run_shard_job(spec_json: str, row: dict) -> dict:
             out["render"] = json.dumps(render_shard(spec, row["source"], int(row["shard"]), tasks))
     except Exception as e:  # noqa: BLE001
         out["error"] = f"{shard_name(row['source'], int(row['shard']))}: {_short_error(e)}\n{traceback.format_exc()}"
+    out["t_end"] = time.time()
     return out

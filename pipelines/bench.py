@@ -1,0 +1,90 @@
+"""``python -m pipelines.bench [--spec manifests/demo.yaml] [--items N]``: build throughput.
+
+Prints pairs/s of the build (ingest + render, Ray Data) with 1 and with 2 Ray CPUs, and
+the single-process floor: the same per-sample work in a tight loop with no Ray, tar,
+index or stats (scene generation + base encode, then decode + resize + render + encode
+of every task). All figures come from one run, so they compare as ratios.
+
+Build time is measured from the start of execution to the last shard's commit
+(``ray.init`` is excluded: a cluster or a test session pays it once).
+"""
+
+from __future__ import annotations
+
+import argparse
+import tempfile
+import time
+from pathlib import Path
+
+from lavin_data.base import view_from_base
+from lavin_data.rng import sample_rng
+from lavin_data.shards import iter_tar_samples
+from lavin_data.sources import reader_for
+from lavin_data.spec import load_spec
+from lavin_data.tasks import TASKS
+from pipelines.build import build, ensure_ray
+from pipelines.layout import base_tar, sample_key
+from pipelines.stages import PairEncoder
+
+
+def floor(spec, out: Path) -> tuple[float, float, int]:
+    """(full pairs/s, render-only pairs/s, pairs) of the build's work in one process."""
+    opts = {t.task: t.options for t in spec.tasks}
+    tasks = [t.task for t in spec.tasks]
+    src = spec.sources[0]
+    reader = reader_for(src.kind)
+    items = reader.plan(src)[: src.limit or None]
+    t0 = time.perf_counter()
+    base = {}
+    for it in items:  # ingest: what the reader does per item
+        base[sample_key(src.name, it["item_id"])] = reader.read(src, it, spec.seed, spec.formats.png_compression)
+    t_ingest = time.perf_counter() - t0
+    n = 0
+    t0 = time.perf_counter()
+    for key, members in base.items():
+        view = view_from_base(key, members, spec.resolution, spec.resize)
+        enc = PairEncoder(spec, view)
+        for task in tasks:
+            for p in TASKS[task].render(view, sample_rng(spec.seed, "render", task, "bench", key), opts[task]):
+                enc.encode(task, key, p)
+                n += 1
+    t_render = time.perf_counter() - t0
+    return n / (t_ingest + t_render), n / t_render, n
+
+
+def timed_build(spec, num_cpus: int) -> tuple[float, int, float]:
+    import ray
+
+    ray.shutdown()
+    ensure_ray(num_cpus)
+    m = build(spec, echo=lambda *_: None)
+    ray.shutdown()
+    return m["run"]["pairs_per_second"], m["run"]["pairs_written"], m["run"]["work_seconds"]
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m pipelines.bench")
+    ap.add_argument("--spec", default="manifests/demo.yaml")
+    ap.add_argument("--items", type=int, help="override the synthetic source's num_items")
+    args = ap.parse_args(argv)
+    with tempfile.TemporaryDirectory() as tmp:
+        runs = {}
+        for cpus in (1, 2):
+            spec = load_spec(args.spec, output=str(Path(tmp) / f"cpu{cpus}"))
+            if args.items:
+                spec.sources[0].num_items = args.items
+            runs[cpus] = timed_build(spec, cpus)
+            print(f"build, {cpus} Ray CPU{'s' if cpus > 1 else ' '}: {runs[cpus][0]:7.1f} pairs/s "
+                  f"({runs[cpus][1]} pairs in {runs[cpus][2]:.1f}s)", flush=True)
+        full, render_only, n = floor(spec, Path(tmp))
+    r1, r2 = runs[1][0], runs[2][0]
+    print(f"floor, 1 process, tight loop: {full:7.1f} pairs/s (ingest+render; render alone {render_only:.1f} pairs/s,"
+          f" {n} pairs)")
+    print(f"scaling 2 CPUs / 1 CPU:        {r2 / r1:5.2f}x   (target >= 1.7)")
+    print(f"2 CPUs / (2 x floor):          {r2 / (2 * full):5.2f}    (target >= 0.7)")
+    print(f"1 CPU  / floor:                {r1 / full:5.2f}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
