@@ -116,19 +116,12 @@ class ShardWriter:
 
 
 def iter_tar_samples(path: str | os.PathLike):
-    """Yield ``(key, {ext: bytes})`` from a shard tar in file order (consecutive members
-    sharing the text before the first dot of their basename form one sample)."""
-    current, members = None, {}
-    with tarfile.open(path, "r") as tar:
-        for info in tar:
-            if not info.isfile():
-                continue
-            name = os.path.basename(info.name)
-            key, _, ext = name.partition(".")
-            if key != current:
-                if current is not None:
-                    yield current, members
-                current, members = key, {}
-            members[ext] = tar.extractfile(info).read()
-    if current is not None:
-        yield current, members
+    """Yield ``(key, {ext: bytes})`` from a shard tar in file order, grouped the way every
+    WebDataset reader groups them (webdataset's own tar iterator)."""
+    from webdataset.tariterators import tarfile_samples
+
+    with open(path, "rb") as f:
+        for sample in tarfile_samples([{"url": str(path), "stream": f}]):
+            key = sample.pop("__key__")
+            sample.pop("__url__", None)
+            yield key, sample

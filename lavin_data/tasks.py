@@ -197,7 +197,7 @@ def _need(view: View, attr: str, task: str):
     return value
 
 
-def _boxes(view: View, o: dict) -> tuple[np.ndarray, np.ndarray]:
+def _boxes(view: View) -> tuple[np.ndarray, np.ndarray]:
     things = view.things()
     boxes = np.array([s["bbox"] for s in things], np.float64).reshape(-1, 4)
     classes = np.array([s["category_id"] for s in things], np.int64)
@@ -206,7 +206,7 @@ def _boxes(view: View, o: dict) -> tuple[np.ndarray, np.ndarray]:
 
 def object_detection(view: View, rng, o: dict) -> list[Pair]:
     _need(view, "segments", "object_detection")
-    boxes, classes = _boxes(view, o)
+    boxes, classes = _boxes(view)
     target, drawn = render_boxes(boxes, classes, view.size, o["thickness"], o["min_side"])
     return [Pair(view.image, target, meta={
         "boxes": boxes[drawn].round(2).tolist(), "classes": classes[drawn].tolist(),
@@ -331,8 +331,10 @@ class TaskDef:
     render: Callable[[View, np.random.Generator, dict], list[Pair]] | None = None
 
 
-def _t(name, render=None, options=NoOptions, frames="image") -> TaskDef:
-    return TaskDef(name, frames, options if render is not None or options is not NoOptions else OpenOptions, render)
+def _t(name, render=None, options=None, frames="image") -> TaskDef:
+    if options is None:  # unbuilt tasks keep whatever options a spec gives them
+        options = NoOptions if render is not None else OpenOptions
+    return TaskDef(name, frames, options, render)
 
 
 TASKS: dict[str, TaskDef] = {t.name: t for t in [

@@ -10,10 +10,12 @@ import os
 import time
 import traceback
 
+import pyarrow.parquet as pq
+
 from lavin_data.base import view_from_base
 from lavin_data.codecs import encode_jpeg, encode_npy, encode_png
 from lavin_data.rng import sample_rng
-from lavin_data.shards import ShardWriter, iter_tar_samples, read_stats, shard_done
+from lavin_data.shards import ShardWriter, index_path, iter_tar_samples, read_stats, shard_done
 from lavin_data.sources import reader_for
 from lavin_data.spec import Spec
 from lavin_data.tasks import TASKS, Pair, View
@@ -129,10 +131,6 @@ def render_shard(spec: Spec, source: str, shard: int, tasks: list[str]) -> list[
 
 
 def _failures(tar) -> dict[str, tuple[str, str]]:
-    import pyarrow.parquet as pq
-
-    from lavin_data.shards import index_path
-
     t = pq.read_table(index_path(tar), filters=[("status", "=", "error")]).to_pylist()
     return {r["key"]: (r["stage"], r["error"]) for r in t}
 
