@@ -22,7 +22,7 @@ import pyarrow.parquet as pq
 
 INDEX_SCHEMA = pa.schema([
     ("key", pa.string()),
-    ("status", pa.string()),  # "ok" or "error"
+    ("status", pa.string()),  # "ok", "error", or "skipped" (nothing to render, e.g. no object in view)
     ("stage", pa.string()),
     ("error", pa.string()),
     ("bytes", pa.int64()),
@@ -66,13 +66,15 @@ class ShardWriter:
     """Collect samples of one shard in memory, then :meth:`commit` them.
 
     ``add(key, {ext: bytes})`` adds a sample written to the tar; ``fail(key, stage,
-    error)`` records a sample that could not be produced (index only).
+    error)`` records a sample that could not be produced and ``skip(key, stage, reason)``
+    one that had nothing to produce (index only).
     """
 
     path: Path
     stage: str
     samples: dict[str, dict[str, bytes]] = field(default_factory=dict)
     failures: dict[str, tuple[str, str]] = field(default_factory=dict)
+    skipped: dict[str, tuple[str, str]] = field(default_factory=dict)
 
     def add(self, key: str, members: dict[str, bytes]) -> None:
         check_key(key)
@@ -82,6 +84,9 @@ class ShardWriter:
 
     def fail(self, key: str, stage: str, error: str) -> None:
         self.failures[key] = (stage, error)
+
+    def skip(self, key: str, stage: str, reason: str) -> None:
+        self.skipped[key] = (stage, reason)
 
     def tar_bytes(self) -> bytes:
         buf = io.BytesIO()
@@ -104,13 +109,15 @@ class ShardWriter:
                  "bytes": sum(len(b) for b in m.values())} for k, m in self.samples.items()]
         rows += [{"key": k, "status": "error", "stage": s, "error": e, "bytes": 0}
                  for k, (s, e) in self.failures.items()]
+        rows += [{"key": k, "status": "skipped", "stage": s, "error": e, "bytes": 0}
+                 for k, (s, e) in self.skipped.items()]
         rows.sort(key=lambda r: r["key"])
         table = pa.Table.from_pylist(rows, schema=INDEX_SCHEMA)
         sink = pa.BufferOutputStream()
         pq.write_table(table, sink)
         _atomic_write(index_path(self.path), sink.getvalue().to_pybytes())
         stats = dict(stats, shard=self.path.name, n_ok=len(self.samples), n_error=len(self.failures),
-                     bytes=os.path.getsize(self.path))
+                     n_skipped=len(self.skipped), bytes=os.path.getsize(self.path))
         _atomic_write(stats_path(self.path), (json.dumps(stats, indent=1, sort_keys=True) + "\n").encode())
         return stats
 

@@ -188,6 +188,7 @@ def write_manifest(spec: Spec, seconds: float) -> dict:
     out = Path(spec.output)
     counts: dict[str, dict[str, int]] = {}
     failures: dict[str, dict[str, int]] = {}
+    skipped: dict[str, dict[str, int]] = {}
     shards: dict[str, list[str]] = {"base": [], "pairs": []}
     for src in spec.sources:
         n_shards = max((r["shard"] for r in pq.read_table(plan_path(out, src.name), columns=["shard"]).to_pylist()),
@@ -198,24 +199,23 @@ def write_manifest(spec: Spec, seconds: float) -> dict:
             for s in range(n_shards):
                 p = pair_tar(out, t, src.name, s)
                 shards["pairs"].append(str(p.relative_to(out)))
-                st = read_stats(p) if shard_done(p) else {"n_ok": 0, "n_error": 0}
-                counts.setdefault(t, {}).setdefault(src.name, 0)
-                failures.setdefault(t, {}).setdefault(src.name, 0)
-                counts[t][src.name] += st["n_ok"]
-                failures[t][src.name] += st["n_error"]
+                st = read_stats(p) if shard_done(p) else {}
+                for table, field in ((counts, "n_ok"), (failures, "n_error"), (skipped, "n_skipped")):
+                    table.setdefault(t, {}).setdefault(src.name, 0)
+                    table[t][src.name] += st.get(field, 0)
     import cv2
 
     manifest = {
         "name": spec.name, "spec_hash": spec.spec_hash(), "spec": spec.model_dump(mode="json"),
         "versions": {"lavin_data": __version__, "python": platform.python_version(), "numpy": numpy.__version__,
                      "opencv": cv2.__version__, "pyarrow": pa.__version__, "ray": ray.__version__},
-        "counts": counts, "failures": failures, "shards": shards, "seconds": round(seconds, 3),
+        "counts": counts, "failures": failures, "skipped": skipped, "shards": shards, "seconds": round(seconds, 3),
     }
     (out / "manifest.json").write_text(json.dumps(manifest, indent=1, sort_keys=True) + "\n")
-    lines = ["| task | source | pairs | failed |", "|---|---|---:|---:|"]
+    lines = ["| task | source | pairs | failed | skipped (nothing to render) |", "|---|---|---:|---:|---:|"]
     for t in sorted(counts):
         for s in sorted(counts[t]):
-            lines.append(f"| {t} | {s} | {counts[t][s]} | {failures[t][s]} |")
+            lines.append(f"| {t} | {s} | {counts[t][s]} | {failures[t][s]} | {skipped[t][s]} |")
     (out / "report").mkdir(exist_ok=True)
     (out / "report" / "counts.md").write_text("\n".join(lines) + "\n")
     return manifest

@@ -113,6 +113,8 @@ def render_shard(spec: Spec, source: str, shard: int, tasks: list[str]) -> list[
             t0 = time.perf_counter()
             try:
                 pairs = TASKS[task].render(view, sample_rng(spec.seed, "render", task, name, key), opts[task])
+                if not pairs:
+                    writers[task].skip(key, "render", f"nothing to render for {task} (e.g. no object in view)")
                 for p in pairs:
                     k = sample_key(source, view.item_id, p.variant)
                     writers[task].add(k, enc.encode(task, k, p))

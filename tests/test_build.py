@@ -211,3 +211,22 @@ def test_cli_reports_bad_spec_cleanly(tmp_path, capsys):
     assert main(["--spec", str(p)]) == 2
     err = capsys.readouterr().err
     assert "s.yaml" in err and "field resolution" in err and "Traceback" not in err
+
+
+def test_items_with_nothing_to_render_are_recorded_as_skipped(demo_build, tmp_path):
+    spec = small_demo_spec(tmp_path / "s")
+    out = Path(spec.output)
+    samples = dict(iter_tar_samples(base_tar(demo_build[0].output, "synthetic", 0)))
+    keys = sorted(samples)
+    meta = json.loads(samples[keys[0]]["json"])
+    meta["segments_info"] = [s for s in meta["segments_info"] if not s["isthing"]]  # no objects listed
+    samples[keys[0]]["json"] = json.dumps(meta).encode()
+    w = ShardWriter(base_tar(out, "synthetic", 0), stage="ingest")
+    for k in keys:
+        w.add(k, samples[k])
+    w.commit({"stage": "ingest"})
+    (st,) = render_shard(spec, "synthetic", 0, ["single_object_detection"])
+    assert st["n_ok"] == 3 and st["n_skipped"] == 1 and st["n_error"] == 0
+    idx = {r["key"]: r for r in pq.read_table(index_path(pair_tar(out, "single_object_detection", "synthetic", 0)))
+           .to_pylist()}
+    assert idx[keys[0]]["status"] == "skipped" and "no object" in idx[keys[0]]["error"]
