@@ -27,10 +27,11 @@ from lavin_data.tasks import View, make_view
 def encode_base(
     meta: dict[str, Any], image: np.ndarray | None = None, image_bytes: tuple[str, bytes] | None = None,
     depth: np.ndarray | None = None, normals: np.ndarray | None = None, segments: np.ndarray | None = None,
-    png_level: int = 1,
+    png_level: int = 1, extra: dict[str, bytes] | None = None,
 ) -> dict[str, bytes]:
-    """Arrays + meta -> tar members. Give ``image`` (RGB uint8) or ``image_bytes`` (ext, bytes)."""
-    members: dict[str, bytes] = {}
+    """Arrays + meta -> tar members. Give ``image`` (RGB uint8) or ``image_bytes`` (ext, bytes);
+    ``extra`` members are stored as given (e.g. a source's own panoptic PNG)."""
+    members: dict[str, bytes] = dict(extra or {})
     if image_bytes is not None:
         members[f"image.{image_bytes[0]}"] = image_bytes[1]
     elif image is not None:
@@ -58,12 +59,28 @@ def view_from_base(key: str, members: dict[str, bytes], resolution: int, policy:
     if img_ext is None:
         raise ValueError(f"base sample {key} has no image member (has {sorted(members)})")
     image = decode_image(members[img_ext], f"{key}.{img_ext}")
+    instances = segments = segments_info = None
+    if "segments.png" in members:
+        segments = decode_image(members["segments.png"], f"{key}.segments.png")
+        segments_info = meta.get("segments_info")
+    coco = meta.get("coco")
+    if coco is not None:
+        from lavin_data.sources.coco import ann_instance, panoptic_segments
+
+        h, w = image.shape[:2]
+        instances = [ann_instance(a, h, w) for a in coco["anns"]]
+        if "panoptic.png" in members:
+            rgb = decode_image(members["panoptic.png"], f"{key}.panoptic.png")
+            if rgb.shape[:2] != (h, w):
+                raise ValueError(f"{key}: panoptic PNG is {rgb.shape[1]}x{rgb.shape[0]}, the image {w}x{h}")
+            cats = {c["id"]: c for c in meta["categories"]}
+            segments, segments_info = panoptic_segments(rgb, coco["panoptic_segments"], cats)
     return make_view(
         key=key, source=meta["source"], item_id=meta["item_id"], image=image, resolution=resolution,
         policy=policy, licence=meta.get("licence"),
         depth=decode_npy(members["depth.npy"]) if "depth.npy" in members else None,
         depth_kind=meta.get("depth_kind", "depth"),
         normals=decode_npy(members["normals.npy"]) if "normals.npy" in members else None,
-        segments=decode_image(members["segments.png"], f"{key}.segments.png") if "segments.png" in members else None,
-        segments_info=meta.get("segments_info"), categories=meta.get("categories"),
+        segments=segments, segments_info=segments_info, categories=meta.get("categories"),
+        instances=instances, skeleton=[tuple(e) for e in meta["skeleton"]] if meta.get("skeleton") else None,
     )

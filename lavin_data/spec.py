@@ -53,13 +53,27 @@ class SyntheticSource(_SourceBase):
 
 
 class CocoSource(_SourceBase):
+    """Official COCO files; any subset of instances / keypoints / panoptic may be given."""
+
     kind: Literal["coco"]
-    images: str
-    instances: str | None = None
-    keypoints: str | None = None
-    panoptic: str | None = None
-    panoptic_masks: str | None = None
-    licence: str | None = "annotations CC BY 4.0; images Flickr terms"
+    images: str = Field(description="folder of the images named by `file_name`")
+    instances: str | None = Field(None, description="instances_*.json")
+    keypoints: str | None = Field(None, description="person_keypoints_*.json")
+    panoptic: str | None = Field(None, description="panoptic_*.json")
+    panoptic_masks: str | None = Field(None, description="folder of the panoptic PNGs (default: the json path without .json)")
+    categories: list[str | int] | None = Field(None, description="keep only these categories (names or ids)")
+    min_area: float = Field(0, ge=0, description="drop objects smaller than this (source pixels^2)")
+    max_instances: int | None = Field(None, ge=1, description="skip images with more objects than this")
+    pose_min_keypoints: int = Field(1, ge=1, description="people with fewer labelled keypoints are not drawn")
+    empty_images: Literal["skip", "keep"] = Field(
+        "skip", description="images with no annotation left: skip (recorded) or keep (black targets)")
+    licence: str | None = "annotations CC BY 4.0; images: Flickr licence per image (see json)"
+
+    @model_validator(mode="after")
+    def _some_annotations(self) -> "CocoSource":
+        if not (self.instances or self.keypoints or self.panoptic):
+            raise ValueError("give at least one of instances, keypoints, panoptic")
+        return self
 
 
 class NyuSource(_SourceBase):

@@ -28,8 +28,27 @@ from lavin_data.render import (
     render_instances,
     render_normals,
     render_panoptic,
+    render_pose,
     render_semantic,
 )
+
+
+@dataclass
+class Instance:
+    """One annotated object at the output resolution.
+
+    bbox: output xyxy (float, clipped to the frame). mask: (R, R) bool or None (masks of
+    different instances may overlap). keypoints: (K, 3) float (x, y, v) in output pixels,
+    v as in COCO (0 unlabeled, 1 labelled occluded, 2 visible), or None. A crowd region
+    (``iscrowd``) is not an object: detection and instance targets leave it out.
+    """
+
+    id: int
+    category_id: int
+    bbox: list[float]
+    mask: np.ndarray | None = None
+    iscrowd: bool = False
+    keypoints: np.ndarray | None = None
 
 
 @dataclass
@@ -39,8 +58,9 @@ class View:
     image: (R, R, 3) uint8 RGB. depth: (R, R) float32, 0 = invalid (metric or relative,
     see ``depth_kind``). normals: (R, R, 3) float32 unit vectors, camera frame (x right,
     y up, z towards the camera), 0 = invalid. segments: (R, R) int32 segment ids, 0 =
-    unlabeled. ``segments_info``: [{id, category_id, isthing, bbox (output xyxy)}] for
-    segments still visible after the resize.
+    unlabeled (a panoptic partition). ``segments_info``: [{id, category_id, isthing,
+    iscrowd?, bbox (output xyxy)}] for segments still visible after the resize.
+    ``instances``: the annotated objects (see :class:`Instance`), in annotation order.
     """
 
     key: str
@@ -54,7 +74,9 @@ class View:
     normals: np.ndarray | None = None
     segments: np.ndarray | None = None
     segments_info: list[dict] = field(default_factory=list)
+    instances: list[Instance] | None = None
     categories: dict[int, dict] = field(default_factory=dict)
+    skeleton: list[tuple[int, int]] | None = None  # 0-based keypoint index pairs
 
     @property
     def size(self) -> tuple[int, int]:
@@ -62,6 +84,20 @@ class View:
 
     def things(self) -> list[dict]:
         return [s for s in self.segments_info if s["isthing"]]
+
+    def is_thing(self, category_id: int) -> bool:
+        return bool(self.categories.get(category_id, {}).get("isthing", 1))
+
+    def things_and_crowds(self, task: str) -> list[Instance]:
+        """Instances of thing categories (stuff annotations, as in COCO panoptic's detection
+        format, are not objects); a task that needs instances fails clearly without them."""
+        if self.instances is None:
+            raise ValueError(f"task {task} needs object annotations, which {self.key} does not have")
+        return [i for i in self.instances if self.is_thing(i.category_id)]
+
+    def objects(self, task: str) -> list[Instance]:
+        """Thing instances that are single objects (crowd regions left out)."""
+        return [i for i in self.things_and_crowds(task) if not i.iscrowd]
 
     def class_map(self) -> np.ndarray:
         """(R, R) int32 category id per pixel, 0 = unlabeled."""
@@ -75,12 +111,15 @@ def make_view(
     key: str, source: str, item_id: str, image: np.ndarray, resolution: int, policy: str,
     depth: np.ndarray | None = None, normals: np.ndarray | None = None, segments: np.ndarray | None = None,
     segments_info: list[dict] | None = None, categories: list[dict] | None = None,
-    licence: str | None = None, depth_kind: str = "depth",
+    licence: str | None = None, depth_kind: str = "depth", instances: list[dict] | None = None,
+    skeleton: list[tuple[int, int]] | None = None,
 ) -> View:
     """Apply the resize policy to an image and every annotation given with it.
 
     Boxes (``segments_info[i]["bbox"]``, source xyxy) follow the continuous transform and
-    are clipped; segments that leave the frame entirely are dropped.
+    are clipped; segments that leave the frame entirely are dropped. ``instances`` are
+    source-level dicts {id, category_id, bbox (xyxy), mask ((H, W) bool or None), iscrowd,
+    keypoints ((K, 3) or None)}; without them, the thing segments become the instances.
     """
     h, w = image.shape[:2]
     rz = plan_resize(w, h, resolution, policy)
@@ -97,6 +136,25 @@ def make_view(
         if infos:
             boxes, _keep = rz.boxes(np.array([s["bbox"] for s in infos], np.float64))
             v.segments_info = [dict(s, bbox=b.tolist()) for s, b in zip(infos, boxes)]
+        if instances is None:
+            v.instances = [Instance(s["id"], s["category_id"], s["bbox"], v.segments == s["id"],
+                                    bool(s.get("iscrowd", 0))) for s in v.things()]
+    if instances is not None:
+        v.instances = []
+        for inst in instances:
+            box, keep = rz.boxes(np.array(inst["bbox"], np.float64))
+            if not keep[0]:
+                continue  # outside the crop
+            mask = inst.get("mask")
+            if mask is not None:
+                mask = rz.image(mask.astype(np.uint8), "nearest").astype(bool)
+            kps = inst.get("keypoints")
+            if kps is not None:
+                kps = np.asarray(kps, np.float64).reshape(-1, 3).copy()
+                kps[:, :2], _inside = rz.points(kps[:, :2])
+            v.instances.append(Instance(int(inst["id"]), int(inst["category_id"]), box[0].tolist(), mask,
+                                        bool(inst.get("iscrowd", 0)), kps))
+    v.skeleton = skeleton
     return v
 
 
@@ -148,6 +206,10 @@ class ForegroundOptions(_Opts):
     classes_per_image: int = Field(1, ge=1, description="one sample (key variant) per chosen class present")
 
 
+class PoseOptions(_Opts):
+    thickness: int = Field(2, ge=1, le=4)
+
+
 class EdgeOptions(_Opts):
     low: float = Field(80, gt=0)
     high: float = Field(160, gt=0)
@@ -197,16 +259,10 @@ def _need(view: View, attr: str, task: str):
     return value
 
 
-def _boxes(view: View) -> tuple[np.ndarray, np.ndarray]:
-    things = view.things()
-    boxes = np.array([s["bbox"] for s in things], np.float64).reshape(-1, 4)
-    classes = np.array([s["category_id"] for s in things], np.int64)
-    return boxes, classes
-
-
 def object_detection(view: View, rng, o: dict) -> list[Pair]:
-    _need(view, "segments", "object_detection")
-    boxes, classes = _boxes(view)
+    objs = view.objects("object_detection")
+    boxes = np.array([i.bbox for i in objs], np.float64).reshape(-1, 4)
+    classes = np.array([i.category_id for i in objs], np.int64)
     target, drawn = render_boxes(boxes, classes, view.size, o["thickness"], o["min_side"])
     return [Pair(view.image, target, meta={
         "boxes": boxes[drawn].round(2).tolist(), "classes": classes[drawn].tolist(),
@@ -215,11 +271,11 @@ def object_detection(view: View, rng, o: dict) -> list[Pair]:
 
 
 def instance_segmentation(view: View, rng, o: dict) -> list[Pair]:
-    seg = _need(view, "segments", "instance_segmentation")
-    things = view.things()
-    target = render_instances(seg, [s["id"] for s in things])
+    objs = [i for i in view.objects("instance_segmentation") if i.mask is not None and i.mask.any()]
+    target = render_instances([i.mask for i in objs], view.size)
     return [Pair(view.image, target, meta={
-        "instances": [{"colour_index": k + 1, "category_id": s["category_id"]} for k, s in enumerate(things)],
+        "instances": [{"colour_index": k + 1, "category_id": i.category_id, "id": i.id} for k, i in enumerate(objs)],
+        "crowd": "crowd regions are not instances: left black",
     })]
 
 
@@ -231,41 +287,71 @@ def semantic_segmentation(view: View, rng, o: dict) -> list[Pair]:
 def panoptic_segmentation(view: View, rng, o: dict) -> list[Pair]:
     seg = _need(view, "segments", "panoptic_segmentation")
     target = render_panoptic(seg, view.segments_info)
-    things = view.things()
+    things = [s for s in view.things() if not s.get("iscrowd")]
     return [Pair(view.image, target, meta={
-        "segments": [{"category_id": s["category_id"], "isthing": s["isthing"]} for s in view.segments_info],
+        "segments": [{"category_id": s["category_id"], "isthing": s["isthing"], "iscrowd": s.get("iscrowd", 0)}
+                     for s in view.segments_info],
         "things": [{"colour_index": 512 + k, "category_id": s["category_id"]} for k, s in enumerate(things)],
+        "crowd": "crowd segments in their class colour, like stuff", "unlabeled": "black",
     })]
 
 
 def foreground_segmentation(view: View, rng, o: dict) -> list[Pair]:
-    _need(view, "segments", "foreground_segmentation")
-    classes = sorted({s["category_id"] for s in view.things()})
+    masks: dict[int, np.ndarray] = {}
+    for i in view.things_and_crowds("foreground_segmentation"):  # crowds are pixels of the class too
+        if i.mask is not None:
+            masks[i.category_id] = masks.get(i.category_id, np.zeros(view.size, bool)) | i.mask
+    classes = sorted(c for c, m in masks.items() if m.any())
     if not classes:
         return []
     chosen = rng.choice(classes, size=min(o["classes_per_image"], len(classes)), replace=False)
-    cmap = view.class_map()
     return [
-        Pair(view.image, render_foreground(cmap == c, int(c)), variant=f"c{int(c)}",
-             meta={"category_id": int(c), "category": view.categories.get(int(c), {}).get("name")})
+        Pair(view.image, render_foreground(masks[c], int(c)), variant=f"c{int(c)}",
+             meta={"category_id": int(c), "category": view.categories.get(int(c), {}).get("name"),
+                   "crowd": "crowd regions of the class included"})
         for c in sorted(chosen.tolist())
     ]
 
 
 def single_object_detection(view: View, rng, o: dict) -> list[Pair]:
-    _need(view, "segments", "single_object_detection")
     r = view.size[0] * view.size[1]
-    things = [s for s in view.things()
-              if (s["bbox"][2] - s["bbox"][0]) * (s["bbox"][3] - s["bbox"][1]) >= o["min_area_frac"] * r]
-    if not things:
+    objs = [i for i in view.objects("single_object_detection")
+            if (i.bbox[2] - i.bbox[0]) * (i.bbox[3] - i.bbox[1]) >= o["min_area_frac"] * r]
+    if not objs:
         return []
-    pick = rng.choice(len(things), size=min(o["objects_per_image"], len(things)), replace=False)
+    pick = rng.choice(len(objs), size=min(o["objects_per_image"], len(objs)), replace=False)
     out = []
-    for i in sorted(pick.tolist()):
-        s = things[i]
-        out.append(Pair(view.image, render_filled_box(np.array(s["bbox"]), view.size), variant=f"o{s['id']}",
-                        meta={"box": np.round(s["bbox"], 2).tolist(), "category_id": s["category_id"]}))
+    for k in sorted(pick.tolist()):
+        i = objs[k]
+        out.append(Pair(view.image, render_filled_box(np.array(i.bbox), view.size), variant=f"o{i.id}",
+                        meta={"box": np.round(i.bbox, 2).tolist(), "category_id": i.category_id}))
     return out
+
+
+def _pose(view: View, task: str, o: dict) -> tuple[np.ndarray, dict] | None:
+    people = [i for i in view.objects(task) if i.keypoints is not None and (i.keypoints[:, 2] > 0).any()]
+    if not people or not view.skeleton:
+        return None
+    img = render_pose([i.keypoints for i in people], view.skeleton, view.size, o["thickness"])
+    return img, {"people": len(people), "skeleton": [list(e) for e in view.skeleton], "thickness": o["thickness"],
+                 "colours": "limb j in PALETTE[j+1]; limbs drawn only where both keypoints are labelled (v>0)",
+                 "keypoints": [np.round(i.keypoints, 2).tolist() for i in people]}
+
+
+def pose_estimation(view: View, rng, o: dict) -> list[Pair]:
+    r = _pose(view, "pose_estimation", o)
+    return [] if r is None else [Pair(view.image, r[0], meta=r[1])]
+
+
+def pose_to_image(view: View, rng, o: dict) -> list[Pair]:
+    r = _pose(view, "pose_to_image", o)
+    return [] if r is None else [Pair(r[0], view.image, input_natural=False, meta=r[1])]
+
+
+def segmentation_to_image(view: View, rng, o: dict) -> list[Pair]:
+    seg = _need(view, "segments", "segmentation_to_image")
+    return [Pair(render_panoptic(seg, view.segments_info), view.image, input_natural=False,
+                 meta={"input": "panoptic rendering (see panoptic_segmentation)"})]
 
 
 def _depth_render(view: View, task: str) -> tuple[np.ndarray, dict]:
@@ -344,7 +430,7 @@ TASKS: dict[str, TaskDef] = {t.name: t for t in [
     _t("semantic_segmentation", semantic_segmentation),
     _t("foreground_segmentation", foreground_segmentation, ForegroundOptions),
     _t("single_object_detection", single_object_detection, SingleObjectOptions),
-    _t("pose_estimation"),
+    _t("pose_estimation", pose_estimation, PoseOptions),
     _t("edge_detection", edge_detection, EdgeOptions),
     _t("depth_estimation", depth_estimation),
     _t("surface_normal_estimation", surface_normal_estimation),
@@ -357,9 +443,9 @@ TASKS: dict[str, TaskDef] = {t.name: t for t in [
     _t("low_light", _degradation(degrade.low_light), LowLightOptions),
     _t("depth_to_image", depth_to_image),
     _t("normal_to_image", normal_to_image),
-    _t("pose_to_image"),
+    _t("pose_to_image", pose_to_image, PoseOptions),
     _t("edge_to_image", edge_to_image, EdgeOptions),
-    _t("segmentation_to_image"),
+    _t("segmentation_to_image", segmentation_to_image),
     _t("frame_prediction", frames="video"),
     _t("video_depth", frames="video"),
     _t("video_normal", frames="video"),

@@ -105,6 +105,7 @@ def shard_jobs(spec: Spec) -> tuple[list[dict], int]:
     for src in spec.sources:
         tasks = [t.task for t in spec.tasks if t.source == src.name]
         plan = write_plan(spec, src.name)
+        meta = None
         by_shard: dict[int, list[dict]] = {}
         for row in plan:
             by_shard.setdefault(row["shard"], []).append({k: v for k, v in row.items() if k not in ("key", "shard")})
@@ -113,7 +114,10 @@ def shard_jobs(spec: Spec) -> tuple[list[dict], int]:
             done = shard_done(base_tar(spec.output, src.name, shard)) and all(
                 shard_done(pair_tar(spec.output, t, src.name, shard)) for t in tasks)
             if not done:
-                jobs.append({"source": src.name, "shard": shard, "items": json.dumps(items), "tasks": json.dumps(tasks)})
+                if meta is None:
+                    meta = json.dumps(reader_for(src.kind).source_meta(src))
+                jobs.append({"source": src.name, "shard": shard, "items": json.dumps(items), "tasks": json.dumps(tasks),
+                             "source_meta": meta})
     return jobs, total
 
 

@@ -41,7 +41,7 @@ def contact_sheets(out: str | Path, per_task: int = 4, tile: int = 192) -> list[
         rows, first = [], None
         for key, inp, tgt in _first_samples(task_dir, per_task):
             a = cv2.resize(inp, (tile, tile), interpolation=cv2.INTER_AREA)
-            b = cv2.resize(tgt, (tile, tile), interpolation=cv2.INTER_NEAREST)
+            b = cv2.resize(tgt, (tile, tile), interpolation=cv2.INTER_AREA)  # nearest would drop thin lines
             sep = np.full((tile, 4, 3), 255, np.uint8)
             rows.append(np.concatenate([_label(a, key), sep, b], 1))
             first = first if first is not None else np.concatenate([_label(a, task_dir.name), sep, b], 1)

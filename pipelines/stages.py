@@ -16,7 +16,7 @@ from lavin_data.base import view_from_base
 from lavin_data.codecs import encode_jpeg, encode_npy, encode_png
 from lavin_data.rng import sample_rng
 from lavin_data.shards import ShardWriter, index_path, iter_tar_samples, read_stats, shard_done
-from lavin_data.sources import reader_for
+from lavin_data.sources import SkipItem, reader_for
 from lavin_data.spec import Spec
 from lavin_data.tasks import TASKS, Pair, View
 from pipelines.layout import base_tar, pair_tar, sample_key, shard_name
@@ -26,19 +26,23 @@ def _short_error(e: BaseException) -> str:
     return f"{type(e).__name__}: {e}"
 
 
-def ingest_shard(spec: Spec, source: str, shard: int, items: list[dict]) -> dict:
+def ingest_shard(spec: Spec, source: str, shard: int, items: list[dict], source_meta: dict | None = None) -> dict:
     """Read the planned items of one shard into a base shard. Skips a done shard."""
     path = base_tar(spec.output, source, shard)
     if shard_done(path):
         return dict(read_stats(path), skipped=True)
     src = spec.source(source)
     reader = reader_for(src.kind)
+    if source_meta is None:
+        source_meta = reader.source_meta(src)
     t0 = time.perf_counter()
     w = ShardWriter(path, stage="ingest")
     for item in items:
         key = sample_key(source, item["item_id"])
         try:
-            w.add(key, reader.read(src, item, spec.seed, spec.formats.png_compression))
+            w.add(key, reader.read(src, item, spec.seed, spec.formats.png_compression, source_meta))
+        except SkipItem as e:
+            w.skip(key, "ingest", str(e))
         except Exception as e:  # noqa: BLE001 - a bad item is recorded, the shard goes on
             w.fail(key, "ingest", _short_error(e))
     return dict(w.commit({"stage": "ingest", "source": source, "spec_hash": spec.spec_hash(),
@@ -121,20 +125,24 @@ def render_shard(spec: Spec, source: str, shard: int, tasks: list[str]) -> list[
             except Exception as e:  # noqa: BLE001
                 writers[task].fail(key, "render", _short_error(e))
             seconds[task] += time.perf_counter() - t0
-    # Samples the ingest stage could not produce are carried into every task's index.
-    base_failures = _failures(base)
+    # Samples the ingest stage failed or skipped are carried into every task's index.
+    base_failures, base_skipped = _not_ok(base)
     out = done
     for task, w in writers.items():
         for key, (stage, err) in base_failures.items():
             w.fail(key, stage, err)
+        for key, (stage, reason) in base_skipped.items():
+            w.skip(key, stage, reason)
         out.append(dict(w.commit({"stage": "render", "task": task, "source": source, "spec_hash": spec.spec_hash(),
                                   "seconds": round(seconds[task], 3)}), skipped=False))
     return out
 
 
-def _failures(tar) -> dict[str, tuple[str, str]]:
-    t = pq.read_table(index_path(tar), filters=[("status", "=", "error")]).to_pylist()
-    return {r["key"]: (r["stage"], r["error"]) for r in t}
+def _not_ok(tar) -> tuple[dict[str, tuple[str, str]], dict[str, tuple[str, str]]]:
+    """(failed, skipped) samples of a shard's index: key -> (stage, message)."""
+    rows = pq.read_table(index_path(tar), filters=[("status", "!=", "ok")]).to_pylist()
+    pick = lambda status: {r["key"]: (r["stage"], r["error"]) for r in rows if r["status"] == status}  # noqa: E731
+    return pick("error"), pick("skipped")
 
 
 def run_shard_job(spec_json: str, row: dict) -> dict:
@@ -149,7 +157,7 @@ def run_shard_job(spec_json: str, row: dict) -> dict:
            "pid": os.getpid(), "t_start": t_start, "t_end": 0.0}
     try:
         items = json.loads(row["items"])
-        st = ingest_shard(spec, row["source"], int(row["shard"]), items)
+        st = ingest_shard(spec, row["source"], int(row["shard"]), items, json.loads(row["source_meta"]))
         out["ingest"] = json.dumps(st)
         tasks = json.loads(row["tasks"])
         if tasks:

@@ -172,10 +172,10 @@ def test_bad_samples_are_recorded_and_the_rest_written(demo_build, tmp_path, mon
 
     real = synthetic_reader.read
 
-    def flaky(src, item, seed, png_level=1):
+    def flaky(src, item, seed, png_level, source_meta):
         if item["item_id"] == "000005":
             raise OSError("disk on fire")
-        return real(src, item, seed, png_level)
+        return real(src, item, seed, png_level, source_meta)
 
     monkeypatch.setattr(synthetic_reader, "read", flaky)
     st = ingest_shard(spec, "synthetic", 1, [{"item_id": f"{i:06d}"} for i in range(4, 8)])
@@ -186,12 +186,12 @@ def test_bad_samples_are_recorded_and_the_rest_written(demo_build, tmp_path, mon
 
 def test_preflight_refuses_before_any_work(tmp_path):
     d = {"name": "t", "output": str(tmp_path / "o"), "sources": [{"name": "s", "kind": "synthetic", "num_items": 2}],
-         "tasks": [{"task": "pose_estimation", "source": "s"}]}
-    with pytest.raises(BuildError, match="pose_estimation.*no renderer yet"):
+         "tasks": [{"task": "frame_prediction", "source": "s"}]}
+    with pytest.raises(BuildError, match="frame_prediction.*no renderer yet"):
         build(parse_spec(d), **quiet)
-    d["sources"] = [{"name": "s", "kind": "coco", "images": "/nowhere"}]
+    d["sources"] = [{"name": "s", "kind": "video_folder", "root": "/nowhere"}]
     d["tasks"] = [{"task": "colorization", "source": "s"}]
-    with pytest.raises(BuildError, match="source 's'.*coco"):
+    with pytest.raises(BuildError, match="source 's'.*video_folder.*not built yet"):
         build(parse_spec(d), **quiet)
     assert not (tmp_path / "o").exists()
 

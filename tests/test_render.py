@@ -108,7 +108,7 @@ def test_instances_semantic_panoptic_roundtrip_on_synthetic():
     for v in views():
         things = v.things()
         # instances: exact masks
-        dec = decode_instances(png_roundtrip(render_instances(v.segments, [s["id"] for s in things])))
+        dec = decode_instances(png_roundtrip(render_instances([v.segments == s["id"] for s in things])))
         assert sorted(dec) == list(range(len(things)))
         for k, s in enumerate(things):
             assert mask_iou(dec[k], v.segments == s["id"]) == 1.0

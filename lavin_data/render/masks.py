@@ -17,15 +17,20 @@ def _paint(label: np.ndarray) -> np.ndarray:
     return PALETTE[label]
 
 
-def render_instances(seg: np.ndarray, instance_ids: list[int]) -> np.ndarray:
-    """Instance ``instance_ids[k]`` of ``seg`` gets ``PALETTE[k + 1]``; the rest is black.
+def render_instances(masks: list[np.ndarray], size: tuple[int, int] | None = None) -> np.ndarray:
+    """Instance ``masks[k]`` ((H, W) bool) gets ``PALETTE[k + 1]``; the rest is black.
 
-    seg: (H, W) int; returns (H, W, 3) uint8. The order of ``instance_ids`` is the
-    colour order, so a caller that lists instances stably gets stable colours.
+    The list order is the colour order, so a caller that lists instances stably gets
+    stable colours. Where masks overlap, smaller instances are painted last (on top), so
+    that an object in front of a larger one stays visible. Returns (H, W, 3) uint8.
     """
-    label = np.zeros(seg.shape, np.int32)
-    for k, sid in enumerate(instance_ids):
-        label[seg == sid] = k + 1
+    if not masks:
+        if size is None:
+            raise ValueError("render_instances needs a size when there are no masks")
+        return np.zeros(size + (3,), np.uint8)
+    label = np.zeros(masks[0].shape, np.int32)
+    for k in sorted(range(len(masks)), key=lambda k: -int(masks[k].sum())):
+        label[masks[k]] = k + 1
     return _paint(label)
 
 
@@ -48,14 +53,15 @@ def decode_semantic(img: np.ndarray) -> np.ndarray:
 def render_panoptic(seg: np.ndarray, segments: list[dict]) -> np.ndarray:
     """Stuff segments in their class colour, thing segments each in their own colour.
 
-    The k-th thing segment of ``segments`` (in list order) gets ``PALETTE[THING_OFFSET + k]``;
-    a stuff segment gets ``PALETTE[category_id]`` (category ids must be < THING_OFFSET).
+    The k-th non-crowd thing segment of ``segments`` (in list order) gets
+    ``PALETTE[THING_OFFSET + k]``; a stuff segment, or a crowd region (``iscrowd``: a
+    group of things, not one), gets ``PALETTE[category_id]`` (ids must be < THING_OFFSET).
     Unlabeled pixels (id 0 or ids not listed) are black.
     """
     label = np.zeros(seg.shape, np.int32)
     k = 0
     for s in segments:
-        if s["isthing"]:
+        if s["isthing"] and not s.get("iscrowd"):
             label[seg == s["id"]] = THING_OFFSET + k
             k += 1
         else:

@@ -3,8 +3,11 @@ item into base-sample members. One module per ``kind``.
 
 A reader has ``check(src)`` (raise :class:`SourceError` naming the file if the source
 cannot be used at all, before any work), ``plan(src)`` -> list of item dicts (each with
-an ``item_id`` made of letters, digits and dashes) and ``read(src, item, seed, png_level)``
--> base members (see :mod:`lavin_data.base`).
+an ``item_id`` made of letters, digits and dashes; flat JSON-able values),
+``source_meta(src)`` -> dict every item needs (computed once in the driver), and
+``read(src, item, seed, png_level, source_meta)`` -> base members (see
+:mod:`lavin_data.base`); ``read`` raises :class:`SkipItem` for an item that has nothing
+to contribute and any other exception for one that is broken.
 """
 
 from __future__ import annotations
@@ -16,10 +19,14 @@ class SourceError(ValueError):
     """A source that cannot be read at all (missing folder, malformed annotation file)."""
 
 
-def reader_for(kind: str) -> ModuleType:
-    from lavin_data.sources import synthetic_reader
+class SkipItem(Exception):
+    """An item deliberately left out (e.g. no annotations); recorded as skipped, not failed."""
 
-    readers = {"synthetic": synthetic_reader}
+
+def reader_for(kind: str) -> ModuleType:
+    from lavin_data.sources import coco_reader, synthetic_reader
+
+    readers = {"synthetic": synthetic_reader, "coco": coco_reader}
     if kind not in readers:
         raise SourceError(
             f"source kind {kind!r} is part of the spec format but its reader is not built yet "

@@ -17,7 +17,11 @@ def plan(src) -> list[dict]:
     return [{"item_id": f"{i:06d}"} for i in range(src.num_items)]
 
 
-def read(src, item: dict, seed: int, png_level: int = 1) -> dict[str, bytes]:
+def source_meta(src) -> dict:
+    return {}
+
+
+def read(src, item: dict, seed: int, png_level: int, source_meta: dict) -> dict[str, bytes]:
     # Scenes depend on the spec seed and the item index only, not on the source's name.
     ss = np.random.SeedSequence([seed, stable_int("synthetic"), int(item["item_id"])])
     w, h = src.image_size
