@@ -74,18 +74,34 @@ def _decode_outline_rects(m: np.ndarray, cover: np.ndarray, thickness: int) -> l
     right, down = _runs(cover, 1, False), _runs(cover, 0, False)
     left, up = _runs(cover, 1, True), _runs(cover, 0, True)
     k = thickness + 1
+
+    def validated(y0, x0, y1, x1):
+        """Candidate rects (broadcast arrays of corners) whose four edges are complete."""
+        bw, bh = x1 - x0 + 1, y1 - y0 + 1
+        ok = (bw > k) & (bh > k)
+        y0c, x0c, y1c, x1c = (np.broadcast_to(a, ok.shape).clip(0, n - 1)
+                              for a, n in ((y0, m.shape[0]), (x0, m.shape[1]), (y1, m.shape[0]), (x1, m.shape[1])))
+        ok &= right[y0c, x0c] >= bw  # top edge
+        ok &= down[y0c, x0c] >= bh  # left edge
+        ok &= left[y1c, x1c] >= bw  # bottom edge
+        ok &= up[y1c, x1c] >= bh  # right edge
+        return {(int(a), int(b), int(c), int(d)) for a, b, c, d in
+                zip(y0c[ok], x0c[ok], y1c[ok], x1c[ok])}
+
+    # Rectangles are seeded from a pair of opposite corners in this colour: top-left with
+    # bottom-right, and top-right with bottom-left, so that one corner may lie under
+    # another box's line.
+    cands: set[tuple[int, int, int, int]] = set()
     tl = np.argwhere(m & (right >= k) & (down >= k))
     br = np.argwhere(m & (left >= k) & (up >= k))
-    if len(tl) == 0 or len(br) == 0:
+    if len(tl) and len(br):
+        cands |= validated(tl[:, 0:1], tl[:, 1:2], br[None, :, 0], br[None, :, 1])
+    tr = np.argwhere(m & (left >= k) & (down >= k))
+    bl = np.argwhere(m & (right >= k) & (up >= k))
+    if len(tr) and len(bl):
+        cands |= validated(tr[:, 0:1], bl[None, :, 1], bl[None, :, 0], tr[:, 1:2])
+    if not cands:
         return []
-    y0, x0 = tl[:, 0:1], tl[:, 1:2]
-    y1, x1 = br[None, :, 0], br[None, :, 1]
-    bw, bh = x1 - x0 + 1, y1 - y0 + 1
-    ok = (bw > k) & (bh > k)
-    ok &= right[y0, x0] >= bw  # top edge
-    ok &= down[y0, x0] >= bh  # left edge
-    ok &= left[y1, x1] >= bw  # bottom edge
-    ok &= up[y1, x1] >= bh  # right edge
     # Outward runs in this colour, for the crossing test at corners.
     m_right, m_down = _runs(m, 1, False), _runs(m, 0, False)
     m_left, m_up = _runs(m, 1, True), _runs(m, 0, True)
@@ -104,18 +120,17 @@ def _decode_outline_rects(m: np.ndarray, cover: np.ndarray, thickness: int) -> l
     row_cs = np.pad(np.cumsum(m, 1), ((0, 0), (1, 0)))
     col_cs = np.pad(np.cumsum(m, 0), ((1, 0), (0, 0)))
     integral = np.pad(np.cumsum(np.cumsum(m, 0), 1), ((1, 0), (1, 0)))
-    ii, jj = np.nonzero(ok)
     found = []
-    for i, j in zip(ii, jj):
-        a, b = int(tl[i, 0]), int(tl[i, 1])  # y0, x0
-        c, d = int(br[j, 0]), int(br[j, 1])  # y1, x1
+    for a, b, c, d in sorted(cands):  # y0, x0, y1, x1
         n_cross = crossing(a, b, -1, -1) + crossing(a, d, 1, -1) + crossing(c, b, -1, 1) + crossing(c, d, 1, 1)
         if n_cross >= 2:
             continue
-        # Each corner (a thickness x thickness block) must show some of this colour.
+        # Corners (thickness x thickness blocks) in this colour: all four, or three when
+        # another box's line covers one.
         t = thickness
-        if not (m[a:a + t, b:b + t].any() and m[a:a + t, d - t + 1:d + 1].any()
-                and m[c - t + 1:c + 1, b:b + t].any() and m[c - t + 1:c + 1, d - t + 1:d + 1].any()):
+        own_corners = sum(int(blk.any()) for blk in (m[a:a + t, b:b + t], m[a:a + t, d - t + 1:d + 1],
+                                                     m[c - t + 1:c + 1, b:b + t], m[c - t + 1:c + 1, d - t + 1:d + 1]))
+        if own_corners < 3:
             continue
         # An outline is hollow: where parallel lines touch, the solid band between them
         # would otherwise yield rectangles everywhere.
@@ -125,9 +140,11 @@ def _decode_outline_rects(m: np.ndarray, cover: np.ndarray, thickness: int) -> l
         inner = integral[ic + 1, id_ + 1] - integral[ia, id_ + 1] - integral[ic + 1, ib] + integral[ia, ib]
         if inner > 0.5 * (ic - ia + 1) * (id_ - ib + 1):
             continue
-        own = row_cs[a, d + 1] - row_cs[a, b] + row_cs[c, d + 1] - row_cs[c, b]
-        own += col_cs[c + 1, b] - col_cs[a, b] + col_cs[c + 1, d] - col_cs[a, d]
-        if own >= 0.5 * 2 * ((d - b + 1) + (c - a + 1)):
+        # At most one side may lie under other lines; the others are mostly this colour.
+        bw, bh = d - b + 1, c - a + 1
+        sides = ((row_cs[a, d + 1] - row_cs[a, b]) / bw, (row_cs[c, d + 1] - row_cs[c, b]) / bw,
+                 (col_cs[c + 1, b] - col_cs[a, b]) / bh, (col_cs[c + 1, d] - col_cs[a, d]) / bh)
+        if sum(f >= 0.5 for f in sides) >= 3:
             found.append((b, a, d, c))
     # A thick outline also holds rectangles inset by less than its thickness: keep the outer.
     found.sort(key=lambda r: -(r[2] - r[0] + 1) * (r[3] - r[1] + 1))
