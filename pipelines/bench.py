@@ -1,4 +1,6 @@
-"""``python -m pipelines.bench [--spec manifests/demo.yaml] [--items N]``: build throughput.
+"""``python -m pipelines.bench [--spec manifests/demo.yaml] [--items N] [--stage build|render]``
+
+``--stage build`` (default): build throughput.
 
 Prints pairs/s of the build (ingest + render, Ray Data) with 1 and with 2 Ray CPUs, and
 the single-process floor: the same per-sample work in a tight loop with no Ray, tar,
@@ -7,6 +9,11 @@ of every task). All figures come from one run, so they compare as ratios.
 
 Build time is measured from the start of execution to the last shard's commit
 (``ray.init`` is excluded: a cluster or a test session pays it once).
+
+``--stage render``: the render stage alone, on one core: the spec's base shards are
+ingested once, then :func:`pipelines.stages.render_shard` (decode, resize, render, encode,
+tar, index, stats) runs over them ``--repeat`` times; printed as pairs/s/core and base
+samples/s/core, beside the same decode + resize + render + encode in a tight loop.
 """
 
 from __future__ import annotations
@@ -62,11 +69,64 @@ def timed_build(spec, num_cpus: int) -> tuple[float, int, float]:
     return m["run"]["pairs_per_second"], m["run"]["pairs_written"], m["run"]["work_seconds"]
 
 
+def bench_render(spec, repeat: int) -> None:
+    """Time the render stage in this process (one core) over every base shard of ``spec``."""
+    import shutil
+
+    from pipelines.build import shard_jobs
+    from pipelines.stages import ingest_shard, render_shard
+
+    jobs, _ = shard_jobs(spec)
+    import json
+
+    for j in jobs:
+        ingest_shard(spec, j["source"], j["shard"], json.loads(j["items"]), json.loads(j["source_meta"]))
+    n_pairs = n_base = 0
+    t0 = time.perf_counter()
+    for _ in range(repeat):
+        shutil.rmtree(Path(spec.output) / "pairs", ignore_errors=True)
+        for j in jobs:
+            stats = render_shard(spec, j["source"], j["shard"], json.loads(j["tasks"]))
+            n_pairs += sum(st["n_ok"] for st in stats)
+            n_base += sum(1 for _ in iter_tar_samples(base_tar(spec.output, j["source"], j["shard"])))
+    stage = time.perf_counter() - t0
+    # The same work without tar/index/stats: decode + resize + render + encode.
+    opts = {(t.source, t.task): t.options for t in spec.tasks}
+    m = 0
+    t0 = time.perf_counter()
+    for _ in range(repeat):
+        for j in jobs:
+            for key, members in iter_tar_samples(base_tar(spec.output, j["source"], j["shard"])):
+                try:
+                    view = view_from_base(key, members, spec.resolution, spec.resize)
+                except Exception:  # noqa: BLE001 - failed samples cost nothing in the stage either
+                    continue
+                enc = PairEncoder(spec, view)
+                for task in json.loads(j["tasks"]):
+                    for p in TASKS[task].render(view, sample_rng(spec.seed, "render", task, "b", key),
+                                                opts[(j["source"], task)]):
+                        enc.encode(task, key, p)
+                        m += 1
+    loop = time.perf_counter() - t0
+    print(f"render stage, 1 core, {spec.resolution}px: {n_pairs / stage:7.1f} pairs/s/core, "
+          f"{n_base / stage:6.1f} base samples/s/core ({n_pairs} pairs over {repeat} passes, {stage:.1f}s)")
+    print(f"tight loop (no tar/index/stats):   {m / loop:7.1f} pairs/s/core  -> stage/loop {loop / stage:.2f}")
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m pipelines.bench")
     ap.add_argument("--spec", default="manifests/demo.yaml")
     ap.add_argument("--items", type=int, help="override the synthetic source's num_items")
+    ap.add_argument("--stage", choices=["build", "render"], default="build")
+    ap.add_argument("--repeat", type=int, default=5, help="passes over the shards (--stage render)")
     args = ap.parse_args(argv)
+    if args.stage == "render":
+        with tempfile.TemporaryDirectory() as tmp:
+            spec = load_spec(args.spec, output=tmp)
+            if args.items:
+                spec.sources[0].num_items = args.items
+            bench_render(spec, args.repeat)
+        return 0
     with tempfile.TemporaryDirectory() as tmp:
         runs = {}
         for cpus in (1, 2):

@@ -295,3 +295,26 @@ def test_unknown_category_in_selection_is_a_clear_error(tmp_path):
     spec = fixture_spec(tmp_path / "x", **{"coco-pan": {"categories": ["persn"]}})
     with pytest.raises(BuildError, match="unknown category 'persn'"):
         build(spec, **quiet)
+
+
+def test_keypoints_decode_from_a_single_person_rendering():
+    from lavin_data.render import COCO_SKELETON, decode_keypoints, render_pose
+
+    coco = gt_coco(fixture_path(KP, "test_coco.json"))
+    checked = 0
+    for im in coco.loadImgs(coco.getImgIds()):
+        rz = plan_resize(im["width"], im["height"], 512, "crop")
+        for a in coco.loadAnns(coco.getAnnIds(imgIds=[im["id"]])):
+            k = np.array(a["keypoints"], float).reshape(-1, 3)
+            k[:, :2], inside = rz.points(k[:, :2])
+            k[~inside, 2] = 0
+            if (k[:, 2] > 0).sum() < 12:
+                continue
+            img = render_pose([k], COCO_SKELETON, (512, 512), thickness=2)
+            dec = decode_keypoints(img, COCO_SKELETON, 17)
+            drawn = {p for e in COCO_SKELETON if k[e[0], 2] > 0 and k[e[1], 2] > 0 for p in e}
+            assert all(dec[p, 2] == 0 for p in range(17) if p not in drawn)  # nothing invented
+            err = [np.linalg.norm(dec[p, :2] - k[p, :2]) for p in drawn if dec[p, 2]]
+            assert len(err) >= 0.9 * len(drawn) and np.median(err) <= 2.0, (a["id"], err)
+            checked += 1
+    assert checked >= 3

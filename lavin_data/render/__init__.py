@@ -27,7 +27,13 @@ from lavin_data.render.masks import (
     render_semantic,
 )
 from lavin_data.render.palette import PALETTE, THING_OFFSET, colour_index
-from lavin_data.render.pose import COCO_SKELETON, decode_limbs, point_segment_distance, render_pose
+from lavin_data.render.pose import (
+    COCO_SKELETON,
+    decode_keypoints,
+    decode_limbs,
+    point_segment_distance,
+    render_pose,
+)
 
 __all__ = [
     "PALETTE", "THING_OFFSET", "colour_index",
@@ -36,5 +42,5 @@ __all__ = [
     "render_panoptic", "decode_panoptic", "render_foreground", "decode_foreground",
     "render_depth", "decode_depth", "render_normals", "decode_normals",
     "render_edges", "decode_edges", "canny_edges", "grey", "angular_error_deg", "box_iou", "mask_iou",
-    "render_pose", "decode_limbs", "point_segment_distance", "COCO_SKELETON",
+    "render_pose", "decode_limbs", "decode_keypoints", "point_segment_distance", "COCO_SKELETON",
 ]

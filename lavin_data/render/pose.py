@@ -67,3 +67,38 @@ def point_segment_distance(p: np.ndarray, a: np.ndarray, b: np.ndarray) -> np.nd
     ab = b - a
     t = np.clip(((p - a) @ ab) / max(float(ab @ ab), 1e-12), 0, 1)
     return np.linalg.norm(p - (a + t[:, None] * ab), axis=1)
+
+
+def decode_keypoints(img: np.ndarray, skeleton: list[tuple[int, int]], n_keypoints: int) -> np.ndarray:
+    """Keypoints of a single-person rendering: (K, 3) float (x, y, found 0/1).
+
+    A keypoint shared by several drawn limbs is the endpoint those limbs agree on; a
+    keypoint at the end of one drawn limb is that limb's far end from its resolved
+    neighbour. Keypoints without a drawn limb (unlabelled) are not found. With several
+    people in one rendering, use :func:`decode_limbs` instead.
+    """
+    limbs = {j: segs[0] for j, segs in decode_limbs(img, len(skeleton)).items()}
+    ends = {j: (np.array(s[:2]), np.array(s[2:])) for j, s in limbs.items()}
+    out = np.zeros((n_keypoints, 3))
+    incident: dict[int, list[int]] = {}
+    for j, (a, b) in enumerate(skeleton):
+        if j in ends:
+            incident.setdefault(a, []).append(j)
+            incident.setdefault(b, []).append(j)
+    for k, js in incident.items():
+        if len(js) < 2:
+            continue
+        cands = [p for j in js for p in ends[j]]
+        score = [sum(min(np.linalg.norm(c - q) for q in ends[j]) for j in js) for c in cands]
+        out[k] = (*cands[int(np.argmin(score))], 1)
+    for _ in range(2):  # leaves next to a leaf resolve on the second pass
+        for k, js in incident.items():
+            if len(js) != 1 or out[k, 2]:
+                continue
+            j = js[0]
+            other = skeleton[j][1] if skeleton[j][0] == k else skeleton[j][0]
+            if out[other, 2]:
+                p0, p1 = ends[j]
+                o = out[other, :2]
+                out[k] = (*(p0 if np.linalg.norm(p0 - o) > np.linalg.norm(p1 - o) else p1), 1)
+    return out
