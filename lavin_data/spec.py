@@ -60,7 +60,8 @@ class CocoSource(_SourceBase):
     instances: str | None = Field(None, description="instances_*.json")
     keypoints: str | None = Field(None, description="person_keypoints_*.json")
     panoptic: str | None = Field(None, description="panoptic_*.json")
-    panoptic_masks: str | None = Field(None, description="folder of the panoptic PNGs (default: the json path without .json)")
+    panoptic_masks: str | None = Field(
+        None, description="folder of the panoptic PNGs (default: the json path without .json)")
     categories: list[str | int] | None = Field(None, description="keep only these categories (names or ids)")
     min_area: float = Field(0, ge=0, description="drop objects smaller than this (source pixels^2)")
     max_instances: int | None = Field(None, ge=1, description="skip images with more objects than this")

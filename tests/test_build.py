@@ -2,8 +2,6 @@
 
 import io
 import json
-import os
-import shutil
 import time
 from pathlib import Path
 
@@ -11,7 +9,7 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 
-from lavin_data.codecs import decode_image, encode_png
+from lavin_data.codecs import decode_image
 from lavin_data.render import decode_boxes
 from lavin_data.shards import ShardWriter, index_path, iter_tar_samples, stats_path
 from lavin_data.spec import parse_spec
@@ -19,7 +17,7 @@ from lavin_data.tasks import TASKS
 from pipelines.build import BuildError, build, main
 from pipelines.layout import base_tar, pair_tar
 from pipelines.stages import ingest_shard, render_shard
-from tests.conftest import ROOT, small_demo_spec
+from tests.conftest import small_demo_spec
 
 quiet = dict(echo=lambda *_: None)
 

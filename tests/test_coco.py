@@ -14,20 +14,12 @@ import yaml
 
 from lavin_data.codecs import decode_image
 from lavin_data.geometry import plan_resize
-from lavin_data.render import (
-    THING_OFFSET,
-    box_iou,
-    decode_boxes,
-    decode_instances,
-    decode_panoptic,
-    decode_semantic,
-    mask_iou,
-    point_segment_distance,
-)
+from lavin_data.render import box_iou, decode_semantic, point_segment_distance
 from lavin_data.render.palette import colour_index
 from lavin_data.shards import index_path, iter_tar_samples
 from lavin_data.spec import parse_spec
 from pipelines.build import BuildError, build
+from pipelines.coco_fidelity import instances_and_boxes, panoptic_count_errors
 from pipelines.layout import pair_tar
 from tests.conftest import FIXTURES, ROOT, fixture_path
 
@@ -74,52 +66,16 @@ def test_every_coco_task_is_written(coco_build):
         assert manifest["failures"][t.task][t.source] == 0
 
 
-def _gt_instances(coco, image_id, rz, things_only):
-    cats = {c["id"]: c for c in coco.loadCats(coco.getCatIds())}
-    out = []
-    for a in coco.loadAnns(coco.getAnnIds(imgIds=[image_id])):
-        if a["iscrowd"] or (things_only and not cats[a["category_id"]].get("isthing", 1)):
-            continue
-        out.append(a)
-    return out
-
-
 @pytest.mark.parametrize("source, ann_file", [
     ("coco-kp", f"{KP}/test_coco.json"),
     ("coco-pan", f"{PAN}/panoptic_coco_detection_format.json"),
 ])
 def test_instance_masks_and_boxes_match_pycocotools(coco_build, source, ann_file):
     spec, _ = coco_build
-    coco = gt_coco(fixture_path(*ann_file.split("/")))
-    panoptic_cats = {c["id"]: c for c in json.loads(fixture_path("coco_panoptic", "panoptic_coco_categories.json")
-                                                    .read_text())}
-    mask_ious, box_ious = [], []
-    inst = samples(spec, "instance_segmentation", source)
-    det = samples(spec, "object_detection", source)
-    for key, (meta, target) in inst.items():
-        image_id = int(meta["item_id"])
-        im = coco.loadImgs([image_id])[0]
-        rz = plan_resize(im["width"], im["height"], spec.resolution, spec.resize)
-        decoded = decode_instances(target)
-        by_id = {i["id"]: i["colour_index"] - 1 for i in meta["params"]["instances"]}
-        for a in coco.loadAnns(coco.getAnnIds(imgIds=[image_id])):
-            if a["iscrowd"] or not panoptic_cats.get(a["category_id"], {"isthing": 1})["isthing"]:
-                assert a["id"] not in by_id  # crowds and stuff are not instances
-                continue
-            gt = rz.image(coco.annToMask(a), "nearest").astype(bool)
-            if not gt.any():
-                continue
-            mask_ious.append(mask_iou(decoded.get(by_id.get(a["id"], -1), np.zeros_like(gt)), gt))
-        # boxes: pycocotools' boxes through the same resize vs boxes decoded from the outlines
-        objs = [a for a in coco.loadAnns(coco.getAnnIds(imgIds=[image_id]))
-                if not a["iscrowd"] and panoptic_cats.get(a["category_id"], {"isthing": 1})["isthing"]]
-        gt_boxes = np.array([[a["bbox"][0], a["bbox"][1], a["bbox"][0] + a["bbox"][2], a["bbox"][1] + a["bbox"][3]]
-                             for a in objs], float)
-        b, keep = rz.boxes(gt_boxes)
-        b = b[keep]
-        big = (b[:, 2] - b[:, 0] >= 4) & (b[:, 3] - b[:, 1] >= 4)  # smaller boxes are not drawn (min_side)
-        dec, _ = decode_boxes(det[key][1])
-        box_ious += box_iou(b[big], dec).max(1).tolist() if len(dec) else [0.0] * int(big.sum())
+    isthing = {c["id"]: c["isthing"] for c in json.loads(fixture_path("coco_panoptic", "panoptic_coco_categories.json")
+                                                         .read_text())}
+    mask_ious, box_ious = instances_and_boxes(Path(spec.output), source, fixture_path(*ann_file.split("/")), isthing,
+                                              spec.resolution, spec.resize)
     assert len(mask_ious) >= 10 and np.mean(mask_ious) >= 0.95, sorted(mask_ious)[:5]
     assert len(box_ious) >= 10 and np.mean(box_ious) >= 0.95, sorted(np.round(box_ious, 3))[:8]
 
@@ -127,37 +83,20 @@ def test_instance_masks_and_boxes_match_pycocotools(coco_build, source, ann_file
 def test_panoptic_and_semantic_pixel_counts_match_the_resized_ground_truth(coco_build):
     spec, _ = coco_build
     root = fixture_path(*PAN.split("/"))
+    rel = panoptic_count_errors(Path(spec.output), "coco-pan", root / "panoptic_examples.json",
+                                root / "panoptic_examples", spec.resolution, spec.resize)
+    assert len(rel) >= 30 and max(rel) <= 0.01
+    # semantic: the class of every pixel, and unlabeled pixels stay black
     pan = json.loads((root / "panoptic_examples.json").read_text())
-    cats = {c["id"]: c for c in pan["categories"]}
-    got_pan = samples(spec, "panoptic_segmentation", "coco-pan")
     got_sem = samples(spec, "semantic_segmentation", "coco-pan")
-    n = 0
     for ann in pan["annotations"]:
-        key = f"coco-pan_{ann['image_id']:012d}"
         rgb = decode_image((root / "panoptic_examples" / ann["file_name"]).read_bytes()).astype(np.int64)
         ids = rgb[..., 0] + 256 * rgb[..., 1] + 65536 * rgb[..., 2]
-        rz = plan_resize(ids.shape[1], ids.shape[0], spec.resolution, spec.resize)
-        ids = rz.image(ids, "nearest")
-        lab = decode_panoptic(got_pan[key][1])
-        want: dict[int, int] = {}
-        k = 0
-        for s in ann["segments_info"]:
-            if not (ids == s["id"]).any():
-                continue  # cropped away
-            thing = cats[s["category_id"]]["isthing"] and not s["iscrowd"]
-            code = THING_OFFSET + k if thing else s["category_id"]
-            k += bool(thing)
-            want[code] = want.get(code, 0) + int((ids == s["id"]).sum())
-        for code, count in want.items():
-            assert abs(int((lab == code).sum()) - count) <= 0.01 * count, (key, code)
-            n += 1
-        assert int((lab == 0).sum()) == int((ids == 0).sum())  # unlabeled stays black
-        # semantic: the class of every pixel
+        ids = plan_resize(ids.shape[1], ids.shape[0], spec.resolution, spec.resize).image(ids, "nearest")
         cls = np.zeros(ids.shape, np.int64)
         for s in ann["segments_info"]:
             cls[ids == s["id"]] = s["category_id"]
-        assert np.array_equal(decode_semantic(got_sem[key][1]), cls)
-    assert n >= 30
+        assert np.array_equal(decode_semantic(got_sem[f"coco-pan_{ann['image_id']:012d}"][1]), cls)
 
 
 def test_pose_limbs_only_between_labelled_keypoints(coco_build):
@@ -279,7 +218,7 @@ def test_selection_options(ray_session, tmp_path):
     spec = fixture_spec(tmp_path / "sel", **{"coco-pan": {"categories": ["person"], "min_area": 2000},
                                             "coco-kp": {"max_instances": 2}})
     build(spec, **quiet)
-    for key, (meta, _) in samples(spec, "object_detection", "coco-pan").items():
+    for _key, (meta, _) in samples(spec, "object_detection", "coco-pan").items():
         assert set(meta["params"]["classes"]) == {1}
     coco = gt_coco(fixture_path(*f"{PAN}/panoptic_coco_detection_format.json".split("/")))
     n_big = sum(1 for a in coco.loadAnns(coco.getAnnIds(catIds=[1])) if a["area"] >= 2000 and not a["iscrowd"])

@@ -2,7 +2,6 @@ import numpy as np
 import pytest
 
 from lavin_data.geometry import plan_resize
-from lavin_data.render import box_iou
 
 
 @pytest.mark.parametrize("policy", ["crop", "squash", "pad"])

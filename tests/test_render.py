@@ -207,7 +207,7 @@ def _panoptic_fixture():
 
 def test_panoptic_semantic_instances_roundtrip_on_coco_fixture():
     n = 0
-    for ann, ids, segs in _panoptic_fixture():
+    for _ann, ids, segs in _panoptic_fixture():
         n += 1
         # Our 16-bit segment maps need compact ids: remap COCO's 24-bit ids.
         compact = np.zeros_like(ids)

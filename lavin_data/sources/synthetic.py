@@ -147,7 +147,8 @@ def render_scene(
 
     prims = [  # (segment id, category id, intersect, texture kind, colours)
         (1, 1, lambda o, d: _plane_y(floor_y, o, d), "checker", (_colour(rng), _colour(rng)), rng.uniform(0.4, 1.0)),
-        (2, 2, lambda o, d: _wall(wall_z, wall_top, o, d), "stripes", (_colour(rng), _colour(rng)), rng.uniform(0.3, 0.8)),
+        (2, 2, lambda o, d: _wall(wall_z, wall_top, o, d), "stripes", (_colour(rng), _colour(rng)),
+         rng.uniform(0.3, 0.8)),
     ]
     placed: list[tuple[float, float, float]] = []  # footprint circles (x, z, radius)
     objects = []
