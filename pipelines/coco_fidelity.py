@@ -2,7 +2,8 @@
 
 Builds ``manifests/coco_fixtures.yaml`` (unless OUT already holds that build) and prints
 how faithfully its renderings decode back to what pycocotools itself decodes from the
-same annotations after the same resize: instance-mask IoU, box IoU, panoptic pixel counts.
+same annotations after the same resize: instance-mask IoU, box IoU, panoptic pixel counts,
+and the error of keypoints decoded from pose renderings.
 """
 
 from __future__ import annotations
@@ -78,6 +79,29 @@ def panoptic_count_errors(out: Path, source: str, pan_json: Path, masks: Path, r
     return rel
 
 
+def keypoint_errors(ann_file: Path, res: int, policy: str, min_labelled: int = 12) -> tuple[int, list[float]]:
+    """Render each well-labelled person alone, decode its keypoints, and return
+    (people, pixel errors of the decoded keypoints)."""
+    from pycocotools.coco import COCO
+
+    from lavin_data.render import COCO_SKELETON, decode_keypoints, render_pose
+
+    coco = COCO(str(ann_file))
+    people, errs = 0, []
+    for im in coco.loadImgs(coco.getImgIds()):
+        rz = plan_resize(im["width"], im["height"], res, policy)
+        for a in coco.loadAnns(coco.getAnnIds(imgIds=[im["id"]])):
+            k = np.array(a["keypoints"], float).reshape(-1, 3)
+            k[:, :2], inside = rz.points(k[:, :2])
+            k[~inside, 2] = 0
+            if (k[:, 2] > 0).sum() < min_labelled:
+                continue
+            people += 1
+            dec = decode_keypoints(render_pose([k], COCO_SKELETON, (res, res)), COCO_SKELETON, len(k))
+            errs += [float(np.linalg.norm(dec[p, :2] - k[p, :2])) for p in range(len(k)) if dec[p, 2] and k[p, 2]]
+    return people, errs
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m pipelines.coco_fidelity")
     ap.add_argument("--output", default="out/coco-fixtures")
@@ -101,6 +125,9 @@ def main(argv: list[str] | None = None) -> int:
     rel = panoptic_count_errors(out, "coco-pan", pan_dir / "panoptic_examples.json", pan_dir / "panoptic_examples",
                                 spec.resolution, spec.resize)
     print(f"coco-pan: panoptic pixel counts of {len(rel)} labels, max relative error {max(rel):.4f}")
+    people, errs = keypoint_errors(fx / "coco_keypoints" / "test_coco.json", spec.resolution, spec.resize)
+    print(f"coco-kp: keypoints decoded from single-person pose renderings: {len(errs)} keypoints of {people} people, "
+          f"median error {np.median(errs):.2f} px, p90 {np.percentile(errs, 90):.2f} px")
     return 0
 
 
