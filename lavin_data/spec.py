@@ -77,13 +77,25 @@ class CocoSource(_SourceBase):
         return self
 
 
+NYU_INTRINSICS = (518.8579, 519.46961, 325.58245, 253.73617)  # Kinect colour camera, 640x480
+
+
 class NyuSource(_SourceBase):
+    """NYU-Depth-v2: the labeled ``nyu_depth_v2_labeled.mat`` or the rgb_*/sync_depth_* folder layout."""
+
     kind: Literal["nyu"]
-    root: str
-    split: Literal["train", "test", "all"] = "train"
-    split_file: str | None = None
-    normals: str | None = None
-    licence: str | None = "NYU Depth V2 research terms"
+    root: str = Field(description="the labeled .mat file, or a folder searched recursively for rgb_*.jpg")
+    split_file: str | None = Field(
+        None, description="folder layout: a list whose lines start with an rgb path relative to root "
+                          "(BTS / Eigen split files); .mat: 1-based frame indices, one per line")
+    annotations: str | None = Field(None, description="Metric3D-style json {files: [{rgb, depth, cam_in, depth_scale}]}")
+    intrinsics: tuple[float, float, float, float] = Field(NYU_INTRINSICS, description="fx, fy, cx, cy in pixels")
+    depth_scale: float = Field(1000.0, gt=0, description="PNG depth units per metre (sync_depth: millimetres)")
+    normals: str | None = Field(None, description="folder of ground-truth normals, RGB = (n+1)/2, "
+                                                  "named like the rgb file with rgb -> normal")
+    normals_frame: Literal["x_right_y_up_z_camera", "opencv"] = Field(
+        "x_right_y_up_z_camera", description="frame of the GT normals (opencv: x right, y down, z forward)")
+    licence: str | None = "NYU Depth V2: research use (see the dataset's terms)"
 
 
 class ImageFolderSource(_SourceBase):
@@ -141,7 +153,8 @@ class Labeler(_Strict):
     num_gpus: float = Field(0, ge=0)
     num_actors: int = Field(1, ge=1)
     dtype: Literal["fp32", "fp16", "bf16"] = "fp32"
-    fov_deg: float | None = None
+    fov_deg: float | None = Field(None, description="normals_from_depth: field of view when a sample has no intrinsics")
+    depth_from: str | None = Field(None, description="normals_from_depth: take depth from this (earlier) labeler")
 
 
 # --------------------------------------------------------------------------- tasks
@@ -196,16 +209,27 @@ class Spec(_Strict):
         dup = {n for n in names if names.count(n) > 1}
         if dup:
             raise ValueError(f"source names must be unique; repeated: {sorted(dup)}")
-        labelers = {lab.name for lab in self.labelers}
+        labelers = {lab.name: lab for lab in self.labelers}
+        if len(labelers) != len(self.labelers):
+            raise ValueError("labeler names must be unique")
+        earlier: set[str] = set()
         for lab in self.labelers:
             if lab.source not in names:
                 raise ValueError(f"labeler {lab.name!r} names source {lab.source!r}, which is not in sources {names}")
+            if lab.depth_from is not None and (lab.depth_from not in earlier
+                                               or labelers[lab.depth_from].source != lab.source):
+                raise ValueError(f"labeler {lab.name!r}: depth_from {lab.depth_from!r} must name an earlier "
+                                 f"labeler of the same source")
+            earlier.add(lab.name)
         seen = set()
         for i, t in enumerate(self.tasks):
             if t.source not in names:
                 raise ValueError(f"tasks[{i}] ({t.task}) names source {t.source!r}, which is not in sources {names}")
             if t.labeler is not None and t.labeler not in labelers:
                 raise ValueError(f"tasks[{i}] ({t.task}) names labeler {t.labeler!r}, which is not in labelers")
+            if t.labeler is not None and labelers[t.labeler].source != t.source:
+                raise ValueError(f"tasks[{i}] ({t.task}): labeler {t.labeler!r} labels source "
+                                 f"{labelers[t.labeler].source!r}, not {t.source!r}")
             if (t.task, t.source) in seen:
                 raise ValueError(f"tasks[{i}]: task {t.task!r} on source {t.source!r} appears twice")
             seen.add((t.task, t.source))
@@ -213,6 +237,9 @@ class Spec(_Strict):
 
     def source(self, name: str) -> Source:
         return next(s for s in self.sources if s.name == name)
+
+    def labeler(self, name: str) -> Labeler:
+        return next(lab for lab in self.labelers if lab.name == name)
 
     def canonical_json(self) -> str:
         return json.dumps(self.model_dump(mode="json"), sort_keys=True, separators=(",", ":"))

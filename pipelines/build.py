@@ -23,11 +23,12 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from lavin_data import __version__
+from lavin_data.labelers import LabelerError, labeler_class
 from lavin_data.shards import read_stats, shard_done
 from lavin_data.sources import SourceError, reader_for
 from lavin_data.spec import Spec, SpecError, load_spec
 from lavin_data.tasks import TASKS
-from pipelines.layout import base_tar, pair_tar, plan_path
+from pipelines.layout import base_tar, label_tar, pair_tar, plan_path
 
 log = logging.getLogger("lavin.build")
 
@@ -60,10 +61,11 @@ def preflight(spec: Spec) -> None:
     for i, t in enumerate(spec.tasks):
         if TASKS[t.task].render is None:
             problems.append(f"tasks[{i}]: task {t.task!r} is in the spec format but has no renderer yet")
-        if t.labeler is not None:
-            problems.append(f"tasks[{i}]: labeler sidecars are not built yet (labeler {t.labeler!r})")
-    if spec.labelers:
-        problems.append(f"labelers: the label stage is not built yet ({[lab.name for lab in spec.labelers]})")
+    for i, lab in enumerate(spec.labelers):
+        try:
+            labeler_class(lab.kind).preflight(lab)
+        except LabelerError as e:
+            problems.append(f"labelers[{i}] ({lab.name}): {e}")
     for src in spec.sources:
         try:
             reader_for(src.kind).check(src)
@@ -104,6 +106,7 @@ def shard_jobs(spec: Spec) -> tuple[list[dict], int]:
     jobs, total = [], 0
     for src in spec.sources:
         tasks = [t.task for t in spec.tasks if t.source == src.name]
+        labelers = [lab.name for lab in spec.labelers if lab.source == src.name]
         plan = write_plan(spec, src.name)
         meta = None
         by_shard: dict[int, list[dict]] = {}
@@ -112,7 +115,8 @@ def shard_jobs(spec: Spec) -> tuple[list[dict], int]:
         for shard, items in sorted(by_shard.items()):
             total += 1
             done = shard_done(base_tar(spec.output, src.name, shard)) and all(
-                shard_done(pair_tar(spec.output, t, src.name, shard)) for t in tasks)
+                shard_done(pair_tar(spec.output, t, src.name, shard)) for t in tasks) and all(
+                shard_done(label_tar(spec.output, lab, src.name, shard)) for lab in labelers)
             if not done:
                 if meta is None:
                     meta = json.dumps(reader_for(src.kind).source_meta(src))
@@ -133,6 +137,53 @@ class ShardWorker:
 
     def __call__(self, row: dict, spec_json: str) -> dict:
         return self.stages.run_shard_job(spec_json, row)
+
+
+class LabelWorker:
+    """A Ray Data actor holding one labeler's model, loaded once, labelling whole shards."""
+
+    def __init__(self, spec_json: str, labeler_name: str):
+        from pipelines import stages
+
+        spec = Spec.model_validate_json(spec_json)
+        lab = spec.labeler(labeler_name)
+        self.labeler = labeler_class(lab.kind)(lab)
+        self.name, self.stages = labeler_name, stages
+
+    def __call__(self, row: dict, spec_json: str) -> dict:
+        return self.stages.run_label_job(spec_json, row, self.name, self.labeler)
+
+
+def _ingest(row: dict, spec_json: str) -> dict:
+    from pipelines.stages import run_ingest_job
+
+    return run_ingest_job(spec_json, row)
+
+
+def _render(row: dict, spec_json: str) -> dict:
+    from pipelines.stages import run_render_job
+
+    return run_render_job(spec_json, row)
+
+
+def pipeline(spec: Spec, jobs: list[dict]):
+    """The Ray Data plan. Without labelers: one fused ingest+render actor pool. With
+    labelers: ingest tasks -> one actor pool per labeler (its ``num_actors``, ``num_gpus``)
+    -> render tasks; rows are shards, and a labeler passes other sources' rows through."""
+    import ray
+
+    sj = {"spec_json": spec.model_dump_json()}
+    ds = ray.data.from_items(jobs, override_num_blocks=len(jobs))
+    if not spec.labelers:
+        n_workers = max(1, min(len(jobs), int(ray.cluster_resources().get("CPU", 1))))
+        return ds.map(ShardWorker, fn_kwargs=sj, num_cpus=1,
+                      compute=ray.data.ActorPoolStrategy(size=n_workers, max_tasks_in_flight_per_actor=2))
+    ds = ds.map(_ingest, fn_kwargs=sj, num_cpus=1)
+    for lab in spec.labelers:
+        ds = ds.map(LabelWorker, fn_constructor_kwargs={"spec_json": sj["spec_json"], "labeler_name": lab.name},
+                    fn_kwargs=sj, compute=ray.data.ActorPoolStrategy(size=lab.num_actors),
+                    num_gpus=lab.num_gpus or None, num_cpus=1)
+    return ds.map(_render, fn_kwargs=sj, num_cpus=1)
 
 
 # --------------------------------------------------------------------------- build
@@ -157,10 +208,7 @@ def build(spec: Spec, num_cpus: int | None = None, echo=print) -> dict:
         import ray
 
         ensure_ray(num_cpus)
-        n_workers = max(1, min(len(jobs), int(ray.cluster_resources().get("CPU", 1))))
-        ds = ray.data.from_items(jobs, override_num_blocks=len(jobs)).map(
-            ShardWorker, fn_kwargs={"spec_json": spec.model_dump_json()}, num_cpus=1,
-            compute=ray.data.ActorPoolStrategy(size=n_workers, max_tasks_in_flight_per_actor=2))
+        ds = pipeline(spec, jobs)
         tw = time.perf_counter()
         t_wall0 = time.time()
         for i, row in enumerate(ds.iter_rows(), 1):

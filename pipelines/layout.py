@@ -17,6 +17,10 @@ def base_tar(out: str | Path, source: str, shard: int) -> Path:
     return Path(out) / "base" / source / f"{shard_name(source, shard)}.tar"
 
 
+def label_tar(out: str | Path, labeler: str, source: str, shard: int) -> Path:
+    return Path(out) / "labels" / labeler / source / f"{shard_name(source, shard)}.tar"
+
+
 def pair_tar(out: str | Path, task: str, source: str, shard: int) -> Path:
     return Path(out) / "pairs" / task / f"{shard_name(source, shard)}.tar"
 

@@ -10,6 +10,7 @@ import os
 import time
 import traceback
 
+import numpy as np
 import pyarrow.parquet as pq
 
 from lavin_data.base import view_from_base
@@ -19,7 +20,7 @@ from lavin_data.shards import ShardWriter, index_path, iter_tar_samples, read_st
 from lavin_data.sources import SkipItem, reader_for
 from lavin_data.spec import Spec
 from lavin_data.tasks import TASKS, Pair, View
-from pipelines.layout import base_tar, pair_tar, sample_key, shard_name
+from pipelines.layout import base_tar, label_tar, pair_tar, sample_key, shard_name
 
 
 def _short_error(e: BaseException) -> str:
@@ -91,10 +92,24 @@ class PairEncoder:
         return members
 
 
+def _with_labels(view: View, side: dict[str, bytes], key: str) -> tuple[View, dict]:
+    """The view with its depth or normals replaced by a labeler's sidecar (resized alike)."""
+    import dataclasses
+
+    from lavin_data.sidecar import decode_sidecar
+
+    what, arr, meta = decode_sidecar(side, key)
+    arr = view.resize.image(arr.astype(np.float32), "nearest")
+    if what == "depth":
+        return dataclasses.replace(view, depth=arr, depth_kind=meta["depth_kind"]), meta
+    return dataclasses.replace(view, normals=arr), meta
+
+
 def render_shard(spec: Spec, source: str, shard: int, tasks: list[str]) -> list[dict]:
     """Render one base shard into one pair shard per task (tasks already done are skipped).
 
-    The base shard is decoded once; each sample's view serves every task.
+    The base shard is decoded once; each sample's view serves every task. A task with a
+    ``labeler`` takes its depth or normals from that labeler's sidecar shard.
     """
     todo = [t for t in tasks if not shard_done(pair_tar(spec.output, t, source, shard))]
     done = [dict(read_stats(pair_tar(spec.output, t, source, shard)), skipped=True) for t in tasks if t not in todo]
@@ -102,6 +117,9 @@ def render_shard(spec: Spec, source: str, shard: int, tasks: list[str]) -> list[
         return done
     name = shard_name(source, shard)
     opts = {t.task: t.options for t in spec.tasks if t.source == source}
+    task_labeler = {t.task: t.labeler for t in spec.tasks if t.source == source}
+    sidecars = {lab: dict(iter_tar_samples(label_tar(spec.output, lab, source, shard)))
+                for lab in {task_labeler[t] for t in todo} - {None}}
     writers = {t: ShardWriter(pair_tar(spec.output, t, source, shard), stage="render") for t in todo}
     seconds = dict.fromkeys(todo, 0.0)
     base = base_tar(spec.output, source, shard)
@@ -113,15 +131,24 @@ def render_shard(spec: Spec, source: str, shard: int, tasks: list[str]) -> list[
                 w.fail(key, "decode", _short_error(e))
             continue
         enc = PairEncoder(spec, view)
+        labelled: dict[str, tuple[View, dict]] = {}
         for task in todo:
             t0 = time.perf_counter()
             try:
-                pairs = TASKS[task].render(view, sample_rng(spec.seed, "render", task, name, key), opts[task])
+                tview, lab_meta = view, None
+                lab = task_labeler[task]
+                if lab is not None:
+                    if key not in sidecars[lab]:
+                        raise ValueError(f"labeler {lab!r} has no output for {key}")
+                    if lab not in labelled:
+                        labelled[lab] = _with_labels(view, sidecars[lab][key], key)
+                    tview, lab_meta = labelled[lab]
+                pairs = TASKS[task].render(tview, sample_rng(spec.seed, "render", task, name, key), opts[task])
                 if not pairs:
                     writers[task].skip(key, "render", f"nothing to render for {task} (e.g. no object in view)")
                 for p in pairs:
                     k = sample_key(source, view.item_id, p.variant)
-                    writers[task].add(k, enc.encode(task, k, p))
+                    writers[task].add(k, enc.encode(task, k, p, lab_meta))
             except Exception as e:  # noqa: BLE001
                 writers[task].fail(key, "render", _short_error(e))
             seconds[task] += time.perf_counter() - t0
@@ -166,3 +193,132 @@ def run_shard_job(spec_json: str, row: dict) -> dict:
         out["error"] = f"{shard_name(row['source'], int(row['shard']))}: {_short_error(e)}\n{traceback.format_exc()}"
     out["t_end"] = time.time()
     return out
+
+
+def _decoded_batches(spec: Spec, lab, source: str, shard: int, batch_size: int):
+    """Yield lists of (key, image, depth or None, intrinsics or None, error or None) decoded
+    from the base shard (and the depth labeler's sidecar for ``depth_from``)."""
+    import json as _json
+
+    from lavin_data.codecs import decode_image, decode_npy
+    from lavin_data.sidecar import decode_sidecar
+
+    depth_side = dict(iter_tar_samples(label_tar(spec.output, lab.depth_from, source, shard))) if lab.depth_from \
+        else None
+    batch = []
+    for key, m in iter_tar_samples(base_tar(spec.output, source, shard)):
+        try:
+            meta = _json.loads(m["json"])
+            img_ext = next(e for e in ("image.jpg", "image.png") if e in m)
+            image = decode_image(m[img_ext], f"{key}.{img_ext}")
+            depth = decode_npy(m["depth.npy"]) if "depth.npy" in m else None
+            if depth_side is not None:
+                if key not in depth_side:
+                    raise ValueError(f"labeler {lab.depth_from!r} has no output for {key}")
+                _what, depth, dmeta = decode_sidecar(depth_side[key], key)
+                if dmeta["depth_kind"] == "disparity":  # relative inverse depth: 1/d, up to scale and shift
+                    depth = np.where(depth > 0, 1.0 / np.maximum(depth, 1e-6), 0).astype(np.float32)
+            batch.append((key, image, depth, meta.get("intrinsics"), None))
+        except Exception as e:  # noqa: BLE001
+            batch.append((key, None, None, None, _short_error(e)))
+        if len(batch) == batch_size:
+            yield batch
+            batch = []
+    if batch:
+        yield batch
+
+
+def label_shard(spec: Spec, labeler_name: str, source: str, shard: int, labeler) -> dict:
+    """Run one labeler over one base shard into its sidecar shard (same keys).
+
+    The next batch is decoded in a background thread while the model labels this one.
+    """
+    from concurrent.futures import ThreadPoolExecutor
+
+    from lavin_data.sidecar import encode_depth, encode_normals
+
+    lab = spec.labeler(labeler_name)
+    path = label_tar(spec.output, lab.name, source, shard)
+    if shard_done(path):
+        return dict(read_stats(path), skipped=True)
+    t0 = time.perf_counter()
+    w = ShardWriter(path, stage="label")
+    info = labeler.info()
+    level = spec.formats.png_compression
+    batches = _decoded_batches(spec, lab, source, shard, lab.batch_size)
+    with ThreadPoolExecutor(1) as pool:
+        nxt = pool.submit(next, batches, None)
+        while (batch := nxt.result()) is not None:
+            nxt = pool.submit(next, batches, None)
+            ok = [b for b in batch if b[4] is None]
+            for key, *_rest, err in batch:
+                if err is not None:
+                    w.fail(key, "label", err)
+            if not ok:
+                continue
+            try:
+                outs = labeler.label([b[1] for b in ok], [b[2] for b in ok], [b[3] for b in ok])
+            except Exception as e:  # noqa: BLE001 - a batch that fails is retried sample by sample
+                outs = []
+                for b in ok:
+                    try:
+                        outs.append(labeler.label([b[1]], [b[2]], [b[3]])[0])
+                    except Exception as e1:  # noqa: BLE001
+                        outs.append(e1)
+                del e
+            for (key, *_rest), out in zip(ok, outs):
+                if isinstance(out, Exception):
+                    w.fail(key, "label", _short_error(out))
+                elif labeler.output == "depth":
+                    w.add(key, encode_depth(out, labeler.depth_kind, info, level))
+                else:
+                    w.add(key, encode_normals(out, info, level))
+    failures, skipped = _not_ok(base_tar(spec.output, source, shard))
+    for key, (stage, err) in failures.items():
+        w.fail(key, stage, err)
+    for key, (stage, reason) in skipped.items():
+        w.skip(key, stage, reason)
+    return dict(w.commit({"stage": "label", "labeler": lab.name, "source": source, "spec_hash": spec.spec_hash(),
+                          "seconds": round(time.perf_counter() - t0, 3), **{k: v for k, v in info.items()
+                                                                           if k in ("model", "weight_hash")}}),
+                skipped=False)
+
+
+def run_ingest_job(spec_json: str, row: dict) -> dict:
+    """Ingest only (the first operator of a build with labelers)."""
+    spec = Spec.model_validate_json(spec_json)
+    out = dict(row, ingest="", labels="[]", render="[]", error="", pid=os.getpid(), t_start=time.time(), t_end=0.0)
+    try:
+        items = json.loads(row["items"])
+        st = ingest_shard(spec, row["source"], int(row["shard"]), items, json.loads(row["source_meta"]))
+        out["ingest"] = json.dumps(st)
+    except Exception as e:  # noqa: BLE001
+        out["error"] = f"{shard_name(row['source'], int(row['shard']))}: {_short_error(e)}\n{traceback.format_exc()}"
+    return out
+
+
+def run_label_job(spec_json: str, row: dict, labeler_name: str, labeler) -> dict:
+    spec = Spec.model_validate_json(spec_json)
+    if row["error"] or spec.labeler(labeler_name).source != row["source"]:
+        return row
+    try:
+        st = label_shard(spec, labeler_name, row["source"], int(row["shard"]), labeler)
+        row["labels"] = json.dumps(json.loads(row["labels"]) + [st])
+    except Exception as e:  # noqa: BLE001
+        row["error"] = f"{shard_name(row['source'], int(row['shard']))} ({labeler_name}): {_short_error(e)}\n" \
+                       f"{traceback.format_exc()}"
+    return row
+
+
+def run_render_job(spec_json: str, row: dict) -> dict:
+    spec = Spec.model_validate_json(spec_json)
+    if not row["error"]:
+        try:
+            tasks = json.loads(row["tasks"])
+            if tasks:
+                row["render"] = json.dumps(render_shard(spec, row["source"], int(row["shard"]), tasks))
+        except Exception as e:  # noqa: BLE001
+            row["error"] = f"{shard_name(row['source'], int(row['shard']))}: {_short_error(e)}\n" \
+                           f"{traceback.format_exc()}"
+    row["t_end"] = time.time()
+    return row

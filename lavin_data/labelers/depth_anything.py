@@ -1,0 +1,83 @@
+"""``depth_anything_v2``: Depth-Anything V2 through transformers (relative inverse depth).
+
+Weights load from a local directory only (``model`` in the spec, e.g. a download of
+``depth-anything/Depth-Anything-V2-Small-hf``, Apache-2.0; Base/Large are CC-BY-NC-4.0).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from lavin_data.labelers import Labeler, LabelerError, weight_hash
+
+LICENCES = {"small": "Apache-2.0", "base": "CC-BY-NC-4.0", "large": "CC-BY-NC-4.0"}
+
+
+class DepthAnythingV2(Labeler):
+    output = "depth"
+    depth_kind = "disparity"  # relative inverse depth, larger = nearer
+
+    @classmethod
+    def preflight(cls, spec) -> None:
+        try:
+            import torch  # noqa: F401
+            import transformers  # noqa: F401
+        except ImportError as e:
+            raise LabelerError(f"labeler {spec.name!r} ({spec.kind}) needs torch and transformers ({e}): run "
+                               "`scripts/setup.sh dev,labelers` or `pip install -e .[labelers]`") from None
+        if not spec.model:
+            raise LabelerError(f"labeler {spec.name!r}: set `model` to a local folder with the weights "
+                               "(nothing is downloaded at run time)")
+        p = Path(spec.model)
+        if not (p / "config.json").is_file():
+            raise LabelerError(
+                f"labeler {spec.name!r}: no weights at {p} (config.json missing). Put a copy of "
+                f"depth-anything/Depth-Anything-V2-Small-hf (or -Base/-Large) there, e.g. on a machine with "
+                f"access: `huggingface-cli download depth-anything/Depth-Anything-V2-Small-hf --local-dir {p}`")
+        if not any(p.glob("*.safetensors")) and not any(p.glob("*.bin")):
+            raise LabelerError(f"labeler {spec.name!r}: {p} has a config but no weight file (*.safetensors)")
+
+    def __init__(self, spec):
+        super().__init__(spec)
+        import torch
+        from transformers import AutoImageProcessor, AutoModelForDepthEstimation
+
+        self.torch = torch
+        self.device = "cuda" if spec.num_gpus > 0 and torch.cuda.is_available() else "cpu"
+        dtype = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}[spec.dtype]
+        if self.device == "cpu":
+            dtype = torch.float32  # half precision on CPU is slow or unsupported
+        self.dtype = dtype
+        self.model = AutoModelForDepthEstimation.from_pretrained(spec.model, local_files_only=True, dtype=dtype)
+        self.model.to(self.device).eval()
+        self.processor = AutoImageProcessor.from_pretrained(spec.model, local_files_only=True)
+        self.hash = weight_hash(spec.model)
+
+    def info(self) -> dict:
+        name = Path(self.spec.model).name.lower()
+        licence = next((v for k, v in LICENCES.items() if k in name), "see the model card")
+        return dict(super().info(), weight_hash=self.hash, output="relative inverse depth", model_licence=licence)
+
+    def forward(self, pixel_values):
+        """The raw model forward on a prepared batch (what the benchmark compares against)."""
+        with self.torch.inference_mode():
+            return self.model(pixel_values=pixel_values.to(self.device, self.dtype)).predicted_depth
+
+    def prepare(self, images: list[np.ndarray]):
+        return self.processor(images=images, return_tensors="pt")["pixel_values"]
+
+    def label(self, images, depths, intrinsics):
+        out: list[np.ndarray | None] = [None] * len(images)
+        # The processor keeps aspect ratios, so only same-sized images share a batch.
+        groups: dict[tuple[int, int], list[int]] = {}
+        for i, im in enumerate(images):
+            groups.setdefault(im.shape[:2], []).append(i)
+        for (h, w), idx in groups.items():
+            pred = self.forward(self.prepare([images[i] for i in idx])).float()
+            pred = self.torch.nn.functional.interpolate(pred[:, None], size=(h, w), mode="bicubic",
+                                                        align_corners=False)[:, 0]
+            for i, d in zip(idx, pred.clamp_min(0).cpu().numpy()):
+                out[i] = d.astype(np.float32)
+        return out
