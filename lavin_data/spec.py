@@ -99,10 +99,12 @@ class NyuSource(_SourceBase):
 
 
 class ImageFolderSource(_SourceBase):
+    """ImageNet-style class folders or a flat folder of images, searched recursively."""
+
     kind: Literal["image_folder"]
     root: str
-    file_list: str | None = None
-    seed: int = 0
+    file_list: str | None = Field(None, description="paths relative to root, one per line")
+    seed: int = Field(0, description="with limit: which random subset")
 
 
 class HFDatasetSource(_SourceBase):

@@ -1,0 +1,235 @@
+"""Depth and normals: NYU ingestion, image folders, and the label stage with tiny random
+models loaded through the same path as real weights."""
+
+from __future__ import annotations
+
+import io
+import json
+import sys
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+
+from lavin_data.codecs import decode_image
+from lavin_data.normals import backproject, normals_from_depth
+from lavin_data.render import decode_depth
+from lavin_data.shards import index_path, iter_tar_samples
+from lavin_data.spec import parse_spec
+from pipelines.build import BuildError, build
+from pipelines.layout import base_tar, label_tar, pair_tar
+from tests.conftest import fixture_path
+
+quiet = dict(echo=lambda *_: None)
+NYU_INTR = (518.8579, 519.46961, 325.58245, 253.73617)
+
+
+def nyu_source():
+    root = fixture_path("nyu_v2")
+    return {"name": "nyu", "kind": "nyu", "root": str(root), "annotations": str(root / "test_annotations.json")}
+
+
+def test_normals_from_nyu_ground_truth_point_up_on_the_floor():
+    for p in sorted(fixture_path("nyu_v2", "depth").glob("*.png")):
+        depth = cv2.imread(str(p), cv2.IMREAD_UNCHANGED).astype(np.float32) / 1000.0
+        n, ok = normals_from_depth(depth, NYU_INTR)
+        assert ok.mean() > 0.4
+        assert np.allclose(np.linalg.norm(n[ok], axis=1), 1, atol=1e-4)
+        floor = ok.copy()
+        floor[: int(0.85 * len(floor))] = False  # the bottom band of these frames is floor
+        assert np.median(n[floor][:, 1]) > 0.85, p.name  # y up
+        pts = backproject(depth, NYU_INTR)
+        assert ((n[ok] * -pts[ok]).sum(1) > 0).all()  # facing the camera
+
+
+def test_normals_from_depth_on_an_exact_plane():
+    # A floor plane 1.5 m below a level camera: depth = 1.5 * fy / (v - cy) below the horizon.
+    h, w = 120, 160
+    fx = fy = 100.0
+    cx, cy = 79.5, 40.0
+    v = np.arange(h, dtype=np.float32)[:, None].repeat(w, 1)
+    depth = np.where(v > cy + 2, 1.5 * fy / np.maximum(v - cy, 1e-3), 0).astype(np.float32)
+    n, ok = normals_from_depth(depth, (fx, fy, cx, cy), window=3, max_rel_jump=0.2)
+    assert ok[60:].mean() > 0.9
+    assert np.allclose(n[ok], [0, 1, 0], atol=1e-3)
+
+
+@pytest.fixture(scope="module")
+def nyu_build(ray_session, tmp_path_factory):
+    spec = parse_spec({
+        "name": "nyu", "output": str(tmp_path_factory.mktemp("nyu")), "resolution": 256, "shard_size": 2,
+        "sources": [nyu_source()],
+        "labelers": [{"name": "geo", "kind": "normals_from_depth", "source": "nyu"}],
+        "tasks": [{"task": "depth_estimation", "source": "nyu"}, {"task": "depth_to_image", "source": "nyu"},
+                  {"task": "surface_normal_estimation", "source": "nyu", "labeler": "geo"},
+                  {"task": "normal_to_image", "source": "nyu", "labeler": "geo"}],
+    })
+    return spec, build(spec, **quiet)
+
+
+def test_nyu_depth_renderings_decode_to_ground_truth(nyu_build):
+    spec, manifest = nyu_build
+    assert all(v["nyu"] == 3 for v in manifest["counts"].values())
+    n = 0
+    for shard in (0, 1):
+        for key, m in iter_tar_samples(pair_tar(spec.output, "depth_estimation", "nyu", shard)):
+            gt = np.load(io.BytesIO(m["target_raw.npy"]))
+            valid = gt > 0
+            disp = decode_depth(decode_image(m["target.png"]))[valid]
+            a = np.stack([disp, np.ones_like(disp)], 1)
+            coef, *_ = np.linalg.lstsq(a, 1.0 / gt[valid], rcond=None)
+            pred = 1.0 / (a @ coef)
+            abs_rel = float(np.mean(np.abs(pred - gt[valid]) / gt[valid]))
+            assert abs_rel <= 0.01, (key, abs_rel)
+            n += 1
+    assert n == 3
+
+
+def test_sidecars_have_the_base_keys_and_provenance(nyu_build):
+    spec, _ = nyu_build
+    for shard in (0, 1):
+        base = {k for k, _ in iter_tar_samples(base_tar(spec.output, "nyu", shard))}
+        side = dict(iter_tar_samples(label_tar(spec.output, "geo", "nyu", shard)))
+        assert set(side) == base
+        for key, m in side.items():
+            meta = json.loads(m["json"])
+            assert meta["labeler"] == "geo" and meta["kind"] == "normals_from_depth"
+            q = cv2.imdecode(np.frombuffer(m["normals.png"], np.uint8), cv2.IMREAD_UNCHANGED)
+            assert q.dtype == np.uint16 and q.shape == (480, 640, 3)
+        for key, m in iter_tar_samples(pair_tar(spec.output, "surface_normal_estimation", "nyu", shard)):
+            assert json.loads(m["json"])["labeler"]["labeler"] == "geo"
+
+
+# --------------------------------------------------------------------------- image folders
+
+
+def _awkward_images(root: Path) -> dict[str, tuple[int, int]]:
+    """Write one image per awkward mode; returns name -> expected (h, w) after EXIF rotation."""
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    (root / "cls_a").mkdir(parents=True)
+    (root / "cls_b").mkdir()
+    rgb = rng.integers(0, 255, (40, 60, 3), np.uint8)
+    Image.fromarray(rgb).save(root / "cls_a" / "plain.jpg", quality=95)
+    Image.fromarray(rgb[..., 0]).save(root / "cls_a" / "grey.png")
+    Image.fromarray(rgb).convert("CMYK").save(root / "cls_a" / "cmyk.jpg")
+    Image.fromarray((rgb[..., 0].astype(np.uint16) * 257)).save(root / "cls_b" / "deep16.png")
+    Image.fromarray(rgb).convert("P", palette=Image.Palette.ADAPTIVE).save(root / "cls_b" / "palette.png")
+    im = Image.fromarray(rgb)
+    exif = im.getexif()
+    exif[0x0112] = 6  # rotate 90 degrees clockwise on display
+    im.save(root / "cls_b" / "rotated.jpg", exif=exif, quality=95)
+    good = (root / "cls_a" / "plain.jpg").read_bytes()
+    (root / "cls_b" / "truncated.jpg").write_bytes(good[: len(good) // 2])
+    return {"plain": (40, 60), "grey": (40, 60), "cmyk": (40, 60), "deep16": (40, 60), "palette": (40, 60),
+            "rotated": (60, 40)}
+
+
+def test_image_folder_handles_awkward_images(ray_session, tmp_path):
+    expect = _awkward_images(tmp_path / "imgs")
+    spec = parse_spec({"name": "f", "output": str(tmp_path / "out"), "resolution": 64, "shard_size": 16,
+                       "sources": [{"name": "f", "kind": "image_folder", "root": str(tmp_path / "imgs")}],
+                       "tasks": [{"task": "colorization", "source": "f"}]})
+    build(spec, **quiet)
+    base = dict(iter_tar_samples(base_tar(spec.output, "f", 0)))
+    got = {}
+    for key, m in base.items():
+        meta = json.loads(m["json"])
+        img = decode_image(m.get("image.jpg") or m["image.png"])
+        assert img.dtype == np.uint8 and img.ndim == 3
+        got[Path(meta["file"]).stem] = img.shape[:2]
+        assert meta["class_name"] in ("cls_a", "cls_b")
+    assert got == expect
+    assert "image.jpg" in base["f_cls-a-plain"] and "image.png" in base["f_cls-b-rotated"]  # original bytes kept
+    idx = {r["key"]: r for r in pq.read_table(index_path(pair_tar(spec.output, "colorization", "f", 0))).to_pylist()}
+    assert idx["f_cls-b-truncated"]["status"] == "error" and "truncated" in idx["f_cls-b-truncated"]["error"]
+    assert sum(r["status"] == "ok" for r in idx.values()) == 6
+
+
+def test_image_folder_limit_is_a_seeded_subset(tmp_path):
+    from lavin_data.sources import image_folder_reader
+
+    _awkward_images(tmp_path / "imgs")
+    mk = lambda seed: parse_spec({"name": "f", "output": "/tmp/x", "tasks": [{"task": "colorization", "source": "f"}],  # noqa: E731
+                                  "sources": [{"name": "f", "kind": "image_folder", "root": str(tmp_path / "imgs"),
+                                               "limit": 3, "seed": seed}]}).sources[0]
+    a, b = image_folder_reader.plan(mk(0)), image_folder_reader.plan(mk(0))
+    assert a == b and len(a) == 3 and [i["path"] for i in a] == sorted(i["path"] for i in a)
+    assert any(image_folder_reader.plan(mk(s)) != a for s in range(1, 6))
+
+
+# --------------------------------------------------------------------------- Depth-Anything V2
+
+
+def tiny_depth_anything(path: Path) -> Path:
+    """A random Depth-Anything V2 with a tiny DINOv2 backbone, saved like a hub download."""
+    pytest.importorskip("torch") if not _ci() else None
+    from transformers import DepthAnythingConfig, DepthAnythingForDepthEstimation, Dinov2Config, DPTImageProcessorPil
+
+    backbone = Dinov2Config(hidden_size=32, num_hidden_layers=4, num_attention_heads=2, mlp_ratio=2, image_size=56,
+                            patch_size=14, out_features=["stage1", "stage2", "stage3", "stage4"],
+                            reshape_hidden_states=False)
+    cfg = DepthAnythingConfig(backbone_config=backbone, reassemble_hidden_size=32, neck_hidden_sizes=[8, 16, 32, 32],
+                              fusion_hidden_size=16, head_hidden_size=8, patch_size=14)
+    DepthAnythingForDepthEstimation(cfg).save_pretrained(path)
+    DPTImageProcessorPil(size={"height": 56, "width": 56}, keep_aspect_ratio=True, ensure_multiple_of=14,
+                         do_pad=False).save_pretrained(path)
+    return path
+
+
+def _ci() -> bool:
+    import os
+
+    return os.environ.get("CI", "").lower() == "true"
+
+
+def test_depth_anything_and_normals_label_real_photos_end_to_end(ray_session, tmp_path):
+    model = tiny_depth_anything(tmp_path / "da2-tiny")
+    spec = parse_spec({
+        "name": "p", "output": str(tmp_path / "out"), "resolution": 128, "shard_size": 2,
+        "sources": [{"name": "photos", "kind": "image_folder", "root": str(fixture_path("photos"))}],
+        "labelers": [{"name": "da2", "kind": "depth_anything_v2", "source": "photos", "model": str(model),
+                      "batch_size": 2},
+                     {"name": "geo", "kind": "normals_from_depth", "source": "photos", "depth_from": "da2"}],
+        "tasks": [{"task": "depth_estimation", "source": "photos", "labeler": "da2"},
+                  {"task": "depth_to_image", "source": "photos", "labeler": "da2"},
+                  {"task": "surface_normal_estimation", "source": "photos", "labeler": "geo"},
+                  {"task": "normal_to_image", "source": "photos", "labeler": "geo"}],
+    })
+    manifest = build(spec, **quiet)
+    assert all(v["photos"] == 4 for v in manifest["counts"].values()), manifest["counts"]
+    for shard in (0, 1):
+        base = dict(iter_tar_samples(base_tar(spec.output, "photos", shard)))
+        side = dict(iter_tar_samples(label_tar(spec.output, "da2", "photos", shard)))
+        assert set(side) == set(base) and len(side) == 2
+        for key, m in side.items():
+            meta = json.loads(m["json"])
+            assert meta["model"] == str(model) and len(meta["weight_hash"]) == 16
+            assert meta["depth_kind"] == "disparity" and meta["scale"] > 0
+            q = cv2.imdecode(np.frombuffer(m["depth.png"], np.uint8), cv2.IMREAD_UNCHANGED)
+            h, w = decode_image(base[key]["image.jpg"]).shape[:2]
+            assert q.dtype == np.uint16 and q.shape == (h, w)
+        for key, m in iter_tar_samples(pair_tar(spec.output, "depth_estimation", "photos", shard)):
+            meta = json.loads(m["json"])
+            assert meta["labeler"]["labeler"] == "da2" and meta["params"]["depth_kind"] == "disparity"
+            assert decode_image(m["target.png"]).shape == (128, 128, 3)
+
+
+def test_labeler_without_weights_or_package_fails_before_any_work(tmp_path, monkeypatch):
+    def spec_with(model):
+        return parse_spec({
+            "name": "p", "output": str(tmp_path / "out"),
+            "sources": [{"name": "photos", "kind": "image_folder", "root": str(fixture_path("photos"))}],
+            "labelers": [{"name": "da2", "kind": "depth_anything_v2", "source": "photos", "model": model}],
+            "tasks": [{"task": "depth_estimation", "source": "photos", "labeler": "da2"}],
+        })
+
+    with pytest.raises(BuildError, match=r"no weights at .*nowhere.*huggingface-cli download"):
+        build(spec_with(str(tmp_path / "nowhere")), **quiet)
+    monkeypatch.setitem(sys.modules, "transformers", None)  # as if it were not installed
+    with pytest.raises(BuildError, match=r"needs torch and transformers.*setup.sh dev,labelers"):
+        build(spec_with(str(tmp_path / "nowhere")), **quiet)
+    assert not (tmp_path / "out").exists()
