@@ -88,7 +88,8 @@ class NyuSource(_SourceBase):
     split_file: str | None = Field(
         None, description="folder layout: a list whose lines start with an rgb path relative to root "
                           "(BTS / Eigen split files); .mat: 1-based frame indices, one per line")
-    annotations: str | None = Field(None, description="Metric3D-style json {files: [{rgb, depth, cam_in, depth_scale}]}")
+    annotations: str | None = Field(
+        None, description="Metric3D-style json {files: [{rgb, depth, cam_in, depth_scale}]}")
     intrinsics: tuple[float, float, float, float] = Field(NYU_INTRINSICS, description="fx, fy, cx, cy in pixels")
     depth_scale: float = Field(1000.0, gt=0, description="PNG depth units per metre (sync_depth: millimetres)")
     normals: str | None = Field(None, description="folder of ground-truth normals, RGB = (n+1)/2, "

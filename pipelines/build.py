@@ -205,7 +205,6 @@ def build(spec: Spec, num_cpus: int | None = None, echo=print) -> dict:
     n_pairs = n_fail = 0
     t_work = 0.0
     if jobs:
-        import ray
 
         ensure_ray(num_cpus)
         ds = pipeline(spec, jobs)

@@ -93,12 +93,12 @@ def test_sidecars_have_the_base_keys_and_provenance(nyu_build):
         base = {k for k, _ in iter_tar_samples(base_tar(spec.output, "nyu", shard))}
         side = dict(iter_tar_samples(label_tar(spec.output, "geo", "nyu", shard)))
         assert set(side) == base
-        for key, m in side.items():
+        for _key, m in side.items():
             meta = json.loads(m["json"])
             assert meta["labeler"] == "geo" and meta["kind"] == "normals_from_depth"
             q = cv2.imdecode(np.frombuffer(m["normals.png"], np.uint8), cv2.IMREAD_UNCHANGED)
             assert q.dtype == np.uint16 and q.shape == (480, 640, 3)
-        for key, m in iter_tar_samples(pair_tar(spec.output, "surface_normal_estimation", "nyu", shard)):
+        for _key, m in iter_tar_samples(pair_tar(spec.output, "surface_normal_estimation", "nyu", shard)):
             assert json.loads(m["json"])["labeler"]["labeler"] == "geo"
 
 
@@ -136,7 +136,7 @@ def test_image_folder_handles_awkward_images(ray_session, tmp_path):
     build(spec, **quiet)
     base = dict(iter_tar_samples(base_tar(spec.output, "f", 0)))
     got = {}
-    for key, m in base.items():
+    for _key, m in base.items():
         meta = json.loads(m["json"])
         img = decode_image(m.get("image.jpg") or m["image.png"])
         assert img.dtype == np.uint8 and img.ndim == 3
@@ -212,7 +212,7 @@ def test_depth_anything_and_normals_label_real_photos_end_to_end(ray_session, tm
             q = cv2.imdecode(np.frombuffer(m["depth.png"], np.uint8), cv2.IMREAD_UNCHANGED)
             h, w = decode_image(base[key]["image.jpg"]).shape[:2]
             assert q.dtype == np.uint16 and q.shape == (h, w)
-        for key, m in iter_tar_samples(pair_tar(spec.output, "depth_estimation", "photos", shard)):
+        for _key, m in iter_tar_samples(pair_tar(spec.output, "depth_estimation", "photos", shard)):
             meta = json.loads(m["json"])
             assert meta["labeler"]["labeler"] == "da2" and meta["params"]["depth_kind"] == "disparity"
             assert decode_image(m["target.png"]).shape == (128, 128, 3)
@@ -233,3 +233,38 @@ def test_labeler_without_weights_or_package_fails_before_any_work(tmp_path, monk
     with pytest.raises(BuildError, match=r"needs torch and transformers.*setup.sh dev,labelers"):
         build(spec_with(str(tmp_path / "nowhere")), **quiet)
     assert not (tmp_path / "out").exists()
+
+
+def test_nyu_labeled_mat_is_read_untransposed(tmp_path):
+    """The labeled .mat stores frames transposed (MATLAB order); a frame must come back (H, W)."""
+    import h5py
+
+    from lavin_data.base import view_from_base
+    from lavin_data.sources import nyu_reader
+
+    rng = np.random.default_rng(0)
+    h, w, n = 48, 64, 3
+    images = rng.integers(0, 255, (n, h, w, 3), np.uint8)
+    depths = rng.uniform(0.5, 9.0, (n, h, w)).astype(np.float32)
+    with h5py.File(tmp_path / "nyu_depth_v2_labeled.mat", "w") as f:
+        f["images"] = images.transpose(0, 3, 2, 1)  # (N, 3, W, H), as in the official file
+        f["depths"] = depths.transpose(0, 2, 1)  # (N, W, H)
+    (tmp_path / "test.txt").write_text("2\n3\n")
+    src = parse_spec({"name": "m", "output": "/tmp/x", "tasks": [{"task": "depth_estimation", "source": "nyu"}],
+                      "sources": [{"name": "nyu", "kind": "nyu", "root": str(tmp_path / "nyu_depth_v2_labeled.mat"),
+                                   "split_file": str(tmp_path / "test.txt")}]}).sources[0]
+    nyu_reader.check(src)
+    items = nyu_reader.plan(src)
+    assert [i["item_id"] for i in items] == ["00002", "00003"]
+    members = nyu_reader.read(src, items[0], 0, 1, {})
+    view = view_from_base("nyu_00002", members, 64, "squash")
+    meta = json.loads(members["json"])
+    assert (meta["width"], meta["height"]) == (w, h)
+    assert np.array_equal(decode_image(members["image.png"]), images[1])
+    assert np.array_equal(np.load(io.BytesIO(members["depth.npy"])), depths[1])
+    assert view.depth.shape == (64, 64)
+    (tmp_path / "bad.mat").write_bytes(b"MATLAB 5.0 MAT-file, not hdf5")
+    from lavin_data.sources import SourceError
+
+    with pytest.raises(SourceError, match="bad.mat: not an HDF5"):
+        nyu_reader.check(src.model_copy(update={"root": str(tmp_path / "bad.mat")}))

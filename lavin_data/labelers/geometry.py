@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import numpy as np
 
 from lavin_data.labelers import Labeler
 from lavin_data.normals import intrinsics_from_fov, normals_from_depth
@@ -21,7 +20,7 @@ class NormalsFromDepth(Labeler):
 
     def label(self, images, depths, intrinsics):
         out = []
-        for img, depth, intr in zip(images, depths, intrinsics):
+        for _img, depth, intr in zip(images, depths, intrinsics):
             if depth is None:
                 raise ValueError("normals_from_depth needs depth: the sample has none (set depth_from)")
             h, w = depth.shape
