@@ -1,0 +1,110 @@
+"""``python -m pipelines.bench_label [--size tiny|small] [--images N] [--batch B]``
+
+Labeler throughput: the label stage (:func:`pipelines.stages.label_shard`: decode in a
+background thread, preprocess, forward, post-process, 16-bit PNG encode, tar + index)
+over one base shard of N photos, against the raw model forward on the same prepared
+batches in a tight loop (the ceiling). The model is a Depth-Anything V2 with random
+weights, built from a config and loaded through the same path as real weights:
+``tiny`` (test-sized) or ``small`` (the architecture of Depth-Anything-V2-Small, 25M
+parameters, 518 px input). Runs on the GPU when one is visible (then in ``--dtype``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import shutil
+import tempfile
+import time
+from pathlib import Path
+
+from lavin_data.spec import parse_spec
+
+
+def random_depth_anything(path: Path, size: str) -> Path:
+    from transformers import DepthAnythingConfig, DepthAnythingForDepthEstimation, Dinov2Config, DPTImageProcessorPil
+
+    if size == "tiny":
+        bb = dict(hidden_size=32, num_hidden_layers=4, num_attention_heads=2, mlp_ratio=2, image_size=56,
+                  out_features=["stage1", "stage2", "stage3", "stage4"])
+        head = dict(reassemble_hidden_size=32, neck_hidden_sizes=[8, 16, 32, 32], fusion_hidden_size=16)
+        side = 56
+    else:  # Depth-Anything-V2-Small
+        bb = dict(hidden_size=384, num_hidden_layers=12, num_attention_heads=6, image_size=518,
+                  out_features=["stage3", "stage6", "stage9", "stage12"])
+        head = dict(reassemble_hidden_size=384, neck_hidden_sizes=[48, 96, 192, 384], fusion_hidden_size=64)
+        side = 518
+    cfg = DepthAnythingConfig(backbone_config=Dinov2Config(patch_size=14, reshape_hidden_states=False, **bb),
+                              head_hidden_size=32 if size != "tiny" else 8, patch_size=14, **head)
+    DepthAnythingForDepthEstimation(cfg).save_pretrained(path)
+    DPTImageProcessorPil(size={"height": side, "width": side}, keep_aspect_ratio=True, ensure_multiple_of=14,
+                         do_pad=False).save_pretrained(path)
+    return path
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m pipelines.bench_label")
+    ap.add_argument("--size", choices=["tiny", "small"], default="tiny")
+    ap.add_argument("--images", type=int, default=16)
+    ap.add_argument("--batch", type=int, default=4)
+    ap.add_argument("--photos", default="../shared/fixtures/photos")
+    ap.add_argument("--dtype", default="fp16", choices=["fp32", "fp16", "bf16"])
+    args = ap.parse_args(argv)
+    import torch
+
+    from lavin_data.labelers import labeler_class
+    from pipelines.build import shard_jobs
+    from pipelines.stages import ingest_shard, label_shard
+
+    gpu = torch.cuda.is_available()
+    with tempfile.TemporaryDirectory() as tmp:
+        tmp = Path(tmp)
+        photos = sorted(Path(args.photos).glob("*.jpg"))
+        (tmp / "imgs").mkdir()
+        for i in range(args.images):  # the fixture photos, repeated to N files
+            shutil.copy(photos[i % len(photos)], tmp / "imgs" / f"{i:04d}.jpg")
+        model = random_depth_anything(tmp / "model", args.size)
+        spec = parse_spec({
+            "name": "b", "output": str(tmp / "out"), "shard_size": args.images,
+            "sources": [{"name": "p", "kind": "image_folder", "root": str(tmp / "imgs")}],
+            "labelers": [{"name": "da2", "kind": "depth_anything_v2", "source": "p", "model": str(model),
+                          "batch_size": args.batch, "num_gpus": 1 if gpu else 0, "dtype": args.dtype}],
+            "tasks": [{"task": "depth_estimation", "source": "p", "labeler": "da2"}],
+        })
+        (job,), _ = shard_jobs(spec)
+        import json
+
+        ingest_shard(spec, "p", 0, json.loads(job["items"]), {})
+        lab = labeler_class("depth_anything_v2")(spec.labelers[0])
+        # Warm-up (first-call allocations, cuDNN autotuning) outside both timings.
+        from lavin_data.codecs import decode_image
+        from lavin_data.shards import iter_tar_samples
+        from pipelines.layout import base_tar
+
+        images = [decode_image(m["image.jpg"]) for _, m in iter_tar_samples(base_tar(spec.output, "p", 0))]
+        lab.label(images[:1], [None], [None])
+        # Same-sized images only share a batch (the processor keeps aspect ratios), as in label().
+        groups: dict[tuple[int, int], list] = {}
+        for i in range(0, len(images), args.batch):
+            for im in images[i:i + args.batch]:
+                groups.setdefault((i, *im.shape[:2]), []).append(im)
+        prepared = [lab.prepare(g) for g in groups.values()]
+        sync = torch.cuda.synchronize if gpu else (lambda: None)
+        sync()
+        t0 = time.perf_counter()
+        for pv in prepared:
+            lab.forward(pv)
+        sync()
+        ceiling = len(images) / (time.perf_counter() - t0)
+        t0 = time.perf_counter()
+        st = label_shard(spec, "da2", "p", 0, lab)
+        sync()
+        stage = st["n_ok"] / (time.perf_counter() - t0)
+    dev = torch.cuda.get_device_name() if gpu else f"CPU ({torch.get_num_threads()} threads)"
+    print(f"Depth-Anything V2 {args.size} (random weights), {len(images)} photos, batch {args.batch}, {dev}")
+    print(f"raw forward (ceiling): {ceiling:8.2f} images/s")
+    print(f"label stage:           {stage:8.2f} images/s  -> {stage / ceiling:.2f} of the ceiling")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
