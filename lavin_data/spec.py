@@ -109,11 +109,13 @@ class ImageFolderSource(_SourceBase):
 
 
 class HFDatasetSource(_SourceBase):
+    """A local Hugging Face dataset (save_to_disk folder, or parquet/arrow files)."""
+
     kind: Literal["hf_dataset"]
     path: str
-    split: str = "train"
+    split: str = Field("train", description="for a DatasetDict saved with save_to_disk")
     image_column: str = "image"
-    seed: int = 0
+    seed: int = Field(0, description="with limit: which random subset")
 
 
 class VideoFolderSource(_SourceBase):

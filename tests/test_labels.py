@@ -268,3 +268,31 @@ def test_nyu_labeled_mat_is_read_untransposed(tmp_path):
 
     with pytest.raises(SourceError, match="bad.mat: not an HDF5"):
         nyu_reader.check(src.model_copy(update={"root": str(tmp_path / "bad.mat")}))
+
+
+@pytest.mark.parametrize("layout", ["save_to_disk", "parquet"])
+def test_hf_dataset_source(ray_session, tmp_path, layout):
+    import datasets
+    from PIL import Image
+
+    photos = sorted(fixture_path("photos").glob("*.jpg"))
+    imgs = [Image.open(p).reduce(8) for p in photos] + [Image.fromarray(np.zeros((20, 30), np.uint8))]  # + greyscale
+    ds = datasets.Dataset.from_dict({"img": imgs, "label": list(range(len(imgs)))}).cast_column("img", datasets.Image())
+    if layout == "save_to_disk":
+        datasets.DatasetDict({"train": ds}).save_to_disk(str(tmp_path / "ds"))
+    else:
+        (tmp_path / "ds").mkdir()
+        ds.to_parquet(str(tmp_path / "ds" / "part-0.parquet"))
+    spec = parse_spec({"name": "h", "output": str(tmp_path / "out"), "resolution": 64,
+                       "sources": [{"name": "hf", "kind": "hf_dataset", "path": str(tmp_path / "ds"),
+                                    "image_column": "img", "limit": 4, "seed": 1}],
+                       "tasks": [{"task": "colorization", "source": "hf"}]})
+    manifest = build(spec, **quiet)
+    assert manifest["counts"]["colorization"]["hf"] == 4
+    for _key, m in iter_tar_samples(pair_tar(spec.output, "colorization", "hf", 0)):
+        assert decode_image(m["target.png"]).shape == (64, 64, 3)
+    bad = parse_spec({"name": "h", "output": str(tmp_path / "o2"), "tasks": [{"task": "colorization", "source": "hf"}],
+                      "sources": [{"name": "hf", "kind": "hf_dataset", "path": str(tmp_path / "ds"),
+                                   "image_column": "picture"}]})
+    with pytest.raises(BuildError, match="no column 'picture'"):
+        build(bad, **quiet)

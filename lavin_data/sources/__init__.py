@@ -24,10 +24,10 @@ class SkipItem(Exception):
 
 
 def reader_for(kind: str) -> ModuleType:
-    from lavin_data.sources import coco_reader, image_folder_reader, nyu_reader, synthetic_reader
+    from lavin_data.sources import coco_reader, hf_dataset_reader, image_folder_reader, nyu_reader, synthetic_reader
 
     readers = {"synthetic": synthetic_reader, "coco": coco_reader, "nyu": nyu_reader,
-               "image_folder": image_folder_reader}
+               "image_folder": image_folder_reader, "hf_dataset": hf_dataset_reader}
     if kind not in readers:
         raise SourceError(
             f"source kind {kind!r} is part of the spec format but its reader is not built yet "
