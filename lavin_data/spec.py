@@ -160,6 +160,8 @@ class Labeler(_Strict):
     dtype: Literal["fp32", "fp16", "bf16"] = "fp32"
     fov_deg: float | None = Field(None, description="normals_from_depth: field of view when a sample has no intrinsics")
     depth_from: str | None = Field(None, description="normals_from_depth: take depth from this (earlier) labeler")
+    denoising_steps: int | None = Field(None, ge=1, description="marigold_normals: steps (default: the model's)")
+    ensemble_size: int = Field(1, ge=1, description="marigold_normals: predictions averaged per image")
 
 
 # --------------------------------------------------------------------------- tasks

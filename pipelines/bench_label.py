@@ -18,27 +18,7 @@ import time
 from pathlib import Path
 
 from lavin_data.spec import parse_spec
-
-
-def random_depth_anything(path: Path, size: str) -> Path:
-    from transformers import DepthAnythingConfig, DepthAnythingForDepthEstimation, Dinov2Config, DPTImageProcessorPil
-
-    if size == "tiny":
-        bb = dict(hidden_size=32, num_hidden_layers=4, num_attention_heads=2, mlp_ratio=2, image_size=56,
-                  out_features=["stage1", "stage2", "stage3", "stage4"])
-        head = dict(reassemble_hidden_size=32, neck_hidden_sizes=[8, 16, 32, 32], fusion_hidden_size=16)
-        side = 56
-    else:  # Depth-Anything-V2-Small
-        bb = dict(hidden_size=384, num_hidden_layers=12, num_attention_heads=6, image_size=518,
-                  out_features=["stage3", "stage6", "stage9", "stage12"])
-        head = dict(reassemble_hidden_size=384, neck_hidden_sizes=[48, 96, 192, 384], fusion_hidden_size=64)
-        side = 518
-    cfg = DepthAnythingConfig(backbone_config=Dinov2Config(patch_size=14, reshape_hidden_states=False, **bb),
-                              head_hidden_size=32 if size != "tiny" else 8, patch_size=14, **head)
-    DepthAnythingForDepthEstimation(cfg).save_pretrained(path)
-    DPTImageProcessorPil(size={"height": side, "width": side}, keep_aspect_ratio=True, ensure_multiple_of=14,
-                         do_pad=False).save_pretrained(path)
-    return path
+from lavin_data.testing import tiny_depth_anything
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -62,7 +42,7 @@ def main(argv: list[str] | None = None) -> int:
         (tmp / "imgs").mkdir()
         for i in range(args.images):  # the fixture photos, repeated to N files
             shutil.copy(photos[i % len(photos)], tmp / "imgs" / f"{i:04d}.jpg")
-        model = random_depth_anything(tmp / "model", args.size)
+        model = tiny_depth_anything(tmp / "model", args.size)
         spec = parse_spec({
             "name": "b", "output": str(tmp / "out"), "shard_size": args.images,
             "sources": [{"name": "p", "kind": "image_folder", "root": str(tmp / "imgs")}],

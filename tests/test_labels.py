@@ -165,19 +165,10 @@ def test_image_folder_limit_is_a_seeded_subset(tmp_path):
 
 
 def tiny_depth_anything(path: Path) -> Path:
-    """A random Depth-Anything V2 with a tiny DINOv2 backbone, saved like a hub download."""
-    pytest.importorskip("torch") if not _ci() else None
-    from transformers import DepthAnythingConfig, DepthAnythingForDepthEstimation, Dinov2Config, DPTImageProcessorPil
+    pytest.importorskip("transformers") if not _ci() else None
+    from lavin_data.testing import tiny_depth_anything as build_it
 
-    backbone = Dinov2Config(hidden_size=32, num_hidden_layers=4, num_attention_heads=2, mlp_ratio=2, image_size=56,
-                            patch_size=14, out_features=["stage1", "stage2", "stage3", "stage4"],
-                            reshape_hidden_states=False)
-    cfg = DepthAnythingConfig(backbone_config=backbone, reassemble_hidden_size=32, neck_hidden_sizes=[8, 16, 32, 32],
-                              fusion_hidden_size=16, head_hidden_size=8, patch_size=14)
-    DepthAnythingForDepthEstimation(cfg).save_pretrained(path)
-    DPTImageProcessorPil(size={"height": 56, "width": 56}, keep_aspect_ratio=True, ensure_multiple_of=14,
-                         do_pad=False).save_pretrained(path)
-    return path
+    return build_it(path, "tiny")
 
 
 def _ci() -> bool:
@@ -296,3 +287,50 @@ def test_hf_dataset_source(ray_session, tmp_path, layout):
                                    "image_column": "picture"}]})
     with pytest.raises(BuildError, match="no column 'picture'"):
         build(bad, **quiet)
+
+
+def test_marigold_normals_label_real_photos_end_to_end(ray_session, tmp_path):
+    pytest.importorskip("diffusers") if not _ci() else None
+    from lavin_data.testing import tiny_marigold_normals
+
+    model = tiny_marigold_normals(tmp_path / "marigold-tiny")
+    spec = parse_spec({
+        "name": "m", "output": str(tmp_path / "out"), "resolution": 64, "shard_size": 4,
+        "sources": [{"name": "photos", "kind": "image_folder", "root": str(fixture_path("photos")), "limit": 2}],
+        "labelers": [{"name": "mari", "kind": "marigold_normals", "source": "photos", "model": str(model),
+                      "batch_size": 2, "denoising_steps": 1}],
+        "tasks": [{"task": "surface_normal_estimation", "source": "photos", "labeler": "mari"},
+                  {"task": "normal_to_image", "source": "photos", "labeler": "mari"}],
+    })
+    manifest = build(spec, **quiet)
+    assert manifest["counts"]["surface_normal_estimation"]["photos"] == 2
+    base = dict(iter_tar_samples(base_tar(spec.output, "photos", 0)))
+    side = dict(iter_tar_samples(label_tar(spec.output, "mari", "photos", 0)))
+    assert set(side) == set(base)
+    for key, m in side.items():
+        meta = json.loads(m["json"])
+        assert meta["kind"] == "marigold_normals" and meta["model"] == str(model) and meta["weight_hash"]
+        q = cv2.imdecode(np.frombuffer(m["normals.png"], np.uint8), cv2.IMREAD_UNCHANGED)
+        assert q.dtype == np.uint16 and q.shape == decode_image(base[key]["image.jpg"]).shape
+        n = q.astype(np.float32) / 32767.5 - 1
+        assert np.allclose(np.linalg.norm(n, axis=-1), 1, atol=1e-3)
+    # Seeded noise: labelling the same shard again gives the same bytes.
+    first = label_tar(spec.output, "mari", "photos", 0).read_bytes()
+    from lavin_data.shards import stats_path
+
+    stats_path(label_tar(spec.output, "mari", "photos", 0)).unlink()
+    build(spec, **quiet)
+    assert label_tar(spec.output, "mari", "photos", 0).read_bytes() == first
+
+
+def test_stable_normal_without_torchvision_says_what_to_install(tmp_path, monkeypatch):
+    monkeypatch.setitem(sys.modules, "torchvision", None)
+    spec = parse_spec({
+        "name": "s", "output": str(tmp_path / "out"),
+        "sources": [{"name": "photos", "kind": "image_folder", "root": str(fixture_path("photos"))}],
+        "labelers": [{"name": "sn", "kind": "stable_normal", "source": "photos", "model": str(tmp_path / "hub")}],
+        "tasks": [{"task": "surface_normal_estimation", "source": "photos", "labeler": "sn"}],
+    })
+    with pytest.raises(BuildError, match=r"labelers\[0\] \(sn\).*needs the `torchvision` package: .*pip install"):
+        build(spec, **quiet)
+    assert not (tmp_path / "out").exists()

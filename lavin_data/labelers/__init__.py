@@ -61,8 +61,10 @@ def weight_hash(path: str | os.PathLike) -> str:
 def labeler_class(kind: str) -> type[Labeler]:
     from lavin_data.labelers.depth_anything import DepthAnythingV2
     from lavin_data.labelers.geometry import NormalsFromDepth
+    from lavin_data.labelers.normals import MarigoldNormals, StableNormal
 
-    classes = {"normals_from_depth": NormalsFromDepth, "depth_anything_v2": DepthAnythingV2}
+    classes = {"normals_from_depth": NormalsFromDepth, "depth_anything_v2": DepthAnythingV2,
+               "marigold_normals": MarigoldNormals, "stable_normal": StableNormal}
     if kind not in classes:
         raise LabelerError(f"labeler kind {kind!r} is part of the spec format but is not built yet "
                            f"(available: {', '.join(sorted(classes))})")

@@ -1,0 +1,70 @@
+"""Tiny random models built from configs and saved like hub downloads, so that tests and
+benchmarks load them through the same code path as real weights (no hub access needed)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+
+def tiny_depth_anything(path: str | Path, size: str = "tiny") -> Path:
+    """A random Depth-Anything V2: ``tiny`` (test-sized) or ``small`` (the architecture of
+    Depth-Anything-V2-Small, 25M parameters, 518 px input)."""
+    from transformers import DepthAnythingConfig, DepthAnythingForDepthEstimation, Dinov2Config, DPTImageProcessorPil
+
+    if size == "tiny":
+        bb = dict(hidden_size=32, num_hidden_layers=4, num_attention_heads=2, mlp_ratio=2, image_size=56,
+                  out_features=["stage1", "stage2", "stage3", "stage4"])
+        head = dict(reassemble_hidden_size=32, neck_hidden_sizes=[8, 16, 32, 32], fusion_hidden_size=16,
+                    head_hidden_size=8)
+        side = 56
+    elif size == "small":
+        bb = dict(hidden_size=384, num_hidden_layers=12, num_attention_heads=6, image_size=518,
+                  out_features=["stage3", "stage6", "stage9", "stage12"])
+        head = dict(reassemble_hidden_size=384, neck_hidden_sizes=[48, 96, 192, 384], fusion_hidden_size=64,
+                    head_hidden_size=32)
+        side = 518
+    else:
+        raise ValueError(f"size must be 'tiny' or 'small', got {size!r}")
+    path = Path(path)
+    cfg = DepthAnythingConfig(backbone_config=Dinov2Config(patch_size=14, reshape_hidden_states=False, **bb),
+                              patch_size=14, **head)
+    DepthAnythingForDepthEstimation(cfg).save_pretrained(path)
+    DPTImageProcessorPil(size={"height": side, "width": side}, keep_aspect_ratio=True, ensure_multiple_of=14,
+                         do_pad=False).save_pretrained(path)
+    return path
+
+
+def tiny_marigold_normals(path: str | Path) -> Path:
+    """A random MarigoldNormalsPipeline (UNet, VAE, DDIM, a 2-layer CLIP text encoder and a
+    minimal CLIP tokenizer), saved with ``save_pretrained``."""
+    import torch
+    from diffusers import AutoencoderKL, DDIMScheduler, MarigoldNormalsPipeline, UNet2DConditionModel
+    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
+
+    path = Path(path)
+    torch.manual_seed(0)
+    unet = UNet2DConditionModel(
+        sample_size=16, in_channels=8, out_channels=4, layers_per_block=1, block_out_channels=(16, 32),
+        down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"), up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
+        cross_attention_dim=16, norm_num_groups=8, attention_head_dim=4)
+    vae = AutoencoderKL(in_channels=3, out_channels=3, latent_channels=4, block_out_channels=(16, 32),
+                        down_block_types=("DownEncoderBlock2D",) * 2, up_block_types=("UpDecoderBlock2D",) * 2,
+                        norm_num_groups=8, layers_per_block=1)
+    text_encoder = CLIPTextModel(CLIPTextConfig(hidden_size=16, intermediate_size=32, num_attention_heads=2,
+                                                num_hidden_layers=2, vocab_size=64, max_position_embeddings=77,
+                                                bos_token_id=0, eos_token_id=1, pad_token_id=1))
+    tok_dir = path.parent / f".{path.name}-tokenizer-src"
+    tok_dir.mkdir(parents=True, exist_ok=True)
+    vocab = {"<|startoftext|>": 0, "<|endoftext|>": 1}
+    for c in "abcdefghijklmnopqrstuvwxyz":
+        vocab[c] = len(vocab)
+        vocab[c + "</w>"] = len(vocab)
+    (tok_dir / "vocab.json").write_text(json.dumps(vocab))
+    (tok_dir / "merges.txt").write_text("#version: 0.2\n")
+    tokenizer = CLIPTokenizer(str(tok_dir / "vocab.json"), str(tok_dir / "merges.txt"), model_max_length=77)
+    pipe = MarigoldNormalsPipeline(unet=unet, vae=vae, scheduler=DDIMScheduler(), text_encoder=text_encoder,
+                                   tokenizer=tokenizer, prediction_type="normals", default_denoising_steps=2,
+                                   default_processing_resolution=32)
+    pipe.save_pretrained(path)
+    return path
