@@ -66,6 +66,22 @@ def preflight(spec: Spec) -> None:
             labeler_class(lab.kind).preflight(lab)
         except LabelerError as e:
             problems.append(f"labelers[{i}] ({lab.name}): {e}")
+    needs = {"depth_estimation": "depth", "depth_to_image": "depth", "surface_normal_estimation": "normals",
+             "normal_to_image": "normals", "video_depth": "depth", "depth_to_video": "depth",
+             "video_normal": "normals", "normal_to_video": "normals"}
+    for i, t in enumerate(spec.tasks):
+        if t.labeler is None:
+            continue
+        lab = spec.labeler(t.labeler)
+        try:
+            out = labeler_class(lab.kind).output
+        except LabelerError:
+            continue  # reported above
+        if t.task not in needs:
+            problems.append(f"tasks[{i}]: task {t.task!r} does not use labels; remove `labeler: {t.labeler}`")
+        elif needs[t.task] != out:
+            problems.append(f"tasks[{i}]: task {t.task!r} needs {needs[t.task]}, but labeler {t.labeler!r} "
+                            f"({lab.kind}) gives {out}")
     for src in spec.sources:
         try:
             reader_for(src.kind).check(src)

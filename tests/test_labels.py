@@ -334,3 +334,58 @@ def test_stable_normal_without_torchvision_says_what_to_install(tmp_path, monkey
     with pytest.raises(BuildError, match=r"labelers\[0\] \(sn\).*needs the `torchvision` package: .*pip install"):
         build(spec, **quiet)
     assert not (tmp_path / "out").exists()
+
+
+def test_nyu_folder_split_file_and_ground_truth_normals(tmp_path):
+    """BTS-style split lists select frames; a GT normals folder (RGB = (n+1)/2) is read into
+    the base sample in our frame (opencv-frame files are converted)."""
+    from lavin_data.render import render_normals
+    from lavin_data.sources import nyu_reader
+
+    root = fixture_path("nyu_v2")
+    depth = cv2.imread(str(root / "depth" / "sync_depth_00050.png"), cv2.IMREAD_UNCHANGED).astype(np.float32) / 1000
+    n, _ok = normals_from_depth(depth, NYU_INTR)
+    (tmp_path / "normals").mkdir()
+    cv2.imwrite(str(tmp_path / "normals" / "normal_00050.png"), cv2.cvtColor(render_normals(n), cv2.COLOR_RGB2BGR))
+    opencv = n * np.array([1, -1, -1], np.float32)
+    (tmp_path / "normals_cv").mkdir()
+    cv2.imwrite(str(tmp_path / "normals_cv" / "normal_00050.png"),
+                cv2.cvtColor(render_normals(opencv, np.linalg.norm(n, axis=-1) > 0.5), cv2.COLOR_RGB2BGR))
+    (tmp_path / "split.txt").write_text("rgb/rgb_00050.jpg depth/sync_depth_00050.png 518.8579\n")
+    for folder, frame in (("normals", "x_right_y_up_z_camera"), ("normals_cv", "opencv")):
+        src = parse_spec({"name": "s", "output": "/tmp/x", "tasks": [{"task": "depth_estimation", "source": "nyu"}],
+                          "sources": [{"name": "nyu", "kind": "nyu", "root": str(root),
+                                       "split_file": str(tmp_path / "split.txt"),
+                                       "normals": str(tmp_path / folder), "normals_frame": frame}]}).sources[0]
+        items = nyu_reader.plan(src)
+        assert [i["item_id"] for i in items] == ["00050"]
+        members = nyu_reader.read(src, items[0], 0, 1, {})
+        got = np.load(io.BytesIO(members["normals.npy"])).astype(np.float32)
+        valid = np.linalg.norm(n, axis=-1) > 0.5
+        cos = (got[valid] * n[valid]).sum(-1)
+        assert np.degrees(np.arccos(np.clip(cos, -1, 1))).mean() < 1.0, frame
+
+
+def test_marigold_without_weights_says_where_to_put_them(tmp_path):
+    spec = parse_spec({
+        "name": "s", "output": str(tmp_path / "out"),
+        "sources": [{"name": "photos", "kind": "image_folder", "root": str(fixture_path("photos"))}],
+        "labelers": [{"name": "mari", "kind": "marigold_normals", "source": "photos", "model": str(tmp_path / "m")}],
+        "tasks": [{"task": "surface_normal_estimation", "source": "photos", "labeler": "mari"}],
+    })
+    with pytest.raises(BuildError, match=r"no Marigold pipeline at .*model_index.json missing.*huggingface-cli"):
+        build(spec, **quiet)
+    assert not (tmp_path / "out").exists()
+
+
+def test_task_and_labeler_outputs_must_match(tmp_path):
+    spec = parse_spec({
+        "name": "s", "output": str(tmp_path / "out"), "sources": [nyu_source()],
+        "labelers": [{"name": "geo", "kind": "normals_from_depth", "source": "nyu"}],
+        "tasks": [{"task": "depth_estimation", "source": "nyu", "labeler": "geo"},
+                  {"task": "colorization", "source": "nyu", "labeler": "geo"}],
+    })
+    with pytest.raises(BuildError) as e:
+        build(spec, **quiet)
+    assert "task 'depth_estimation' needs depth, but labeler 'geo' (normals_from_depth) gives normals" in str(e.value)
+    assert "task 'colorization' does not use labels" in str(e.value)
