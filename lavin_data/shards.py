@@ -123,12 +123,23 @@ class ShardWriter:
 
 
 def iter_tar_samples(path: str | os.PathLike):
-    """Yield ``(key, {ext: bytes})`` from a shard tar in file order, grouped the way every
-    WebDataset reader groups them (webdataset's own tar iterator)."""
-    from webdataset.tariterators import tarfile_samples
+    """Yield ``(key, {ext: bytes})`` from a shard tar in file order, grouped as WebDataset
+    groups them: consecutive members sharing the basename up to its first dot.
 
-    with open(path, "rb") as f:
-        for sample in tarfile_samples([{"url": str(path), "stream": f}]):
-            key = sample.pop("__key__")
-            sample.pop("__url__", None)
-            yield key, sample
+    Deliberately not ``webdataset.tariterators``: importing the webdataset package imports
+    torch when it is installed (0.8 s and hundreds of MB in every worker, measured), and
+    the pixel stages need no torch. Tests read our shards with webdataset itself.
+    """
+    current, members = None, {}
+    with tarfile.open(path, "r") as tar:
+        for info in tar:
+            if not info.isfile():
+                continue
+            key, _, ext = os.path.basename(info.name).partition(".")
+            if key != current:
+                if current is not None:
+                    yield current, members
+                current, members = key, {}
+            members[ext] = tar.extractfile(info).read()
+    if current is not None:
+        yield current, members

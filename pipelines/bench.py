@@ -37,16 +37,21 @@ from pipelines.stages import PairEncoder, ingest_shard, render_shard
 
 
 def floor(spec, out: Path) -> tuple[float, float, int]:
-    """(full pairs/s, render-only pairs/s, pairs) of the build's work in one process."""
+    """(full pairs/s, render-only pairs/s, pairs) of the build's work in one process, on
+    one core (OpenCV single-threaded, like a build worker)."""
+    import cv2
+
+    cv2.setNumThreads(1)
     opts = {t.task: t.options for t in spec.tasks}
     tasks = [t.task for t in spec.tasks]
     src = spec.sources[0]
     reader = reader_for(src.kind)
     items = reader.plan(src)[: src.limit or None]
+    meta = reader.source_meta(src)
     t0 = time.perf_counter()
     base = {}
     for it in items:  # ingest: what the reader does per item
-        base[sample_key(src.name, it["item_id"])] = reader.read(src, it, spec.seed, spec.formats.png_compression)
+        base[sample_key(src.name, it["item_id"])] = reader.read(src, it, spec.seed, spec.formats.png_compression, meta)
     t_ingest = time.perf_counter() - t0
     n = 0
     t0 = time.perf_counter()
@@ -73,6 +78,9 @@ def timed_build(spec, num_cpus: int) -> tuple[float, int, float]:
 
 def bench_render(spec, repeat: int) -> None:
     """Time the render stage in this process (one core) over every base shard of ``spec``."""
+    import cv2
+
+    cv2.setNumThreads(1)  # one core, as in a build worker
     jobs, _ = shard_jobs(spec)
     for j in jobs:
         ingest_shard(spec, j["source"], j["shard"], json.loads(j["items"]), json.loads(j["source_meta"]))

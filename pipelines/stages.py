@@ -23,6 +23,15 @@ from lavin_data.tasks import TASKS, Pair, View
 from pipelines.layout import base_tar, label_tar, pair_tar, sample_key, shard_name
 
 
+def limit_threads() -> None:
+    """A worker that Ray gives N CPUs uses N threads: OpenCV's own pool otherwise spreads
+    over every core, oversubscribing a machine that runs one worker per core (Ray already
+    sets OMP_NUM_THREADS for its workers; OpenCV does not read it)."""
+    import cv2
+
+    cv2.setNumThreads(max(1, int(os.environ.get("OMP_NUM_THREADS", "1"))))
+
+
 def _short_error(e: BaseException) -> str:
     return f"{type(e).__name__}: {e}"
 
@@ -286,6 +295,7 @@ def label_shard(spec: Spec, labeler_name: str, source: str, shard: int, labeler)
 
 def run_ingest_job(spec_json: str, row: dict) -> dict:
     """Ingest only (the first operator of a build with labelers)."""
+    limit_threads()
     spec = Spec.model_validate_json(spec_json)
     out = dict(row, ingest="", labels="[]", render="[]", error="", pid=os.getpid(), t_start=time.time(), t_end=0.0)
     try:
@@ -311,6 +321,7 @@ def run_label_job(spec_json: str, row: dict, labeler_name: str, labeler) -> dict
 
 
 def run_render_job(spec_json: str, row: dict) -> dict:
+    limit_threads()
     spec = Spec.model_validate_json(spec_json)
     if not row["error"]:
         try:

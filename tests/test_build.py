@@ -17,7 +17,7 @@ from lavin_data.tasks import TASKS
 from pipelines.build import BuildError, build, main
 from pipelines.layout import base_tar, pair_tar
 from pipelines.stages import ingest_shard, render_shard
-from tests.conftest import small_demo_spec
+from tests.conftest import ROOT, small_demo_spec
 
 quiet = dict(echo=lambda *_: None)
 
@@ -228,3 +228,16 @@ def test_items_with_nothing_to_render_are_recorded_as_skipped(demo_build, tmp_pa
     idx = {r["key"]: r for r in pq.read_table(index_path(pair_tar(out, "single_object_detection", "synthetic", 0)))
            .to_pylist()}
     assert idx[keys[0]]["status"] == "skipped" and "no object" in idx[keys[0]]["error"]
+
+
+def test_pixel_stages_import_neither_torch_nor_torchvision():
+    """Workers of the pixel build must start light: no torch (seconds and hundreds of MB
+    per worker), and no torchvision, which has no CPU build on every platform."""
+    import subprocess
+    import sys
+
+    code = ("import sys, pipelines.build, pipelines.stages, lavin_data.shards as s; "
+            "from lavin_data.sources import reader_for; [reader_for(k) for k in ('synthetic', 'coco', 'nyu')]; "
+            "print(sorted(m for m in ('torch', 'torchvision', 'transformers', 'diffusers') if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, check=True)
+    assert out.stdout.strip() == "[]", out.stdout + out.stderr
