@@ -257,12 +257,19 @@ def write_manifest(spec: Spec, seconds: float) -> dict:
     counts: dict[str, dict[str, int]] = {}
     failures: dict[str, dict[str, int]] = {}
     skipped: dict[str, dict[str, int]] = {}
-    shards: dict[str, list[str]] = {"base": [], "pairs": []}
+    shards: dict[str, list[str]] = {"base": [], "labels": [], "pairs": []}
+    labels: dict[str, dict[str, int]] = {}
     for src in spec.sources:
         n_shards = max((r["shard"] for r in pq.read_table(plan_path(out, src.name), columns=["shard"]).to_pylist()),
                        default=-1) + 1
         for s in range(n_shards):
             shards["base"].append(str(base_tar(out, src.name, s).relative_to(out)))
+        for lab in (lab for lab in spec.labelers if lab.source == src.name):
+            for s in range(n_shards):
+                p = label_tar(out, lab.name, src.name, s)
+                shards["labels"].append(str(p.relative_to(out)))
+                labels.setdefault(lab.name, {}).setdefault(src.name, 0)
+                labels[lab.name][src.name] += read_stats(p)["n_ok"] if shard_done(p) else 0
         for t in (t.task for t in spec.tasks if t.source == src.name):
             for s in range(n_shards):
                 p = pair_tar(out, t, src.name, s)
@@ -277,7 +284,7 @@ def write_manifest(spec: Spec, seconds: float) -> dict:
         "name": spec.name, "spec_hash": spec.spec_hash(), "spec": spec.model_dump(mode="json"),
         "versions": {"lavin_data": __version__, "python": platform.python_version(), "numpy": numpy.__version__,
                      "opencv": cv2.__version__, "pyarrow": pa.__version__, "ray": ray.__version__},
-        "counts": counts, "failures": failures, "skipped": skipped, "shards": shards, "seconds": round(seconds, 3),
+        "counts": counts, "failures": failures, "skipped": skipped, "labels": labels, "shards": shards, "seconds": round(seconds, 3),
     }
     (out / "manifest.json").write_text(json.dumps(manifest, indent=1, sort_keys=True) + "\n")
     lines = ["| task | source | pairs | failed | skipped (nothing to render) |", "|---|---|---:|---:|---:|"]

@@ -192,6 +192,8 @@ def test_depth_anything_and_normals_label_real_photos_end_to_end(ray_session, tm
     })
     manifest = build(spec, **quiet)
     assert all(v["photos"] == 4 for v in manifest["counts"].values()), manifest["counts"]
+    assert manifest["labels"] == {"da2": {"photos": 4}, "geo": {"photos": 4}}
+    assert len(manifest["shards"]["labels"]) == 4
     for shard in (0, 1):
         base = dict(iter_tar_samples(base_tar(spec.output, "photos", shard)))
         side = dict(iter_tar_samples(label_tar(spec.output, "da2", "photos", shard)))
