@@ -284,7 +284,8 @@ def write_manifest(spec: Spec, seconds: float) -> dict:
         "name": spec.name, "spec_hash": spec.spec_hash(), "spec": spec.model_dump(mode="json"),
         "versions": {"lavin_data": __version__, "python": platform.python_version(), "numpy": numpy.__version__,
                      "opencv": cv2.__version__, "pyarrow": pa.__version__, "ray": ray.__version__},
-        "counts": counts, "failures": failures, "skipped": skipped, "labels": labels, "shards": shards, "seconds": round(seconds, 3),
+        "counts": counts, "failures": failures, "skipped": skipped, "labels": labels,
+        "shards": shards, "seconds": round(seconds, 3),
     }
     (out / "manifest.json").write_text(json.dumps(manifest, indent=1, sort_keys=True) + "\n")
     lines = ["| task | source | pairs | failed | skipped (nothing to render) |", "|---|---|---:|---:|---:|"]

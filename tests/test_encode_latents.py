@@ -39,7 +39,7 @@ def test_latent_shards_mirror_pair_shards_and_resume(ray_session, demo_build, tm
             keys = [k for k, _ in iter_tar_samples(tar)]
             got = dict(iter_tar_samples(lat))
             assert list(got) == keys and stats_path(lat).exists()
-            for key, m in got.items():
+            for _key, m in got.items():
                 a, b = decode_npy(m["input_moments.npy"]), decode_npy(m["target_moments.npy"])
                 assert a.shape == b.shape == (32, 1, 8, 8) and a.dtype == np.float16
                 meta = json.loads(m["json"])
