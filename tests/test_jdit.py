@@ -71,7 +71,8 @@ def test_attention_is_bidirectional_across_streams():
 def test_timestep_embedding_and_rope_conventions():
     e = timestep_embedding(torch.tensor([0.0, 1.0]), 256)
     assert torch.allclose(e[0, :128], torch.ones(128)) and torch.allclose(e[0, 128:], torch.zeros(128))
-    assert torch.isclose(e[1, 0], torch.cos(torch.tensor(1.0))) and torch.isclose(e[1, 128], torch.sin(torch.tensor(1.0)))
+    one = torch.tensor(1.0)
+    assert torch.isclose(e[1, 0], torch.cos(one)) and torch.isclose(e[1, 128], torch.sin(one))
     # RoPE: relative positions only: <R(p) q, R(p) k> is the same for every shift p.
     hd = 12
     q, k = torch.randn(1, 1, 1, hd), torch.randn(1, 1, 1, hd)
