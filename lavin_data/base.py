@@ -50,15 +50,19 @@ def encode_base(
     return members
 
 
-def view_from_base(key: str, members: dict[str, bytes], resolution: int, policy: str) -> View:
-    """Decode a base sample and bring it to ``resolution`` with the resize ``policy``."""
+def base_image(key: str, members: dict[str, bytes]) -> tuple[np.ndarray, dict]:
+    """A base sample's (H, W, 3) uint8 RGB image and its json."""
     if "json" not in members:
         raise ValueError(f"base sample {key} has no json member (has {sorted(members)})")
-    meta = json.loads(members["json"])
     img_ext = next((e for e in ("image.jpg", "image.png") if e in members), None)
     if img_ext is None:
         raise ValueError(f"base sample {key} has no image member (has {sorted(members)})")
-    image = decode_image(members[img_ext], f"{key}.{img_ext}")
+    return decode_image(members[img_ext], f"{key}.{img_ext}"), json.loads(members["json"])
+
+
+def view_from_base(key: str, members: dict[str, bytes], resolution: int, policy: str) -> View:
+    """Decode a base sample and bring it to ``resolution`` with the resize ``policy``."""
+    image, meta = base_image(key, members)
     instances = segments = segments_info = None
     if "segments.png" in members:
         segments = decode_image(members["segments.png"], f"{key}.segments.png")

@@ -20,14 +20,14 @@ import os
 import sys
 import time
 import traceback
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import cv2
 import numpy as np
 
 from lavin_data.codecs import decode_image, encode_npy
-from lavin_data.shards import ShardWriter, iter_tar_samples, read_stats, shard_done
+from lavin_data.geometry import plan_resize
+from lavin_data.shards import ShardWriter, iter_tar_samples, prefetch, read_stats, shard_done
 
 MEMBERS = ("input_moments.npy", "target_moments.npy", "json")
 
@@ -36,8 +36,7 @@ def _to_square(img: np.ndarray, res: int) -> np.ndarray:
     """Pair images are square already (the build's resize policy); other sizes are squashed."""
     if img.shape[:2] == (res, res):
         return img
-    interp = cv2.INTER_AREA if img.shape[0] > res else cv2.INTER_LINEAR
-    return cv2.resize(img, (res, res), interpolation=interp)
+    return plan_resize(img.shape[1], img.shape[0], res, "squash").image(img)
 
 
 def _decode_pair(key: str, m: dict[str, bytes], res: int) -> tuple[np.ndarray, np.ndarray, dict]:
@@ -86,37 +85,35 @@ class Encoder:
 
         t0 = time.perf_counter()
         w = ShardWriter(dst, stage="encode_latents")
-        samples = iter_tar_samples(src)
 
-        def next_batch():
+        def batches():
             batch = []
-            for key, m in samples:
+            for key, m in iter_tar_samples(src):
                 try:
                     batch.append((key, *_decode_pair(key, m, res), None))
                 except Exception as e:  # noqa: BLE001
                     batch.append((key, None, None, None, f"{type(e).__name__}: {e}"))
                 if len(batch) == batch_size:
-                    break
-            return batch
+                    yield batch
+                    batch = []
+            if batch:
+                yield batch
 
-        with ThreadPoolExecutor(1) as pool:
-            nxt = pool.submit(next_batch)
-            while batch := nxt.result():
-                nxt = pool.submit(next_batch)
-                ok = [b for b in batch if b[4] is None]
-                for key, *_r, err in batch:
-                    if err is not None:
-                        w.fail(key, "decode", err)
-                if not ok:
-                    continue
-                mom = self.moments([b[1] for b in ok] + [b[2] for b in ok])
-                n = len(ok)
-                for i, (key, _a, _b, meta, _e) in enumerate(ok):
-                    info = dict(self.info, shift=SHIFT, scale=SCALE, resolution=res, frames=1,
-                                latent_frames=int(mom.shape[2]), moments="fp16 (2*16, T', R/8, R/8): mean, logvar",
-                                pair=meta)
-                    w.add(key, {"input_moments.npy": encode_npy(mom[i]), "target_moments.npy": encode_npy(mom[n + i]),
-                                "json": json.dumps(info, sort_keys=True).encode()})
+        for batch in prefetch(batches()):
+            ok = [b for b in batch if b[4] is None]
+            for key, *_r, err in batch:
+                if err is not None:
+                    w.fail(key, "decode", err)
+            if not ok:
+                continue
+            mom = self.moments([b[1] for b in ok] + [b[2] for b in ok])
+            n = len(ok)
+            for i, (key, _a, _b, meta, _e) in enumerate(ok):
+                info = dict(self.info, shift=SHIFT, scale=SCALE, resolution=res, frames=1,
+                            latent_frames=int(mom.shape[2]), moments="fp16 (2*16, T', R/8, R/8): mean, logvar",
+                            pair=meta)
+                w.add(key, {"input_moments.npy": encode_npy(mom[i]), "target_moments.npy": encode_npy(mom[n + i]),
+                            "json": json.dumps(info, sort_keys=True).encode()})
         return dict(w.commit({"stage": "encode_latents", "source_shard": str(src), "resolution": res,
                               "seconds": round(time.perf_counter() - t0, 3)}), skipped=False)
 

@@ -122,6 +122,21 @@ class ShardWriter:
         return stats
 
 
+def prefetch(items):
+    """Iterate ``items`` while its next element is produced in a background thread, so the
+    decoding of the next batch overlaps the model working on this one (torch, OpenCV and
+    zlib release the GIL)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    it = iter(items)
+    end = object()
+    with ThreadPoolExecutor(1) as pool:
+        nxt = pool.submit(next, it, end)
+        while (item := nxt.result()) is not end:
+            nxt = pool.submit(next, it, end)
+            yield item
+
+
 def iter_tar_samples(path: str | os.PathLike):
     """Yield ``(key, {ext: bytes})`` from a shard tar in file order, grouped as WebDataset
     groups them: consecutive members sharing the basename up to its first dot.

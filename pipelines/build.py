@@ -149,7 +149,6 @@ class ShardWorker:
     def __init__(self):
         from pipelines import stages  # imported once per actor, not per shard
 
-        stages.limit_threads()
         self.stages = stages
 
     def __call__(self, row: dict, spec_json: str) -> dict:

@@ -16,7 +16,7 @@ import pyarrow.parquet as pq
 from lavin_data.base import view_from_base
 from lavin_data.codecs import encode_jpeg, encode_npy, encode_png
 from lavin_data.rng import sample_rng
-from lavin_data.shards import ShardWriter, index_path, iter_tar_samples, read_stats, shard_done
+from lavin_data.shards import ShardWriter, index_path, iter_tar_samples, prefetch, read_stats, shard_done
 from lavin_data.sources import SkipItem, reader_for
 from lavin_data.spec import Spec
 from lavin_data.tasks import TASKS, Pair, View
@@ -187,29 +187,14 @@ def run_shard_job(spec_json: str, row: dict) -> dict:
     Shard-level errors (an unreadable base shard, say) are returned in the row, not raised,
     so that the other shards finish; the driver reports them and exits non-zero.
     """
-    t_start = time.time()
-    spec = Spec.model_validate_json(spec_json)
-    out = {"source": row["source"], "shard": int(row["shard"]), "ingest": "", "render": "[]", "error": "",
-           "pid": os.getpid(), "t_start": t_start, "t_end": 0.0}
-    try:
-        items = json.loads(row["items"])
-        st = ingest_shard(spec, row["source"], int(row["shard"]), items, json.loads(row["source_meta"]))
-        out["ingest"] = json.dumps(st)
-        tasks = json.loads(row["tasks"])
-        if tasks:
-            out["render"] = json.dumps(render_shard(spec, row["source"], int(row["shard"]), tasks))
-    except Exception as e:  # noqa: BLE001
-        out["error"] = f"{shard_name(row['source'], int(row['shard']))}: {_short_error(e)}\n{traceback.format_exc()}"
-    out["t_end"] = time.time()
-    return out
+    return run_render_job(spec_json, run_ingest_job(spec_json, row))
 
 
 def _decoded_batches(spec: Spec, lab, source: str, shard: int, batch_size: int):
     """Yield lists of (key, image, depth or None, intrinsics or None, error or None) decoded
     from the base shard (and the depth labeler's sidecar for ``depth_from``)."""
-    import json as _json
-
-    from lavin_data.codecs import decode_image, decode_npy
+    from lavin_data.base import base_image
+    from lavin_data.codecs import decode_npy
     from lavin_data.sidecar import decode_sidecar
 
     depth_side = dict(iter_tar_samples(label_tar(spec.output, lab.depth_from, source, shard))) if lab.depth_from \
@@ -217,9 +202,7 @@ def _decoded_batches(spec: Spec, lab, source: str, shard: int, batch_size: int):
     batch = []
     for key, m in iter_tar_samples(base_tar(spec.output, source, shard)):
         try:
-            meta = _json.loads(m["json"])
-            img_ext = next(e for e in ("image.jpg", "image.png") if e in m)
-            image = decode_image(m[img_ext], f"{key}.{img_ext}")
+            image, meta = base_image(key, m)
             depth = decode_npy(m["depth.npy"]) if "depth.npy" in m else None
             if depth_side is not None:
                 if key not in depth_side:
@@ -242,8 +225,6 @@ def label_shard(spec: Spec, labeler_name: str, source: str, shard: int, labeler)
 
     The next batch is decoded in a background thread while the model labels this one.
     """
-    from concurrent.futures import ThreadPoolExecutor
-
     from lavin_data.sidecar import encode_depth, encode_normals
 
     lab = spec.labeler(labeler_name)
@@ -254,34 +235,29 @@ def label_shard(spec: Spec, labeler_name: str, source: str, shard: int, labeler)
     w = ShardWriter(path, stage="label")
     info = labeler.info()
     level = spec.formats.png_compression
-    batches = _decoded_batches(spec, lab, source, shard, lab.batch_size)
-    with ThreadPoolExecutor(1) as pool:
-        nxt = pool.submit(next, batches, None)
-        while (batch := nxt.result()) is not None:
-            nxt = pool.submit(next, batches, None)
-            ok = [b for b in batch if b[4] is None]
-            for key, *_rest, err in batch:
-                if err is not None:
-                    w.fail(key, "label", err)
-            if not ok:
-                continue
-            try:
-                outs = labeler.label([b[1] for b in ok], [b[2] for b in ok], [b[3] for b in ok])
-            except Exception as e:  # noqa: BLE001 - a batch that fails is retried sample by sample
-                outs = []
-                for b in ok:
-                    try:
-                        outs.append(labeler.label([b[1]], [b[2]], [b[3]])[0])
-                    except Exception as e1:  # noqa: BLE001
-                        outs.append(e1)
-                del e
-            for (key, *_rest), out in zip(ok, outs):
-                if isinstance(out, Exception):
-                    w.fail(key, "label", _short_error(out))
-                elif labeler.output == "depth":
-                    w.add(key, encode_depth(out, labeler.depth_kind, info, level))
-                else:
-                    w.add(key, encode_normals(out, info, level))
+    for batch in prefetch(_decoded_batches(spec, lab, source, shard, lab.batch_size)):
+        ok = [b for b in batch if b[4] is None]
+        for key, *_rest, err in batch:
+            if err is not None:
+                w.fail(key, "label", err)
+        if not ok:
+            continue
+        try:
+            outs = labeler.label([b[1] for b in ok], [b[2] for b in ok], [b[3] for b in ok])
+        except Exception:  # noqa: BLE001 - a batch that fails is retried sample by sample
+            outs = []
+            for b in ok:
+                try:
+                    outs.append(labeler.label([b[1]], [b[2]], [b[3]])[0])
+                except Exception as e1:  # noqa: BLE001
+                    outs.append(e1)
+        for (key, *_rest), out in zip(ok, outs):
+            if isinstance(out, Exception):
+                w.fail(key, "label", _short_error(out))
+            elif labeler.output == "depth":
+                w.add(key, encode_depth(out, labeler.depth_kind, info, level))
+            else:
+                w.add(key, encode_normals(out, info, level))
     failures, skipped = _not_ok(base_tar(spec.output, source, shard))
     for key, (stage, err) in failures.items():
         w.fail(key, stage, err)
@@ -297,7 +273,9 @@ def run_ingest_job(spec_json: str, row: dict) -> dict:
     """Ingest only (the first operator of a build with labelers)."""
     limit_threads()
     spec = Spec.model_validate_json(spec_json)
-    out = dict(row, ingest="", labels="[]", render="[]", error="", pid=os.getpid(), t_start=time.time(), t_end=0.0)
+    # The items (for COCO, a shard's annotations) are not carried to the later operators.
+    out = {k: v for k, v in row.items() if k not in ("items", "source_meta")}
+    out.update(ingest="", labels="[]", render="[]", error="", pid=os.getpid(), t_start=time.time(), t_end=0.0)
     try:
         items = json.loads(row["items"])
         st = ingest_shard(spec, row["source"], int(row["shard"]), items, json.loads(row["source_meta"]))
