@@ -151,7 +151,7 @@ def preview(pixels: Path, out: Path, vae: str | None, vae_config: dict | None, n
     import torch
 
     from lavin_data.codecs import decode_npy
-    from lavin_model.stvae import build_stvae, decode_latent, mean_latent
+    from lavin_model.stvae import build_stvae, decode_to_uint8, mean_latent
 
     model = build_stvae(vae_config, vae)
     written = []
@@ -162,8 +162,7 @@ def preview(pixels: Path, out: Path, vae: str | None, vae_config: dict | None, n
             for key, m in iter_tar_samples(tar):
                 res = json.loads(m["json"])["resolution"]
                 mom = torch.from_numpy(decode_npy(m["target_moments.npy"]).astype(np.float32))[None]
-                rec = decode_latent(model, mean_latent(mom))[0, :, 0].permute(1, 2, 0).numpy()
-                rec = np.clip(np.rint((rec + 1) * 127.5), 0, 255).astype(np.uint8)
+                rec = decode_to_uint8(model, mean_latent(mom))[0]
                 orig = _to_square(decode_image(originals[key]["target.png"]), res)
                 d = out / "preview" / task_dir.name
                 d.mkdir(parents=True, exist_ok=True)

@@ -33,16 +33,9 @@ def interpolate(x0: torch.Tensor, x1: torch.Tensor, t: torch.Tensor) -> torch.Te
 
 
 def null_context(cond: torch.Tensor) -> torch.Tensor:
-    """The CFG negative: one all-zero latent frame, (B, C, 1, H, W)."""
+    """The CFG negative: one all-zero latent frame, (B, C, 1, H, W). Training drops a batch's
+    context to it at a set rate (``lavin_model.data``)."""
     return torch.zeros_like(cond[:, :, :1])
-
-
-def maybe_drop_context(cond: torch.Tensor, rate: float, generator: torch.Generator | None = None) -> torch.Tensor:
-    """With probability ``rate`` the whole batch's context becomes :func:`null_context`
-    (contexts of a batch share one length, so the drop is per batch)."""
-    if rate > 0 and torch.rand((), generator=generator).item() < rate:
-        return null_context(cond)
-    return cond
 
 
 def flow_loss(model: Velocity, x1: torch.Tensor, cond: torch.Tensor, generator: torch.Generator | None = None,

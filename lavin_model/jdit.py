@@ -179,6 +179,8 @@ class JDiT(nn.Module):
         if hidden_size % num_heads or (hidden_size // num_heads) % 6 or num_heads % kv_group:
             raise ValueError("hidden_size/num_heads must be a multiple of 6 (three RoPE parts of even size) "
                              "and num_heads a multiple of kv_group")
+        self.config = dict(hidden_size=hidden_size, depth=depth, num_heads=num_heads, kv_group=kv_group,
+                           patch_size=patch_size, in_channels=in_channels)
         self.patch_size, self.in_channels = patch_size, in_channels
         self.head_dim = hidden_size // num_heads
         patch_dim = patch_size * patch_size * in_channels
@@ -266,3 +268,38 @@ def load_lavin_checkpoint(model: JDiT, state_dict: dict[str, torch.Tensor]) -> N
         raise ValueError(f"checkpoint does not match J-DiT: {len(missing)} missing {missing[:5]}, "
                          f"{len(unexpected)} unexpected {unexpected[:5]}, {len(wrong)} with other shapes {wrong[:5]}")
     model.load_state_dict(state_dict, strict=True)
+
+
+def jdit_from_checkpoint(path, size: str | None = None) -> JDiT:
+    """A J-DiT loaded strictly from ``path``: a folder written by ``lavin_model/train.py``
+    (``config.json`` + ``model.safetensors``), a DeepSpeed checkpoint folder, the released
+    checkpoint or any file :func:`lavin_model.weights.read_state_dict` reads. Its
+    configuration comes from ``config.json``, else ``size``, else the named size whose
+    hidden size and depth match the weights."""
+    import json
+    from pathlib import Path
+
+    from lavin_model.weights import CheckpointError, read_state_dict
+
+    path = Path(path)
+    sd = read_state_dict(path)
+    cfg_file = path / "config.json" if path.is_dir() else None
+    if cfg_file is not None and cfg_file.exists():
+        model = JDiT(**json.loads(cfg_file.read_text()))
+    elif size is not None:
+        model = JDiT.from_size(size)
+    else:
+        if "x_embedder.0.weight" not in sd:
+            raise CheckpointError(f"{path}: no x_embedder.0.weight: not a J-DiT checkpoint")
+        hidden = sd["x_embedder.0.weight"].shape[0]
+        depth = len({k.split(".")[1] for k in sd if k.startswith("blocks.")})
+        names = [n for n, (h, d, _, _) in SIZES.items() if (h, d) == (hidden, depth)]
+        if not names:
+            raise CheckpointError(f"{path}: hidden size {hidden} and depth {depth} match no named size "
+                                  f"{sorted(SIZES)}; give the size or a config.json")
+        model = JDiT.from_size(names[0])
+    try:
+        load_lavin_checkpoint(model, sd)
+    except ValueError as e:
+        raise CheckpointError(f"{path}: {e}") from None
+    return model

@@ -14,6 +14,8 @@ from pathlib import Path
 
 import torch
 
+from lavin_model.weights import CheckpointError, read_state_dict
+
 SHIFT = 0.032470703125
 SCALE = 1.08936170213
 LATENT_CHANNELS = 16
@@ -24,31 +26,6 @@ RELEASED_CONFIG = dict(
     block_out_channels=(128, 256, 256, 512), latent_channels=LATENT_CHANNELS, layers_per_block=3,
     norm_num_groups=32,
 )
-
-
-class CheckpointError(ValueError):
-    """A checkpoint that does not match the architecture: names the file and the keys."""
-
-
-def _read_state_dict(path: Path) -> dict[str, torch.Tensor]:
-    if path.is_dir():
-        files = sorted(path.glob("*.safetensors")) or sorted(path.glob("*.bin"))
-        if not files:
-            raise CheckpointError(f"{path}: no *.safetensors or *.bin weights in this folder")
-        sd: dict[str, torch.Tensor] = {}
-        for f in files:
-            sd.update(_read_state_dict(f))
-        return sd
-    if path.suffix == ".safetensors":
-        from safetensors.torch import load_file
-
-        return load_file(str(path))
-    obj = torch.load(str(path), map_location="cpu", weights_only=True)
-    if isinstance(obj, dict) and "state_dict" in obj:
-        obj = obj["state_dict"]
-    if not isinstance(obj, dict):
-        raise CheckpointError(f"{path}: expected a state dict (or {{'state_dict': ...}}), got {type(obj).__name__}")
-    return obj
 
 
 def build_stvae(config: dict | None = None, checkpoint: str | os.PathLike | None = None):
@@ -72,7 +49,7 @@ def build_stvae(config: dict | None = None, checkpoint: str | os.PathLike | None
         cfg = {k: v for k, v in cfg.items() if not k.startswith("_")}
     vae = AutoencoderKLCogVideoX(**cfg)
     if ckpt is not None:
-        sd = _read_state_dict(ckpt)
+        sd = read_state_dict(ckpt)
         result = vae.load_state_dict(sd, strict=False)
         if result.missing_keys or result.unexpected_keys:
             raise CheckpointError(
@@ -123,3 +100,11 @@ def decode_latent(vae, z_norm: torch.Tensor) -> torch.Tensor:
     """Normalised latent (B, 16, T', h, w) -> pixels (B, 3, T, 8h, 8w) in [-1, 1] (clamped)."""
     z = z_norm / SCALE + SHIFT
     return vae.decode(z.to(next(vae.parameters()).dtype)).sample.clamp(-1, 1)
+
+
+def decode_to_uint8(vae, z_norm: torch.Tensor):
+    """Normalised latents (B, 16, 1, h, w) -> images (B, 8h, 8w, 3) uint8 (first frame)."""
+    x = decode_latent(vae, z_norm)[:, :, 0].permute(0, 2, 3, 1).float().cpu().numpy()
+    import numpy as np
+
+    return np.clip(np.rint((x + 1) * 127.5), 0, 255).astype(np.uint8)

@@ -6,7 +6,6 @@ from lavin_model.flow import (
     flow_loss,
     guided_velocity,
     interpolate,
-    maybe_drop_context,
     null_context,
     rank_generator,
     sample,
@@ -43,9 +42,6 @@ def test_cfg_combines_conditional_and_null_context():
     assert torch.allclose(v, torch.full_like(x, 1 + 1.5 * (3 - 1)))  # 4.0
     n = null_context(cond)
     assert n.shape == (1, 16, 1, 2, 2) and not n.any()
-    g = torch.Generator().manual_seed(0)
-    drops = sum(maybe_drop_context(cond, 0.3, g).shape[2] == 1 for _ in range(2000))
-    assert 500 < drops < 700
 
 
 def test_euler_sampler_reaches_the_data_on_a_straight_path():

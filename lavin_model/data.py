@@ -1,0 +1,246 @@
+"""In-context batches for J-DiT, read from latent shards with webdataset.
+
+Reads the output of ``python -m lavin_data.encode_latents``: ``<root>/<task>/<shard>.tar``
+(only committed shards, i.e. with their stats file), each sample holding
+``input_moments.npy`` and ``target_moments.npy`` (fp16 (32, T', h, w): posterior mean, then
+log-variance) and a json.
+
+A batch of B examples:
+- one N (context pairs) per batch, uniform in ``context`` = (min, max), 1–8 by default, so
+  that a batch stacks into one tensor;
+- per example a task drawn by weight, then N + 1 pairs of that task from its stream: N
+  context pairs and the query pair;
+- z sampled from the stored moments on every read (a fresh posterior sample each time);
+- with probability ``drop_rate`` the whole batch's context becomes one all-zero latent
+  frame, the negative of classifier-free guidance.
+
+Returned tensors (float32): ``cond`` (B, 16, (2N+1)·T', h, w) = [in_1, tgt_1, ..., in_N,
+tgt_N, query_in] and ``target`` (B, 16, T', h, w) = the query's target latent.
+
+Shards are split by node and worker: each (rank, worker) reads its own slice of every
+task's shard list (the whole list when a task has fewer shards than readers), in rounds of
+``shards_per_round`` shards resampled with replacement, mixed in a shuffle buffer. Every
+random draw derives from (seed, rank, stream, round or batch), so a stream's state is two
+integers per task plus a batch counter: :class:`InContextLoader` records it for each batch
+it hands out, and resuming from it re-reads at most one round per task and continues with
+exactly the batches an uninterrupted run would have seen.
+"""
+
+from __future__ import annotations
+
+import random
+import warnings
+from pathlib import Path
+
+import numpy as np
+import torch
+import webdataset as wds
+
+from lavin_data.codecs import decode_npy
+from lavin_data.shards import read_stats, shard_done
+from lavin_model.flow import null_context
+from lavin_model.stvae import sample_latent
+
+MEMBERS = ("input_moments.npy", "target_moments.npy")
+
+
+def _seed(*parts: int) -> int:
+    """One 63-bit seed from a tuple of ints (independent streams for distinct tuples)."""
+    return int(np.random.SeedSequence([int(p) for p in parts]).generate_state(2, np.uint32).astype(np.uint64)
+               .view(np.uint64)[0] >> np.uint64(1))
+
+
+def find_task_shards(root: str | Path, tasks: list[str] | None = None) -> dict[str, list[str]]:
+    """{task: sorted committed latent shard paths with at least one sample}."""
+    root = Path(root)
+    if not root.is_dir():
+        raise FileNotFoundError(f"{root}: no such latent folder (the --out of lavin_data.encode_latents)")
+    found = {}
+    for d in sorted(p for p in root.iterdir() if p.is_dir() and p.name != "preview"):
+        urls = [str(t) for t in sorted(d.glob("*.tar")) if shard_done(t) and read_stats(t).get("n_ok", 0) > 0]
+        if urls:
+            found[d.name] = urls
+    if tasks is not None:
+        missing = sorted(set(tasks) - set(found))
+        if missing:
+            raise ValueError(f"{root}: no committed latent shards for task(s) {missing}; found {sorted(found)}")
+        found = {t: found[t] for t in tasks}
+    if not found:
+        raise ValueError(f"{root}: no committed latent shards (<task>/<shard>.tar with .stats.json)")
+    return found
+
+
+def reader_slice(urls: list[str], rank: int, world_size: int, stream: int, num_streams: int) -> list[str]:
+    """This reader's part of a task's shards: split by node, then by worker; readers share the
+    whole list when there are fewer shards than readers (they still draw different rounds)."""
+    part = urls[rank::world_size]
+    part = part[stream::num_streams] if len(part) >= num_streams else part
+    return part or urls
+
+
+class TaskStream:
+    """Endless samples of one task for one reader: rounds of ``shards_per_round`` shards drawn
+    with replacement from ``urls``, read by webdataset through a shuffle buffer. ``state``
+    = [round, position]; a stream rebuilt from it re-reads one round and continues exactly."""
+
+    def __init__(self, urls: list[str], key: tuple[int, ...], shards_per_round: int, buffer: int,
+                 state: list[int] | None = None):
+        self.urls, self.key, self.shards_per_round, self.buffer = urls, key, shards_per_round, buffer
+        self.round, self.pos = state or (0, 0)
+        self._it = None
+
+    def _open_round(self):
+        rng = random.Random(_seed(*self.key, self.round))
+        urls = rng.choices(self.urls, k=self.shards_per_round)
+        pipe = wds.DataPipeline(wds.SimpleShardList(urls), wds.tarfile_to_samples(),
+                                wds.shuffle(self.buffer, initial=self.buffer, rng=rng))
+        it = iter(pipe)
+        for _ in range(self.pos):  # resume: replay the round's order up to where it stopped
+            next(it)
+        return it
+
+    def __next__(self) -> dict:
+        for _ in range(1000):
+            if self._it is None:
+                self._it = self._open_round()
+            try:
+                sample = next(self._it)
+                self.pos += 1
+                return sample
+            except StopIteration:
+                self._it, self.round, self.pos = None, self.round + 1, 0
+        raise RuntimeError(f"1000 empty rounds in a row from {self.urls[:3]}...: are the shards empty?")
+
+    def state(self) -> list[int]:
+        return [self.round, self.pos]
+
+
+def _moments(sample: dict, member: str) -> np.ndarray:
+    try:
+        m = decode_npy(sample[member])
+    except KeyError:
+        raise ValueError(f"{sample.get('__url__')}: sample {sample.get('__key__')} has no {member} "
+                         f"(members: {sorted(k for k in sample if not k.startswith('__'))})") from None
+    if m.ndim != 4 or m.shape[0] != 32:
+        raise ValueError(f"{sample.get('__url__')}: sample {sample.get('__key__')}: {member} has shape {m.shape}, "
+                         "expected (32, T', h, w) moments")
+    return m
+
+
+class InContextBatches(torch.utils.data.IterableDataset):
+    """Endless in-context batches (see the module docstring); use through :class:`InContextLoader`.
+
+    Each DataLoader worker runs one *stream* of batches; batch k of the run comes from stream
+    k mod num_workers (the DataLoader's round robin), as its (k // num_workers)-th batch.
+    """
+
+    def __init__(self, root: str | Path, batch_size: int, context: tuple[int, int] = (1, 8),
+                 task_weights: dict[str, float] | None = None, drop_rate: float = 0.1, seed: int = 0,
+                 rank: int = 0, world_size: int = 1, shards_per_round: int = 4, shuffle_buffer: int = 256):
+        super().__init__()
+        if not 1 <= context[0] <= context[1]:
+            raise ValueError(f"context range must satisfy 1 <= min <= max, got {context}")
+        if not 0 <= drop_rate < 1:
+            raise ValueError(f"drop_rate must be in [0, 1), got {drop_rate}")
+        weights = {t: float(w) for t, w in (task_weights or {}).items() if w > 0}
+        self.shards = find_task_shards(root, sorted(weights) if weights else None)
+        self.tasks = sorted(self.shards)
+        w = np.array([weights.get(t, 1.0) for t in self.tasks])
+        self.weights = w / w.sum()
+        self.batch_size, self.context, self.drop_rate = batch_size, context, drop_rate
+        self.seed, self.rank, self.world_size = seed, rank, world_size
+        self.shards_per_round, self.shuffle_buffer = shards_per_round, shuffle_buffer
+        self.start_batch, self.start_states = 0, {}
+
+    def resume(self, batches: int, states: dict) -> None:
+        """Continue after ``batches`` batches; ``states`` {stream: state} as recorded by the loader."""
+        self.start_batch, self.start_states = batches, {int(k): v for k, v in states.items()}
+
+    def __iter__(self):
+        info = torch.utils.data.get_worker_info()
+        worker, num_streams = (info.id, info.num_workers) if info else (0, 1)
+        # The DataLoader always starts its round robin at worker 0, so after k batches worker w
+        # continues stream (w + k) mod num_streams.
+        stream = (worker + self.start_batch) % num_streams
+        state = self.start_states.get(stream)
+        ident = dict(seed=self.seed, rank=self.rank, world_size=self.world_size, num_streams=num_streams,
+                     tasks=self.tasks)
+        if state is not None and {k: state.get(k) for k in ident} != ident:
+            warnings.warn(f"loader state was saved with {({k: state.get(k) for k in ident})}, now {ident}: "
+                          "starting fresh data streams (the run continues, but not sample-for-sample)")
+            state, salt = None, self.start_batch
+        else:
+            salt = 0
+        if state is None:
+            j = -(-(self.start_batch - stream) // num_streams) if self.start_batch else 0
+            stream_states = {}
+        else:
+            j, stream_states = state["next"], state["streams"]
+        streams = {
+            t: TaskStream(reader_slice(self.shards[t], self.rank, self.world_size, stream, num_streams),
+                          (self.seed, salt, self.rank, stream, i), self.shards_per_round, self.shuffle_buffer,
+                          stream_states.get(t))
+            for i, t in enumerate(self.tasks)}
+        while True:
+            batch = self.make_batch(streams, (self.seed, salt, self.rank, stream, j))
+            j += 1
+            batch["loader_state"] = dict(ident, stream=stream, next=j,
+                                         streams={t: s.state() for t, s in streams.items()})
+            yield batch
+
+    def make_batch(self, streams: dict[str, TaskStream], key: tuple[int, ...]) -> dict:
+        rng = np.random.default_rng(_seed(*key))
+        n = int(rng.integers(self.context[0], self.context[1] + 1))
+        tasks = [self.tasks[i] for i in rng.choice(len(self.tasks), size=self.batch_size, p=self.weights)]
+        drop = bool(rng.random() < self.drop_rate)
+        moments, keys = [], []
+        for task in tasks:
+            pairs = [next(streams[task]) for _ in range(n + 1)]
+            keys.append([p["__key__"] for p in pairs])
+            moments.append([_moments(p, m) for p in pairs for m in MEMBERS])  # in_1, tgt_1, ..., query in, tgt
+        shapes = {m.shape for ex in moments for m in ex}
+        if len(shapes) > 1:
+            raise ValueError(f"latent shapes differ within a batch: {sorted(shapes)} (tasks {sorted(set(tasks))}); "
+                             "train on latents of one resolution")
+        m = torch.from_numpy(np.stack([np.stack(ex) for ex in moments]))  # (B, 2N+2, 32, T', h, w) fp16
+        b, f, _, tl, h, w = m.shape
+        gen = torch.Generator().manual_seed(_seed(*key, 1))
+        z = sample_latent(m.reshape(b * f, 32, tl, h, w), gen).reshape(b, f, 16, tl, h, w)
+        z = z.permute(0, 2, 1, 3, 4, 5).reshape(b, 16, f * tl, h, w)
+        cond, target = z[:, :, : (f - 1) * tl], z[:, :, (f - 1) * tl:]
+        if drop:
+            cond = null_context(cond)
+        return {"cond": cond.contiguous(), "target": target.contiguous(), "tasks": tasks, "keys": keys,
+                "n_context": n, "dropped": drop}
+
+
+class InContextLoader:
+    """Iterates :class:`InContextBatches` through a DataLoader (``num_workers`` processes)
+    and moves the tensors to ``device``. ``state_dict()`` is the state as of the last batch
+    handed out (not of batches still prefetched), so a checkpoint resumes exactly."""
+
+    def __init__(self, dataset: InContextBatches, device: torch.device | str = "cpu", num_workers: int = 2,
+                 prefetch_factor: int = 4):
+        self.dataset, self.device = dataset, torch.device(device)
+        self.num_workers, self.prefetch_factor = num_workers, prefetch_factor
+        self.batches, self.states = 0, {}
+
+    def state_dict(self) -> dict:
+        return {"batches": self.batches, "streams": {str(k): v for k, v in self.states.items()}}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.batches = int(state["batches"])
+        self.states = {int(k): v for k, v in state["streams"].items()}
+        self.dataset.resume(self.batches, self.states)
+
+    def __iter__(self):
+        self.dataset.resume(self.batches, self.states)
+        loader = torch.utils.data.DataLoader(
+            self.dataset, batch_size=None, num_workers=self.num_workers, pin_memory=self.device.type == "cuda",
+            prefetch_factor=self.prefetch_factor if self.num_workers else None,
+            persistent_workers=False)
+        for batch in loader:
+            st = batch.pop("loader_state")
+            self.states[st["stream"]] = st
+            self.batches += 1
+            yield {k: v.to(self.device, non_blocking=True) if torch.is_tensor(v) else v for k, v in batch.items()}

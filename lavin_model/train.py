@@ -1,0 +1,341 @@
+"""Train J-DiT on latent shards with DeepSpeed (ZeRO-2), in-context, with rectified flow.
+
+    deepspeed --num_gpus 8 lavin_model/train.py --latents OUT/latents/stvae-256 --out runs/1b --size 1B
+    DS_ACCELERATOR=cpu deepspeed --num_gpus 1 lavin_model/train.py --latents ... --size tiny   # CPU
+    python -m lavin_model.train ...                                                            # one process
+
+The DeepSpeed JSON (``--deepspeed-config``, default ``lavin_model/ds_zero2.json``) holds the
+engine settings: ZeRO-2, torch AdamW (lr 1e-4, betas (0.9, 0.95), wd 0.01), linear warm-up,
+gradient clipping, micro-batch; ``"bf16": {"enabled": "auto"}`` means bf16 on a GPU and fp32
+on the CPU. Flags given on the command line override the JSON.
+
+Writes to ``--out``: ``log.jsonl`` (one line per step), ``checkpoints/`` (DeepSpeed
+checkpoints: model, optimizer, scheduler, step, every rank's loader and noise state; the
+run resumes from the latest one by itself), ``model/`` (config.json + model.safetensors,
+for ``python -m lavin_model.infer``) and ``samples/step*.png`` (context pair | query |
+prediction | target, decoded through the ST-VAE). SIGINT/SIGTERM save a checkpoint and exit.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import shutil
+import signal
+import socket
+import sys
+import time
+from pathlib import Path
+
+if __package__ in (None, ""):  # run as a script by the deepspeed launcher
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+DEFAULT_CONFIG = Path(__file__).with_name("ds_zero2.json")
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--latents", required=True, help="latent shards: the --out of lavin_data.encode_latents")
+    ap.add_argument("--out", required=True, help="run folder (log, checkpoints, model, samples)")
+    ap.add_argument("--size", default="tiny", help="tiny | 0.1B | 1B | 3.4B (the released configuration)")
+    ap.add_argument("--init", help="initialise from a checkpoint (the released LaVin-DiT .pt, a model/ folder)")
+    ap.add_argument("--steps", type=int, default=1000, help="optimizer steps to train to")
+    ap.add_argument("--deepspeed-config", "--deepspeed_config", default=str(DEFAULT_CONFIG))
+    ap.add_argument("--micro-batch", type=int, help="examples per GPU per micro-step (overrides the JSON)")
+    ap.add_argument("--grad-accum", type=int, help="micro-steps per optimizer step (overrides the JSON)")
+    ap.add_argument("--lr", type=float, help="peak learning rate (overrides the JSON)")
+    ap.add_argument("--warmup", type=int, help="linear warm-up steps (overrides the JSON)")
+    ap.add_argument("--clip", type=float, help="gradient clipping norm (overrides the JSON)")
+    ap.add_argument("--grad-ckpt", action=argparse.BooleanOptionalAction, default=True,
+                    help="gradient checkpointing of every block")
+    ap.add_argument("--context", default="1-8", help="context pairs per example, a range drawn per batch")
+    ap.add_argument("--context-drop", type=float, default=0.1, help="rate of batches whose context is dropped (CFG)")
+    ap.add_argument("--task-weights", help="task=weight,... (default: every task in --latents, equal weights)")
+    ap.add_argument("--num-workers", type=int, default=2, help="loader processes per rank")
+    ap.add_argument("--shuffle-buffer", type=int, default=256)
+    ap.add_argument("--shards-per-round", type=int, default=4)
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--log-every", type=int, default=10)
+    ap.add_argument("--save-every", type=int, default=1000)
+    ap.add_argument("--keep", type=int, default=2, help="checkpoints kept")
+    ap.add_argument("--sample-every", type=int, default=1000, help="0: never")
+    ap.add_argument("--sample-count", type=int, default=4)
+    ap.add_argument("--sample-steps", type=int, default=20)
+    ap.add_argument("--cfg-scale", type=float, default=1.5)
+    ap.add_argument("--vae", help="ST-VAE checkpoint for samples (default: the one recorded in the latents)")
+    ap.add_argument("--vae-config", help="JSON architecture overrides for a random-weight VAE (tests)")
+    ap.add_argument("--local_rank", "--local-rank", type=int, default=int(os.environ.get("LOCAL_RANK", 0)))
+    return ap.parse_args(argv)
+
+
+def single_process_env() -> None:
+    """Without a launcher: a world of one, on a free port."""
+    if "RANK" in os.environ:
+        return
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    os.environ.update(RANK="0", LOCAL_RANK="0", WORLD_SIZE="1", MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+
+
+def deepspeed_config(args: argparse.Namespace, on_gpu: bool) -> dict:
+    cfg = json.loads(Path(args.deepspeed_config).read_text())
+    if args.micro_batch is not None:
+        cfg["train_micro_batch_size_per_gpu"] = args.micro_batch
+    if args.grad_accum is not None:
+        cfg["gradient_accumulation_steps"] = args.grad_accum
+    cfg.pop("train_batch_size", None)  # derived by DeepSpeed from micro-batch x accumulation x world
+    if args.clip is not None:
+        cfg["gradient_clipping"] = args.clip
+    if args.lr is not None:
+        cfg["optimizer"]["params"]["lr"] = args.lr
+        cfg.get("scheduler", {}).get("params", {})["warmup_max_lr"] = args.lr
+    if args.warmup is not None:
+        cfg.setdefault("scheduler", {}).setdefault("params", {})["warmup_num_steps"] = max(1, args.warmup)
+    for key in ("bf16", "fp16"):
+        if cfg.get(key, {}).get("enabled") == "auto":
+            cfg[key]["enabled"] = on_gpu and key == "bf16"
+    return cfg
+
+
+def param_groups(model, weight_decay: float) -> list[dict]:
+    """Weight decay on matrices only; norms, biases and the two embeddings are not decayed."""
+    decay = [p for p in model.parameters() if p.ndim >= 2 and p.shape[0] > 1]
+    keep = [p for p in model.parameters() if not (p.ndim >= 2 and p.shape[0] > 1)]
+    return [{"params": decay, "weight_decay": weight_decay}, {"params": keep, "weight_decay": 0.0}]
+
+
+def parse_range(text: str) -> tuple[int, int]:
+    lo, _, hi = text.partition("-")
+    return int(lo), int(hi or lo)
+
+
+def parse_weights(text: str | None) -> dict[str, float] | None:
+    if not text:
+        return None
+    return {k: float(v) for k, v in (item.split("=") for item in text.split(","))}
+
+
+def latent_vae(latents: Path) -> tuple[str | None, dict | None]:
+    """The ST-VAE recorded in the first latent sample's json (path, architecture overrides)."""
+    from lavin_data.shards import iter_tar_samples
+
+    for tar in sorted(latents.glob("*/*.tar")):
+        for _key, m in iter_tar_samples(tar):
+            info = json.loads(m["json"])
+            vae = info.get("vae")
+            return (None if vae in (None, "random-init") else vae), (info.get("vae_config") or None)
+    return None, None
+
+
+def memory_mib(device) -> float:
+    import torch
+
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 2**20
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # peak RSS (KiB on Linux)
+
+
+def main(argv: list[str] | None = None) -> dict:
+    args = parse_args(argv)
+    single_process_env()
+    import deepspeed
+    import numpy as np
+    import torch
+    import torch.distributed as dist
+    from deepspeed.accelerator import get_accelerator
+
+    from lavin_model.data import InContextBatches, InContextLoader
+    from lavin_model.flow import flow_loss, rank_generator, sample
+    from lavin_model.jdit import SIZES, JDiT, load_lavin_checkpoint
+    from lavin_model.weights import read_state_dict
+
+    accel = get_accelerator()
+    on_gpu = accel.device_name() != "cpu"
+    if not on_gpu and os.environ.get("WORLD_SIZE", "1") == "1":
+        # DeepSpeed's CPU backend JIT-compiles a shared-memory all-reduce op (~50 s) that only
+        # helps several processes on one host; a single process has nothing to reduce.
+        sys.modules["deepspeed.comm.torch"].build_shm_op = lambda: None
+    deepspeed.init_distributed(dist_backend="nccl" if on_gpu else "gloo")
+    rank, world = dist.get_rank(), dist.get_world_size()
+    if on_gpu:
+        accel.set_device(args.local_rank)
+    device = torch.device(accel.device_name(args.local_rank) if on_gpu else "cpu")
+    out = Path(args.out)
+    ckpt_dir = out / "checkpoints"
+
+    def log(msg: str) -> None:
+        if rank == 0:
+            print(msg, flush=True)
+
+    # ---- model -------------------------------------------------------------------------
+    if args.size not in SIZES:
+        raise SystemExit(f"error: --size must be one of {sorted(SIZES)}, got {args.size!r}")
+    torch.manual_seed(args.seed)  # the same initial weights on every rank
+    model = JDiT.from_size(args.size)
+    model.gradient_checkpointing = args.grad_ckpt
+    resuming = (ckpt_dir / "latest").is_file()
+    if args.init and not resuming:
+        load_lavin_checkpoint(model, read_state_dict(args.init))
+        log(f"[train] initialised from {args.init}")
+    config = deepspeed_config(args, on_gpu)
+    wd = config["optimizer"]["params"].get("weight_decay", 0.0)
+    engine, _opt, _, scheduler = deepspeed.initialize(model=model, model_parameters=param_groups(model, wd),
+                                                      config=config)
+    micro, accum = engine.train_micro_batch_size_per_gpu(), engine.gradient_accumulation_steps()
+    n_params = sum(p.numel() for p in model.parameters())
+    log(f"[train] J-DiT {args.size}: {n_params / 1e6:.2f} M parameters | {world} rank(s) on {device} | "
+        f"{'bf16' if config.get('bf16', {}).get('enabled') else 'fp32'} | ZeRO-"
+        f"{config.get('zero_optimization', {}).get('stage', 0)} | batch {micro} x {accum} x {world}")
+
+    # ---- data --------------------------------------------------------------------------
+    data = InContextBatches(args.latents, micro, parse_range(args.context), parse_weights(args.task_weights),
+                            args.context_drop, args.seed, rank, world, args.shards_per_round, args.shuffle_buffer)
+    loader = InContextLoader(data, device, args.num_workers)
+    noise = rank_generator(args.seed, rank, device)
+    n_shards = sum(len(v) for v in data.shards.values())
+    log(f"[train] {len(data.tasks)} task(s), {n_shards} latent shards from {args.latents}; task weights "
+        + (", ".join(f"{t} {w:.2f}" for t, w in zip(data.tasks, data.weights)) if args.task_weights else "equal"))
+
+    step = 0
+    if resuming:
+        _path, client = engine.load_checkpoint(str(ckpt_dir))
+        step = client["step"]
+        mine = client["ranks"][rank] if rank < len(client["ranks"]) else None
+        if mine is not None and len(client["ranks"]) == world:
+            loader.load_state_dict(mine["loader"])
+            noise.set_state(mine["noise"].to(noise.get_state().device))
+        else:
+            log(f"[train] the checkpoint was written by {len(client['ranks'])} ranks, now {world}: fresh data streams")
+        log(f"[train] resumed from {ckpt_dir / (ckpt_dir / 'latest').read_text().strip()} at step {step}")
+
+    def save() -> None:
+        states = [None] * world
+        dist.all_gather_object(states, {"loader": loader.state_dict(), "noise": noise.get_state().cpu()})
+        tag = f"step{step:08d}"
+        engine.save_checkpoint(str(ckpt_dir), tag=tag, client_state={"step": step, "ranks": states})
+        if rank == 0:
+            from safetensors.torch import save_file
+
+            (out / "model").mkdir(parents=True, exist_ok=True)
+            sd = {k: v.detach().float().cpu().contiguous() for k, v in engine.module.state_dict().items()}
+            save_file(sd, str(out / "model" / "model.safetensors"))
+            (out / "model" / "config.json").write_text(json.dumps(engine.module.config, indent=1) + "\n")
+            for old in sorted(ckpt_dir.glob("step*"))[: -args.keep]:
+                shutil.rmtree(old, ignore_errors=True)
+        dist.barrier()
+        log(f"[train] saved {ckpt_dir / tag}")
+
+    # ---- periodic samples (rank 0) -------------------------------------------------------
+    preview, vae = None, None
+
+    def write_samples() -> None:
+        nonlocal preview, vae
+        from lavin_data.codecs import encode_png
+        from lavin_model.stvae import build_stvae, decode_to_uint8
+
+        if preview is None:
+            n_ctx = min(2, data.context[1])
+            pdata = InContextBatches(args.latents, args.sample_count, (n_ctx, n_ctx), data_weights, 0.0,
+                                     args.seed + 1, 0, 1, 1, 16)
+            preview = next(iter(InContextLoader(pdata, device, num_workers=0)))
+            vae_path, vae_cfg = (args.vae, json.loads(args.vae_config) if args.vae_config else None)
+            if vae_path is None and vae_cfg is None:
+                vae_path, vae_cfg = latent_vae(Path(args.latents))
+            if vae_path is None:
+                log("[train] samples: the latents name no ST-VAE checkpoint; decoding with random weights "
+                    "(give --vae for meaningful images)")
+            vae = build_stvae(vae_cfg, vae_path).to(device)
+        engine.module.eval()
+        gen = torch.Generator(device=device).manual_seed(args.seed + step)
+        pred = sample(engine.module, preview["cond"], tuple(preview["target"].shape), args.sample_steps,
+                      args.cfg_scale, gen)
+        engine.module.train()
+        frames = [preview["cond"][:, :, i:i + 1] for i in (0, 1)] + [preview["cond"][:, :, -1:], pred,
+                                                                    preview["target"]]
+        tiles = [decode_to_uint8(vae, f.float()) for f in frames]  # each (B, H, W, 3)
+        grid = np.concatenate([np.concatenate(list(row), 1) for row in zip(*tiles)], 0)
+        (out / "samples").mkdir(parents=True, exist_ok=True)
+        (out / "samples" / f"step{step:08d}.png").write_bytes(encode_png(grid))
+        log(f"[train] samples/step{step:08d}.png: context input | context target | query | prediction | target")
+
+    data_weights = dict(zip(data.tasks, data.weights))
+
+    # ---- stop cleanly on SIGINT/SIGTERM ----------------------------------------------------
+    stop = {"now": False}
+
+    def on_signal(signum, _frame):
+        stop["now"] = True
+        log(f"[train] signal {signum}: saving a checkpoint after this step")
+
+    signal.signal(signal.SIGINT, on_signal)
+    signal.signal(signal.SIGTERM, on_signal)
+
+    # ---- the loop ----------------------------------------------------------------------
+    if rank == 0:
+        out.mkdir(parents=True, exist_ok=True)
+    logf = open(out / "log.jsonl", "a") if rank == 0 else None
+    batches = iter(loader)
+    window = {"t": time.perf_counter(), "wait": 0.0, "samples": 0, "tokens": 0, "loss": 0.0, "n": 0}
+    totals = {"wait": 0.0, "time": 0.0, "samples": 0, "tokens": 0, "steps": 0}
+    last_loss = float("nan")
+    while step < args.steps and not stop["now"]:
+        t_step = time.perf_counter()
+        loss_sum, wait = 0.0, 0.0
+        for _ in range(accum):
+            t0 = time.perf_counter()
+            batch = next(batches)
+            wait += time.perf_counter() - t0
+            loss = flow_loss(engine, batch["target"], batch["cond"], generator=noise)
+            engine.backward(loss)
+            engine.step()
+            loss_sum += loss.item()
+            b, _, tc, h, w = batch["cond"].shape
+            tokens = b * (tc + batch["target"].shape[2]) * (h // model.patch_size) * (w // model.patch_size)
+            for acc in (window, totals):
+                acc["samples"] += b * world
+                acc["tokens"] += tokens * world
+        step += 1
+        # the mean loss over ranks and micro-steps of this step
+        lt = torch.tensor([loss_sum / accum], device=device)
+        dist.all_reduce(lt)
+        last_loss = lt.item() / world
+        dt = time.perf_counter() - t_step
+        window["wait"] += wait
+        window["loss"] += last_loss
+        window["n"] += 1
+        totals["wait"] += wait
+        totals["time"] += dt
+        totals["steps"] += 1
+        if logf is not None:
+            rec = {"step": step, "loss": last_loss, "lr": scheduler.get_last_lr()[0] if scheduler else None,
+                   "grad_norm": float(engine.get_global_grad_norm() or 0.0), "n_context": batch["n_context"],
+                   "dropped": batch["dropped"], "step_s": round(dt, 4), "data_wait_s": round(wait, 4)}
+            logf.write(json.dumps(rec) + "\n")
+            logf.flush()
+        if step % args.log_every == 0 or step == args.steps:
+            el = time.perf_counter() - window["t"]
+            log(f"[train] step {step}/{args.steps} | loss {window['loss'] / window['n']:.4f} | lr "
+                f"{scheduler.get_last_lr()[0]:.2e} | {window['samples'] / el:.1f} samples/s | "
+                f"{window['tokens'] / el:.0f} tokens/s | data wait {100 * window['wait'] / el:.1f}% | "
+                f"mem {memory_mib(device):.0f} MiB")
+            window = {"t": time.perf_counter(), "wait": 0.0, "samples": 0, "tokens": 0, "loss": 0.0, "n": 0}
+        if args.sample_every and step % args.sample_every == 0 and rank == 0:
+            write_samples()
+        if step % args.save_every == 0 or stop["now"]:
+            save()
+        if window["n"] == 0:  # throughput windows exclude sampling and saving
+            window["t"] = time.perf_counter()
+    if step == args.steps and not (ckpt_dir / f"step{step:08d}").exists():
+        save()
+    if logf is not None:
+        logf.close()
+    return {"step": step, "loss": last_loss, "data_wait_share": totals["wait"] / max(totals["time"], 1e-9),
+            "step_s": totals["time"] / max(totals["steps"], 1), "params": n_params, **{
+                k: totals[k] for k in ("samples", "tokens")}}
+
+
+if __name__ == "__main__":
+    main()
