@@ -71,10 +71,10 @@ def tiny_marigold_normals(path: str | Path) -> Path:
 
 
 def synthetic_latent_shards(root: str | Path, tasks: int = 3, shards: int = 4, per_shard: int = 8,
-                            latent: int = 8, frames: int = 1, seed: int = 0) -> Path:
+                            latent: int = 8, frames: int = 1, seed: int = 0, logvar: float = -6.0) -> Path:
     """Latent shards laid out like ``lavin_data.encode_latents`` output, without a VAE:
     ``<root>/task<i>/s-00000<j>.tar`` with fp16 moments (32, frames, latent, latent). Each
-    task's target mean is a fixed channel mix of its input mean (log-variance −6), so a
+    task's target mean is a fixed channel mix of its input mean (log-variance ``logvar``), so a
     model can learn the tasks from context. For loader tests and training benchmarks."""
     import numpy as np
 
@@ -90,10 +90,10 @@ def synthetic_latent_shards(root: str | Path, tasks: int = 3, shards: int = 4, p
             for k in range(per_shard):
                 mean = rng.normal(size=(16, frames, latent, latent)).astype(np.float32)
                 tgt = np.einsum("oc,cthw->othw", mix, mean)
-                logvar = np.full_like(mean, -6.0)
+                lv = np.full_like(mean, logvar)
                 w.add(f"t{i}_{j:03d}_{k:04d}", {
-                    "input_moments.npy": encode_npy(np.concatenate([mean, logvar]).astype(np.float16)),
-                    "target_moments.npy": encode_npy(np.concatenate([tgt, logvar]).astype(np.float16)),
+                    "input_moments.npy": encode_npy(np.concatenate([mean, lv]).astype(np.float16)),
+                    "target_moments.npy": encode_npy(np.concatenate([tgt, lv]).astype(np.float16)),
                     "json": json.dumps({"task": f"task{i}", "synthetic": True}).encode()})
             w.commit({"stage": "encode_latents", "synthetic": True})
     return root

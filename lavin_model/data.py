@@ -214,6 +214,15 @@ class InContextBatches(torch.utils.data.IterableDataset):
                 "n_context": n, "dropped": drop}
 
 
+def _ignore_stop_signals(_worker_id: int) -> None:
+    # Ctrl-C and the launcher's SIGTERM reach the loader processes too; they leave the
+    # trainer to save a checkpoint and end them, instead of dying under its current step.
+    import signal
+
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+
+
 class InContextLoader:
     """Iterates :class:`InContextBatches` through a DataLoader (``num_workers`` processes)
     and moves the tensors to ``device``. ``state_dict()`` is the state as of the last batch
@@ -238,7 +247,7 @@ class InContextLoader:
         loader = torch.utils.data.DataLoader(
             self.dataset, batch_size=None, num_workers=self.num_workers, pin_memory=self.device.type == "cuda",
             prefetch_factor=self.prefetch_factor if self.num_workers else None,
-            persistent_workers=False)
+            persistent_workers=False, worker_init_fn=_ignore_stop_signals if self.num_workers else None)
         for batch in loader:
             st = batch.pop("loader_state")
             self.states[st["stream"]] = st

@@ -200,6 +200,7 @@ def main(argv: list[str] | None = None) -> dict:
         + (", ".join(f"{t} {w:.2f}" for t, w in zip(data.tasks, data.weights)) if args.task_weights else "equal"))
 
     step = 0
+    step_state = {"loader": loader.state_dict(), "noise": noise.get_state().cpu()}  # as of the last step
     if resuming:
         _path, client = engine.load_checkpoint(str(ckpt_dir))
         step = client["step"]
@@ -207,13 +208,14 @@ def main(argv: list[str] | None = None) -> dict:
         if mine is not None and len(client["ranks"]) == world:
             loader.load_state_dict(mine["loader"])
             noise.set_state(mine["noise"].to(noise.get_state().device))
+            step_state = mine
         else:
             log(f"[train] the checkpoint was written by {len(client['ranks'])} ranks, now {world}: fresh data streams")
         log(f"[train] resumed from {ckpt_dir / (ckpt_dir / 'latest').read_text().strip()} at step {step}")
 
     def save() -> None:
         states = [None] * world
-        dist.all_gather_object(states, {"loader": loader.state_dict(), "noise": noise.get_state().cpu()})
+        dist.all_gather_object(states, step_state)
         tag = f"step{step:08d}"
         engine.save_checkpoint(str(ckpt_dir), tag=tag, client_state={"step": step, "ranks": states})
         if rank == 0:
@@ -298,6 +300,7 @@ def main(argv: list[str] | None = None) -> dict:
                 acc["samples"] += b * world
                 acc["tokens"] += tokens * world
         step += 1
+        step_state = {"loader": loader.state_dict(), "noise": noise.get_state().cpu()}
         # the mean loss over ranks and micro-steps of this step
         lt = torch.tensor([loss_sum / accum], device=device)
         dist.all_reduce(lt)

@@ -1,0 +1,141 @@
+"""``python -m lavin_model.infer --checkpoint CKPT --vae stvae.pt --examples templates/<task>
+--query photo.jpg [photo2.jpg ...] --out pred.png|DIR [--context 4]``
+
+In-context inference with a released or trained J-DiT: the example pairs come in the
+released template layout, ``<task>/<id>_input.png`` + ``<id>_target.png`` (.jpg also read),
+the first ``--context`` of them by sorted id. Every image is squashed to ``--resolution``
+and encoded to its ST-VAE posterior mean; the condition is [in_1, tgt_1, ..., in_N, tgt_N,
+query]; Euler sampling over 20 time points with classifier-free guidance 1.5 gives the
+prediction, which is decoded and resized back to the query's size.
+
+CKPT: the released checkpoint (3.4B configuration), a ``model/`` folder written by
+``lavin_model/train.py`` or a DeepSpeed checkpoint folder (``--size`` when the weights alone
+do not say which configuration they are).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+from lavin_data.codecs import decode_image
+from lavin_data.geometry import plan_resize
+
+IMAGE_EXTS = (".png", ".jpg", ".jpeg")
+
+
+def template_pairs(folder: str | Path) -> list[tuple[Path, Path]]:
+    """[(input, target)] of a template folder, sorted by id; an input without its target
+    (or the reverse) is an error naming the file."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise FileNotFoundError(f"{folder}: no such template folder (expected <id>_input.png + <id>_target.png)")
+    files = {p.stem: p for p in folder.iterdir() if p.suffix.lower() in IMAGE_EXTS}
+    pairs, ids = [], sorted({s.rsplit("_", 1)[0] for s in files if s.endswith(("_input", "_target"))})
+    for i in ids:
+        a, b = files.get(f"{i}_input"), files.get(f"{i}_target")
+        if a is None or b is None:
+            raise ValueError(f"{(a or b)}: has no matching {'target' if b is None else 'input'} image in {folder}")
+        pairs.append((a, b))
+    if not pairs:
+        raise ValueError(f"{folder}: no <id>_input.png + <id>_target.png pairs")
+    return pairs
+
+
+def read_square(path: Path, res: int) -> tuple[np.ndarray, tuple[int, int]]:
+    """(res, res, 3) uint8 RGB squashed from the file, and the original (H, W)."""
+    img = decode_image(path.read_bytes(), str(path))
+    if img.ndim == 2:
+        img = np.repeat(img[..., None], 3, axis=2)
+    img = img[..., :3]
+    if img.dtype != np.uint8:
+        img = (img / max(1, np.iinfo(img.dtype).max) * 255).round().astype(np.uint8)
+    return plan_resize(img.shape[1], img.shape[0], res, "squash").image(img), img.shape[:2]
+
+
+def predict(model, vae, examples: list[tuple[np.ndarray, np.ndarray]], queries: list[np.ndarray], steps: int = 20,
+            cfg_scale: float = 1.5, seed: int = 0, device="cpu", dtype=None) -> np.ndarray:
+    """examples [(input, target)] and queries: (R, R, 3) uint8 -> predictions (Q, R, R, 3) uint8."""
+    import torch
+
+    from lavin_model.flow import sample
+    from lavin_model.stvae import decode_to_uint8, encode_moments, mean_latent
+
+    images = [im for pair in examples for im in pair] + list(queries)
+    x = torch.from_numpy(np.stack(images)).to(device).permute(0, 3, 1, 2)[:, :, None]
+    x = x.to(dtype or torch.float32) / 127.5 - 1.0
+    z = mean_latent(encode_moments(vae, x))  # (2N + Q, 16, 1, h, w)
+    n = 2 * len(examples)
+    ctx = z[:n, :, 0].transpose(0, 1)[None]  # (1, 16, 2N, h, w): in_1, tgt_1, ..., in_N, tgt_N
+    cond = torch.cat([ctx.expand(len(queries), -1, -1, -1, -1), z[n:]], dim=2)  # (Q, 16, 2N + 1, h, w)
+    gen = torch.Generator(device=device).manual_seed(seed)
+    pred = sample(model, cond, (len(queries), z.shape[1], 1, *z.shape[-2:]), steps, cfg_scale, gen)
+    return decode_to_uint8(vae, pred)
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m lavin_model.infer", description=__doc__.split("\n\n")[1])
+    ap.add_argument("--checkpoint", required=True)
+    ap.add_argument("--size", help="tiny | 0.1B | 1B | 3.4B, when the checkpoint has no config.json")
+    ap.add_argument("--vae", help="the ST-VAE checkpoint (released stvae.pt)")
+    ap.add_argument("--vae-config", help="JSON architecture overrides of the ST-VAE (tests)")
+    ap.add_argument("--examples", required=True, help="template folder: <id>_input.png + <id>_target.png")
+    ap.add_argument("--query", nargs="+", required=True, help="query image(s)")
+    ap.add_argument("--out", required=True, help="output PNG (one query) or folder")
+    ap.add_argument("--context", type=int, default=4, help="example pairs used (the first by id)")
+    ap.add_argument("--resolution", type=int, default=256)
+    ap.add_argument("--steps", type=int, default=20)
+    ap.add_argument("--cfg-scale", type=float, default=1.5)
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--device", help="default: cuda when available")
+    args = ap.parse_args(argv)
+
+    import torch
+
+    from lavin_model.jdit import jdit_from_checkpoint
+    from lavin_model.stvae import build_stvae
+    from lavin_model.weights import CheckpointError
+
+    try:
+        pairs = template_pairs(args.examples)[: args.context]
+        queries = [Path(q) for q in args.query]
+        for q in queries:
+            if not q.is_file():
+                raise FileNotFoundError(f"{q}: no such query image")
+        if args.vae is None and args.vae_config is None:
+            raise ValueError("give --vae (the ST-VAE checkpoint)")
+        if args.resolution % 16:
+            raise ValueError(f"--resolution must be a multiple of 16 (VAE 8 x patch 2), got {args.resolution}")
+        device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+        dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
+        model = jdit_from_checkpoint(args.checkpoint, args.size).to(device, dtype).eval()
+        vae = build_stvae(json.loads(args.vae_config) if args.vae_config else None, args.vae).to(device)
+        if dtype != torch.float32:
+            vae = vae.to(dtype)
+        examples = [(read_square(a, args.resolution)[0], read_square(b, args.resolution)[0]) for a, b in pairs]
+        squares, sizes = zip(*(read_square(q, args.resolution) for q in queries))
+    except (OSError, ValueError, CheckpointError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    preds = predict(model, vae, examples, list(squares), args.steps, args.cfg_scale, args.seed, device, dtype)
+    out = Path(args.out)
+    many = len(queries) > 1 or out.suffix.lower() != ".png"
+    if many:
+        out.mkdir(parents=True, exist_ok=True)
+    for q, pred, (h, w) in zip(queries, preds, sizes):
+        dst = out / f"{q.stem}_pred.png" if many else out
+        dst.parent.mkdir(parents=True, exist_ok=True)
+        img = cv2.resize(pred, (w, h), interpolation=cv2.INTER_CUBIC) if (h, w) != pred.shape[:2] else pred
+        cv2.imwrite(str(dst), cv2.cvtColor(img, cv2.COLOR_RGB2BGR))
+        print(dst)
+    print(f"[infer] {len(queries)} prediction(s) from {len(examples)} example pair(s) of {args.examples}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,143 @@
+"""``deepspeed lavin_model/train.py`` on the CPU: the loss drops, a stopped run resumes with
+identical losses, initialisation from a released-format checkpoint, the exported model
+feeds ``python -m lavin_model.infer``."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+import torch
+
+from lavin_data.testing import synthetic_latent_shards
+
+ROOT = Path(__file__).resolve().parents[1]
+TINY_VAE = {"block_out_channels": [32, 64, 64, 64], "layers_per_block": 1}
+pytest.importorskip("deepspeed")
+
+
+def _env() -> dict:
+    env = dict(os.environ, DS_ACCELERATOR="cpu", OMP_NUM_THREADS="2", PYTHONPATH=str(ROOT))
+    for k in ("RANK", "LOCAL_RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT"):
+        env.pop(k, None)
+    return env
+
+
+def _train(out: Path, latents: Path, *extra: str, launcher: bool = False, check: bool = True):
+    args = ["--latents", str(latents), "--out", str(out), "--size", "tiny", "--micro-batch", "4",
+            "--context", "1-3", "--lr", "1e-3", "--warmup", "5", "--log-every", "5", "--sample-every", "0",
+            "--num-workers", "2", *extra]
+    if launcher:
+        ds = shutil.which("deepspeed", path=str(Path(sys.executable).parent)) or "deepspeed"
+        cmd = [ds, "--num_gpus", "1", str(ROOT / "lavin_model" / "train.py"), *args]
+    else:
+        cmd = [sys.executable, "-m", "lavin_model.train", *args]
+    r = subprocess.run(cmd, cwd=ROOT, env=_env(), capture_output=True, text=True, timeout=300)
+    if check:
+        assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    return r
+
+
+def _losses(out: Path) -> dict[int, float]:
+    return {(rec := json.loads(line))["step"]: rec["loss"] for line in (out / "log.jsonl").read_text().splitlines()}
+
+
+@pytest.fixture(scope="module")
+def latents(tmp_path_factory) -> Path:
+    return synthetic_latent_shards(tmp_path_factory.mktemp("lat"), tasks=3, shards=4, per_shard=8, latent=8)
+
+
+def test_stopped_and_resumed_run_matches_an_uninterrupted_one(latents, tmp_path):
+    _train(tmp_path / "a", latents, "--steps", "12", launcher=True)
+    _train(tmp_path / "b", latents, "--steps", "5", launcher=True)
+    assert (tmp_path / "b" / "checkpoints" / "step00000005").is_dir()
+    r = _train(tmp_path / "b", latents, "--steps", "12", launcher=True)
+    assert "resumed from" in r.stdout and "at step 5" in r.stdout
+    a, b = _losses(tmp_path / "a"), _losses(tmp_path / "b")
+    assert sorted(b) == list(range(1, 13))
+    assert [a[s] for s in range(6, 13)] == [b[s] for s in range(6, 13)]  # bit-identical
+    assert len({a[s] for s in range(6, 13)}) > 1
+
+
+def test_the_loss_drops_and_samples_are_written(latents, tmp_path):
+    out = tmp_path / "run"
+    r = _train(out, latents, "--steps", "150", "--micro-batch", "8", "--sample-every", "150", "--sample-count", "2",
+               "--vae-config", json.dumps(TINY_VAE), "--save-every", "1000")
+    loss = _losses(out)
+    first, last = np.mean([loss[s] for s in range(1, 11)]), np.mean([loss[s] for s in range(131, 151)])
+    assert last < 0.93 * first, (first, last)
+    assert "tokens/s" in r.stdout and "data wait" in r.stdout and "MiB" in r.stdout
+    grid = cv2.imread(str(out / "samples" / "step00000150.png"))
+    assert grid.shape == (2 * 64, 5 * 64, 3)  # 2 queries x (ctx in, ctx tgt, query, prediction, target)
+    cfg = json.loads((out / "model" / "config.json").read_text())
+    assert cfg["hidden_size"] == 96 and (out / "model" / "model.safetensors").is_file()
+
+
+def test_sigterm_saves_a_checkpoint_and_the_run_resumes(latents, tmp_path):
+    out = tmp_path / "run"
+    cmd = [sys.executable, "-m", "lavin_model.train", "--latents", str(latents), "--out", str(out), "--size", "tiny",
+           "--steps", "100000", "--micro-batch", "2", "--context", "1-2", "--log-every", "1", "--sample-every", "0",
+           "--num-workers", "0"]
+    p = subprocess.Popen(cmd, cwd=ROOT, env=_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        deadline = time.time() + 120
+        while time.time() < deadline and not (out / "log.jsonl").exists():
+            time.sleep(0.2)
+        time.sleep(1.0)
+        p.send_signal(signal.SIGTERM)
+        stdout, _ = p.communicate(timeout=120)
+    finally:
+        p.kill()
+    assert p.returncode == 0, stdout[-3000:]
+    step = max(_losses(out))
+    assert (out / "checkpoints" / f"step{step:08d}").is_dir() and "saving a checkpoint" in stdout
+    r = _train(out, latents, "--steps", str(step + 2), "--micro-batch", "2", "--context", "1-2", "--num-workers", "0")
+    assert f"at step {step}" in r.stdout and max(_losses(out)) == step + 2
+
+
+def test_init_from_a_released_format_checkpoint_and_infer(latents, tmp_path):
+    from lavin_model.jdit import JDiT, jdit_from_checkpoint
+    from lavin_model.stvae import build_stvae
+
+    torch.manual_seed(1)
+    model = JDiT.from_size("tiny")
+    for p in model.parameters():  # non-zero everywhere, unlike a fresh model
+        torch.nn.init.normal_(p, std=0.02)
+    torch.save({"state_dict": model.state_dict()}, tmp_path / "released.pt")
+    # The first warm-up step has lr 0: the exported weights are the initial ones.
+    _train(tmp_path / "run", latents, "--steps", "1", "--init", str(tmp_path / "released.pt"))
+    loaded = jdit_from_checkpoint(tmp_path / "run" / "model")
+    for k, v in model.state_dict().items():
+        assert torch.equal(loaded.state_dict()[k], v), k
+    assert jdit_from_checkpoint(tmp_path / "released.pt").config == model.config  # size from the shapes
+
+    vae = tmp_path / "vae.pt"
+    torch.save({"state_dict": build_stvae(TINY_VAE).state_dict()}, vae)
+    tpl = tmp_path / "templates" / "colorization"
+    tpl.mkdir(parents=True)
+    rng = np.random.default_rng(0)
+    for i in range(3):
+        img = rng.integers(0, 255, (40, 50, 3), np.uint8)
+        cv2.imwrite(str(tpl / f"{i:03d}_input.png"), img[..., :1].repeat(3, 2))
+        cv2.imwrite(str(tpl / f"{i:03d}_target.png"), img)
+    query = tmp_path / "q.jpg"
+    cv2.imwrite(str(query), rng.integers(0, 255, (30, 70, 3), np.uint8))
+    base = [sys.executable, "-m", "lavin_model.infer", "--vae", str(vae), "--vae-config", json.dumps(TINY_VAE),
+            "--query", str(query), "--resolution", "64", "--steps", "4", "--context", "2"]
+    r = subprocess.run([*base, "--checkpoint", str(tmp_path / "run" / "model"), "--examples", str(tpl),
+                        "--out", str(tmp_path / "pred.png")], cwd=ROOT, env=_env(), capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    assert cv2.imread(str(tmp_path / "pred.png")).shape == (30, 70, 3)  # back to the query's size
+    (tpl / "003_input.png").write_bytes((tpl / "000_input.png").read_bytes())
+    r = subprocess.run([*base, "--checkpoint", str(tmp_path / "run" / "model"), "--examples", str(tpl),
+                        "--out", str(tmp_path / "p2.png")], cwd=ROOT, env=_env(), capture_output=True, text=True)
+    assert r.returncode == 2 and "003_input.png: has no matching target image" in r.stderr
