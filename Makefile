@@ -13,7 +13,7 @@ demo: setup
 	$(PY) -m pipelines.build --spec $(SPEC) $(if $(OUT),--output $(OUT)) $(if $(NUM_CPUS),--num-cpus $(NUM_CPUS))
 
 test: setup
-	@scripts/setup.sh dev,labelers
+	@scripts/setup.sh dev,labelers,train
 	$(PY) -m pytest -q $(PYTEST_ARGS); rc=$$?; if [ $$rc -eq 5 ]; then echo "no tests collected"; exit 1; fi; exit $$rc
 
 bench: setup

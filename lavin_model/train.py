@@ -58,7 +58,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--shards-per-round", type=int, default=4)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--log-every", type=int, default=10)
-    ap.add_argument("--save-every", type=int, default=1000)
+    ap.add_argument("--save-every", type=int, default=1000, help="0: never (benchmarks), not even at the end")
     ap.add_argument("--keep", type=int, default=2, help="checkpoints kept")
     ap.add_argument("--sample-every", type=int, default=1000, help="0: never")
     ap.add_argument("--sample-count", type=int, default=4)
@@ -66,7 +66,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--cfg-scale", type=float, default=1.5)
     ap.add_argument("--vae", help="ST-VAE checkpoint for samples (default: the one recorded in the latents)")
     ap.add_argument("--vae-config", help="JSON architecture overrides for a random-weight VAE (tests)")
-    ap.add_argument("--local_rank", "--local-rank", type=int, default=int(os.environ.get("LOCAL_RANK", 0)))
+    ap.add_argument("--local_rank", "--local-rank", type=int, default=int(os.environ.get("LOCAL_RANK", "0")))
     return ap.parse_args(argv)
 
 
@@ -327,11 +327,11 @@ def main(argv: list[str] | None = None) -> dict:
             window = {"t": time.perf_counter(), "wait": 0.0, "samples": 0, "tokens": 0, "loss": 0.0, "n": 0}
         if args.sample_every and step % args.sample_every == 0 and rank == 0:
             write_samples()
-        if step % args.save_every == 0 or stop["now"]:
+        if args.save_every and (step % args.save_every == 0 or stop["now"]):
             save()
         if window["n"] == 0:  # throughput windows exclude sampling and saving
             window["t"] = time.perf_counter()
-    if step == args.steps and not (ckpt_dir / f"step{step:08d}").exists():
+    if args.save_every and step == args.steps and not (ckpt_dir / f"step{step:08d}").exists():
         save()
     if logf is not None:
         logf.close()

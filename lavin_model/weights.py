@@ -37,7 +37,7 @@ def read_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
         return load_file(str(path))
     try:
         obj = torch.load(str(path), map_location="cpu", weights_only=True)
-    except Exception as e:  # noqa: BLE001 - pickles with non-tensor objects (DeepSpeed's)
+    except Exception as e:  # noqa: BLE001  (pickles with non-tensor objects: DeepSpeed's)
         try:
             obj = torch.load(str(path), map_location="cpu", weights_only=False)
         except Exception:

@@ -141,3 +141,31 @@ def test_init_from_a_released_format_checkpoint_and_infer(latents, tmp_path):
     r = subprocess.run([*base, "--checkpoint", str(tmp_path / "run" / "model"), "--examples", str(tpl),
                         "--out", str(tmp_path / "p2.png")], cwd=ROOT, env=_env(), capture_output=True, text=True)
     assert r.returncode == 2 and "003_input.png: has no matching target image" in r.stderr
+
+
+def test_model_flops_match_torch_flop_counter():
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from lavin_model.bench_train import model_flops
+    from lavin_model.jdit import JDiT
+
+    model = JDiT.from_size("tiny")
+    for cond_frames, side in ((9, 8), (3, 16)):
+        x, c = torch.randn(2, 16, 1, side, side), torch.randn(2, 16, cond_frames, side, side)
+        with sdpa_kernel(SDPBackend.MATH), FlopCounterMode(display=False) as counter:  # math SDPA: bmm, counted
+            model(x, torch.rand(2), c)
+        ratio = counter.get_total_flops() / (2 * model_flops(model.config, cond_frames, 1, side, side))
+        assert 1.0 <= ratio < 1.01, ratio  # the rest: modulation and timestep MLP, once per example
+
+
+def test_bench_train_reports_throughput_and_data_wait():
+    r = subprocess.run([sys.executable, "-m", "lavin_model.bench_train", "--size", "tiny", "--resolution", "64",
+                        "--context", "2", "--micro-batch", "2", "--steps", "4", "--warmup-steps", "1",
+                        "--num-workers", "1"], cwd=ROOT, env=_env(), capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr[-3000:]
+    line = next(s for s in r.stdout.splitlines() if s.startswith("BENCH_TRAIN "))
+    res = json.loads(line[len("BENCH_TRAIN "):])
+    assert res["steps"] == 4 and 0 <= res["data_wait_share"] < 1 and res["samples_per_s"] > 0
+    tokens = 2 * (2 * 2 + 2) * (64 // 8 // 2) ** 2
+    assert abs(res["tokens_per_s"] - tokens * res["samples_per_s"] / 2) < 1e-6 * res["tokens_per_s"]
