@@ -46,6 +46,8 @@ def read_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
         if isinstance(obj, dict) and isinstance(obj.get(key), dict):
             obj = obj[key]
             break
+    if isinstance(obj, dict) and obj and all(k.startswith("module.") for k in obj):  # saved from DDP
+        obj = {k[len("module."):]: v for k, v in obj.items()}
     if not isinstance(obj, dict) or not all(torch.is_tensor(v) for v in obj.values()):
         raise CheckpointError(f"{path}: expected a state dict (or {{'state_dict'|'module'|'model': ...}}), "
                               f"got {type(obj).__name__}")
