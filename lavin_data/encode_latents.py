@@ -15,6 +15,7 @@ PNG beside the originals in ``<out>/preview/``.
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import os
 import sys
@@ -27,7 +28,14 @@ import numpy as np
 
 from lavin_data.codecs import decode_image, encode_npy
 from lavin_data.geometry import plan_resize
-from lavin_data.shards import ShardWriter, iter_tar_samples, prefetch, read_stats, shard_done
+from lavin_data.shards import (
+    ShardWriter,
+    decoded_batches,
+    iter_tar_samples,
+    prefetch,
+    read_stats,
+    shard_done,
+)
 
 MEMBERS = ("input_moments.npy", "target_moments.npy", "json")
 
@@ -86,29 +94,15 @@ class Encoder:
         t0 = time.perf_counter()
         w = ShardWriter(dst, stage="encode_latents")
 
-        def batches():
-            batch = []
-            for key, m in iter_tar_samples(src):
-                try:
-                    batch.append((key, *_decode_pair(key, m, res), None))
-                except Exception as e:  # noqa: BLE001
-                    batch.append((key, None, None, None, f"{type(e).__name__}: {e}"))
-                if len(batch) == batch_size:
-                    yield batch
-                    batch = []
-            if batch:
-                yield batch
-
-        for batch in prefetch(batches()):
-            ok = [b for b in batch if b[4] is None]
-            for key, *_r, err in batch:
-                if err is not None:
-                    w.fail(key, "decode", err)
+        decode = functools.partial(_decode_pair, res=res)
+        for ok, failed in prefetch(decoded_batches(iter_tar_samples(src), decode, batch_size)):
+            for key, err in failed:
+                w.fail(key, "decode", err)
             if not ok:
                 continue
-            mom = self.moments([b[1] for b in ok] + [b[2] for b in ok])
+            mom = self.moments([a for _k, (a, _b, _m) in ok] + [b for _k, (_a, b, _m) in ok])
             n = len(ok)
-            for i, (key, _a, _b, meta, _e) in enumerate(ok):
+            for i, (key, (_a, _b, meta)) in enumerate(ok):
                 info = dict(self.info, shift=SHIFT, scale=SCALE, resolution=res, frames=1,
                             latent_frames=int(mom.shape[2]), moments="fp16 (2*16, T', R/8, R/8): mean, logvar",
                             pair=meta)

@@ -137,6 +137,24 @@ def prefetch(items):
             yield item
 
 
+def decoded_batches(samples, decode, batch_size: int):
+    """Decode ``(key, members)`` samples with ``decode(key, members)`` and group them by
+    ``batch_size``: yields ``(ok, failed)``, ok = [(key, decoded)] and failed = [(key,
+    "ErrorType: message")], so that a sample that cannot be decoded is recorded by the
+    caller and the rest of its batch goes on."""
+    ok, failed = [], []
+    for key, members in samples:
+        try:
+            ok.append((key, decode(key, members)))
+        except Exception as e:  # noqa: BLE001
+            failed.append((key, f"{type(e).__name__}: {e}"))
+        if len(ok) + len(failed) == batch_size:
+            yield ok, failed
+            ok, failed = [], []
+    if ok or failed:
+        yield ok, failed
+
+
 def iter_tar_samples(path: str | os.PathLike):
     """Yield ``(key, {ext: bytes})`` from a shard tar in file order, grouped as WebDataset
     groups them: consecutive members sharing the basename up to its first dot.

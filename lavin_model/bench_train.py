@@ -54,7 +54,7 @@ def main(argv: list[str] | None = None) -> dict:
 
     from lavin_data.testing import synthetic_latent_shards
     from lavin_model import train
-    from lavin_model.jdit import SIZES
+    from lavin_model.jdit import size_config
 
     with tempfile.TemporaryDirectory() as tmp:
         latents = args.latents
@@ -73,8 +73,7 @@ def main(argv: list[str] | None = None) -> dict:
     wait_share = sum(r["data_wait_s"] for r in recs) / sum(r["step_s"] for r in recs)
     world = torch.distributed.get_world_size() if torch.distributed.is_initialized() else 1
     lat = args.resolution // 8
-    hidden, depth, heads, kv_group = SIZES[args.size]
-    config = dict(hidden_size=hidden, depth=depth, num_heads=heads, kv_group=kv_group, patch_size=2, in_channels=16)
+    config = size_config(args.size)
     cond_frames = 2 * args.context + 1
     tokens = args.micro_batch * (cond_frames + 1) * (lat // 2) ** 2
     flops = 3 * args.micro_batch * model_flops(config, cond_frames, 1, lat, lat)

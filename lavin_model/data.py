@@ -240,10 +240,9 @@ class InContextLoader:
     def load_state_dict(self, state: dict) -> None:
         self.batches = int(state["batches"])
         self.states = {int(k): v for k, v in state["streams"].items()}
-        self.dataset.resume(self.batches, self.states)
 
     def __iter__(self):
-        self.dataset.resume(self.batches, self.states)
+        self.dataset.resume(self.batches, self.states)  # continue after the batches handed out so far
         loader = torch.utils.data.DataLoader(
             self.dataset, batch_size=None, num_workers=self.num_workers, pin_memory=self.device.type == "cuda",
             prefetch_factor=self.prefetch_factor if self.num_workers else None,

@@ -30,6 +30,14 @@ SIZES = {
 }
 
 
+def size_config(name: str) -> dict:
+    """The constructor arguments of a named size (patch 2, 16 latent channels)."""
+    if name not in SIZES:
+        raise ValueError(f"unknown J-DiT size {name!r}; named sizes: {sorted(SIZES)}")
+    hidden, depth, heads, kv_group = SIZES[name]
+    return dict(hidden_size=hidden, depth=depth, num_heads=heads, kv_group=kv_group, patch_size=2, in_channels=16)
+
+
 def rms_norm(x: torch.Tensor, eps: float = 1e-6) -> torch.Tensor:
     """Affine-free RMSNorm over the last dimension (computed in fp32)."""
     xf = x.float()
@@ -196,8 +204,7 @@ class JDiT(nn.Module):
 
     @classmethod
     def from_size(cls, name: str, **kw) -> "JDiT":
-        hidden, depth, heads, kv_group = SIZES[name]
-        return cls(hidden, depth, heads, kv_group, **kw)
+        return cls(**dict(size_config(name), **kw))
 
     def initialize_weights(self) -> None:
         def init(m):

@@ -232,6 +232,7 @@ def main(argv: list[str] | None = None) -> dict:
 
     # ---- periodic samples (rank 0) -------------------------------------------------------
     preview, vae = None, None
+    data_weights = dict(zip(data.tasks, data.weights))
 
     def write_samples() -> None:
         nonlocal preview, vae
@@ -262,8 +263,6 @@ def main(argv: list[str] | None = None) -> dict:
         (out / "samples").mkdir(parents=True, exist_ok=True)
         (out / "samples" / f"step{step:08d}.png").write_bytes(encode_png(grid))
         log(f"[train] samples/step{step:08d}.png: context input | context target | query | prediction | target")
-
-    data_weights = dict(zip(data.tasks, data.weights))
 
     # ---- stop cleanly on SIGINT/SIGTERM ----------------------------------------------------
     stop = {"now": False}

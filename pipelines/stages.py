@@ -16,7 +16,15 @@ import pyarrow.parquet as pq
 from lavin_data.base import view_from_base
 from lavin_data.codecs import encode_jpeg, encode_npy, encode_png
 from lavin_data.rng import sample_rng
-from lavin_data.shards import ShardWriter, index_path, iter_tar_samples, prefetch, read_stats, shard_done
+from lavin_data.shards import (
+    ShardWriter,
+    decoded_batches,
+    index_path,
+    iter_tar_samples,
+    prefetch,
+    read_stats,
+    shard_done,
+)
 from lavin_data.sources import SkipItem, reader_for
 from lavin_data.spec import Spec
 from lavin_data.tasks import TASKS, Pair, View
@@ -190,34 +198,28 @@ def run_shard_job(spec_json: str, row: dict) -> dict:
     return run_render_job(spec_json, run_ingest_job(spec_json, row))
 
 
-def _decoded_batches(spec: Spec, lab, source: str, shard: int, batch_size: int):
-    """Yield lists of (key, image, depth or None, intrinsics or None, error or None) decoded
-    from the base shard (and the depth labeler's sidecar for ``depth_from``)."""
+def _label_inputs(spec: Spec, lab, source: str, shard: int):
+    """``decode(key, members) -> (image, depth or None, intrinsics or None)`` for the base
+    samples of one shard (depth from the depth labeler's sidecar for ``depth_from``)."""
     from lavin_data.base import base_image
     from lavin_data.codecs import decode_npy
     from lavin_data.sidecar import decode_sidecar
 
     depth_side = dict(iter_tar_samples(label_tar(spec.output, lab.depth_from, source, shard))) if lab.depth_from \
         else None
-    batch = []
-    for key, m in iter_tar_samples(base_tar(spec.output, source, shard)):
-        try:
-            image, meta = base_image(key, m)
-            depth = decode_npy(m["depth.npy"]) if "depth.npy" in m else None
-            if depth_side is not None:
-                if key not in depth_side:
-                    raise ValueError(f"labeler {lab.depth_from!r} has no output for {key}")
-                _what, depth, dmeta = decode_sidecar(depth_side[key], key)
-                if dmeta["depth_kind"] == "disparity":  # relative inverse depth: 1/d, up to scale and shift
-                    depth = np.where(depth > 0, 1.0 / np.maximum(depth, 1e-6), 0).astype(np.float32)
-            batch.append((key, image, depth, meta.get("intrinsics"), None))
-        except Exception as e:  # noqa: BLE001
-            batch.append((key, None, None, None, _short_error(e)))
-        if len(batch) == batch_size:
-            yield batch
-            batch = []
-    if batch:
-        yield batch
+
+    def decode(key: str, m: dict[str, bytes]):
+        image, meta = base_image(key, m)
+        depth = decode_npy(m["depth.npy"]) if "depth.npy" in m else None
+        if depth_side is not None:
+            if key not in depth_side:
+                raise ValueError(f"labeler {lab.depth_from!r} has no output for {key}")
+            _what, depth, dmeta = decode_sidecar(depth_side[key], key)
+            if dmeta["depth_kind"] == "disparity":  # relative inverse depth: 1/d, up to scale and shift
+                depth = np.where(depth > 0, 1.0 / np.maximum(depth, 1e-6), 0).astype(np.float32)
+        return image, depth, meta.get("intrinsics")
+
+    return decode
 
 
 def label_shard(spec: Spec, labeler_name: str, source: str, shard: int, labeler) -> dict:
@@ -235,23 +237,23 @@ def label_shard(spec: Spec, labeler_name: str, source: str, shard: int, labeler)
     w = ShardWriter(path, stage="label")
     info = labeler.info()
     level = spec.formats.png_compression
-    for batch in prefetch(_decoded_batches(spec, lab, source, shard, lab.batch_size)):
-        ok = [b for b in batch if b[4] is None]
-        for key, *_rest, err in batch:
-            if err is not None:
-                w.fail(key, "label", err)
+    samples = iter_tar_samples(base_tar(spec.output, source, shard))
+    for ok, failed in prefetch(decoded_batches(samples, _label_inputs(spec, lab, source, shard), lab.batch_size)):
+        for key, err in failed:
+            w.fail(key, "label", err)
         if not ok:
             continue
         try:
-            outs = labeler.label([b[1] for b in ok], [b[2] for b in ok], [b[3] for b in ok])
+            images, depths, intrinsics = (list(col) for col in zip(*(inputs for _k, inputs in ok)))
+            outs = labeler.label(images, depths, intrinsics)
         except Exception:  # noqa: BLE001 - a batch that fails is retried sample by sample
             outs = []
-            for b in ok:
+            for _key, (image, depth, intr) in ok:
                 try:
-                    outs.append(labeler.label([b[1]], [b[2]], [b[3]])[0])
+                    outs.append(labeler.label([image], [depth], [intr])[0])
                 except Exception as e1:  # noqa: BLE001
                     outs.append(e1)
-        for (key, *_rest), out in zip(ok, outs):
+        for (key, _inputs), out in zip(ok, outs):
             if isinstance(out, Exception):
                 w.fail(key, "label", _short_error(out))
             elif labeler.output == "depth":

@@ -11,7 +11,7 @@ import pytest
 
 from lavin_data.codecs import decode_image
 from lavin_data.render import decode_boxes
-from lavin_data.shards import ShardWriter, index_path, iter_tar_samples, stats_path
+from lavin_data.shards import ShardWriter, decoded_batches, index_path, iter_tar_samples, stats_path
 from lavin_data.spec import parse_spec
 from lavin_data.tasks import TASKS
 from pipelines.build import BuildError, build, main
@@ -241,3 +241,14 @@ def test_pixel_stages_import_neither_torch_nor_torchvision():
             "print(sorted(m for m in ('torch', 'torchvision', 'transformers', 'diffusers') if m in sys.modules))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, check=True)
     assert out.stdout.strip() == "[]", out.stdout + out.stderr
+
+
+def test_decoded_batches_record_bad_samples_and_keep_the_rest():
+    def decode(key, members):
+        if key == "b":
+            raise ValueError(f"{key}: truncated")
+        return members["x"] * 2
+
+    samples = [(k, {"x": i}) for i, k in enumerate("abcde")]
+    got = list(decoded_batches(iter(samples), decode, 2))
+    assert got == [([("a", 0)], [("b", "ValueError: b: truncated")]), ([("c", 4), ("d", 6)], []), ([("e", 8)], [])]
