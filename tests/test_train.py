@@ -169,3 +169,66 @@ def test_bench_train_reports_throughput_and_data_wait():
     assert res["steps"] == 4 and 0 <= res["data_wait_share"] < 1 and res["samples_per_s"] > 0
     tokens = 2 * (2 * 2 + 2) * (64 // 8 // 2) ** 2
     assert abs(res["tokens_per_s"] - tokens * res["samples_per_s"] / 2) < 1e-6 * res["tokens_per_s"]
+
+
+def test_real_photos_through_latents_loader_and_inference(ray_session, tmp_path):
+    """The fixture photos: pair build -> encode_latents -> in-context batches whose frames
+    are posterior samples of the stored moments -> inference on a full-size real photo."""
+    from lavin_data.codecs import decode_npy
+    from lavin_data.encode_latents import main as encode_main
+    from lavin_data.shards import iter_tar_samples
+    from lavin_data.spec import parse_spec
+    from lavin_model.data import InContextBatches, InContextLoader
+    from lavin_model.jdit import JDiT
+    from lavin_model.stvae import SCALE, build_stvae, mean_latent
+    from pipelines.build import build
+    from tests.conftest import fixture_path
+
+    photos = fixture_path("photos")
+    spec = parse_spec({"name": "p", "output": str(tmp_path / "pix"), "resolution": 64, "shard_size": 2,
+                       "sources": [{"name": "photos", "kind": "image_folder", "root": str(photos)}],
+                       "tasks": [{"task": "colorization", "source": "photos"}, {"task": "denoise", "source": "photos"}]})
+    build(spec, echo=lambda *_: None)
+    torch.manual_seed(0)
+    vae, model = tmp_path / "vae.pt", build_stvae(TINY_VAE)
+    with torch.no_grad():  # posterior log-variance near -20: a sampled z is its mean to ~1e-4
+        model.encoder.conv_out.conv.bias[16:] = -20.0
+    torch.save({"state_dict": model.state_dict()}, vae)
+    assert encode_main(["--pixels", str(tmp_path / "pix" / "pairs"), "--out", str(tmp_path / "lat"),
+                        "--resolution", "64", "--vae", str(vae), "--vae-config", json.dumps(TINY_VAE)]) == 0
+
+    stored = {}
+    for tar in (tmp_path / "lat").glob("*/*.tar"):
+        for key, m in iter_tar_samples(tar):
+            for name in ("input", "target"):
+                mom = torch.from_numpy(decode_npy(m[f"{name}_moments.npy"]).astype(np.float32))
+                stored[(tar.parent.name, key, name)] = (mean_latent(mom[None])[0, :, 0],
+                                                        torch.exp(0.5 * mom[16:, 0]) * SCALE)
+    batch = next(iter(InContextLoader(InContextBatches(tmp_path / "lat", batch_size=3, context=(2, 2),
+                                                       drop_rate=0.0), num_workers=0)))
+    assert batch["cond"].shape == (3, 16, 5, 8, 8) and batch["target"].shape == (3, 16, 1, 8, 8)
+    for e, (task, keys) in enumerate(zip(batch["tasks"], batch["keys"])):
+        frames = [(keys[i // 2], "input" if i % 2 == 0 else "target") for i in range(4)] + [(keys[2], "input")]
+        for f, (key, name) in enumerate(frames):
+            mean, std = stored[(task, key, name)]
+            assert float(std.max()) < 1e-3
+            torch.testing.assert_close(batch["cond"][e, :, f], mean, atol=2e-3, rtol=0, msg=str((task, key, name)))
+        mean, _std = stored[(task, keys[2], "target")]
+        torch.testing.assert_close(batch["target"][e, :, 0], mean, atol=2e-3, rtol=0)
+        assert (batch["cond"][e, :, 0] - batch["cond"][e, :, 1]).abs().max() > 0.05  # frames are distinguishable
+
+    torch.manual_seed(2)
+    torch.save({"state_dict": JDiT.from_size("tiny").state_dict()}, tmp_path / "released.pt")
+    tpl = tmp_path / "templates" / "colorization"
+    tpl.mkdir(parents=True)
+    for i, (key, m) in enumerate(iter_tar_samples(next((tmp_path / "pix" / "pairs" / "colorization").glob("*.tar")))):
+        ext = next(k for k in m if k.startswith("input."))
+        (tpl / f"{key}_input.{ext.split('.')[1]}").write_bytes(m[ext])
+        (tpl / f"{key}_target.png").write_bytes(m["target.png"])
+    query = sorted(photos.glob("*.jpg"))[0]
+    r = subprocess.run([sys.executable, "-m", "lavin_model.infer", "--checkpoint", str(tmp_path / "released.pt"),
+                        "--vae", str(vae), "--vae-config", json.dumps(TINY_VAE), "--examples", str(tpl),
+                        "--query", str(query), "--out", str(tmp_path / "pred.png"), "--resolution", "64",
+                        "--steps", "3"], cwd=ROOT, env=_env(), capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert cv2.imread(str(tmp_path / "pred.png")).shape == cv2.imread(str(query)).shape
