@@ -11,7 +11,13 @@ import pytest
 
 from lavin_data.codecs import decode_image
 from lavin_data.render import decode_boxes
-from lavin_data.shards import ShardWriter, decoded_batches, index_path, iter_tar_samples, stats_path
+from lavin_data.shards import (
+    ShardWriter,
+    decoded_batches,
+    index_path,
+    iter_tar_samples,
+    stats_path,
+)
 from lavin_data.spec import parse_spec
 from lavin_data.tasks import TASKS
 from pipelines.build import BuildError, build, main
