@@ -1,53 +1,94 @@
-"""Base samples: what ingest writes per source item, at the source's own resolution.
+"""Base samples: what a reader returns per source item, and how the ingest stage stores it.
+
+A reader returns a :class:`BaseSample` (arrays and metadata at the source's own
+resolution, in a source-independent form); :func:`encode_base` turns it into tar members
+(the codec choice is the writer's), and :func:`view_from_base` decodes those members and
+brings them to the output resolution for the renderers.
 
 Members of a base sample ``<key>.<ext>`` (all optional but the image and the json):
 
-- ``image.jpg`` / ``image.png``: RGB; a source's original JPEG bytes are kept as they are.
+- ``image.jpg`` / ``image.png``: RGB; a source file that already is a plain upright RGB
+  JPEG or PNG is kept byte for byte, anything else is stored as PNG.
 - ``depth.npy``: (H, W) float32, 0 = invalid; ``json["depth_kind"]`` says metric depth
   (``"depth"``, metres) or relative inverse depth (``"disparity"``).
 - ``normals.npy``: (H, W, 3) float16 unit normals, camera frame x right, y up, z towards
   the camera; 0 = invalid.
-- ``segments.png``: (H, W) uint16 segment ids, 0 = unlabeled, described by
-  ``json["segments_info"]`` ({id, category_id, isthing, bbox xyxy, area}) and
-  ``json["categories"]`` ({id, name, isthing}).
-- ``json``: source, item_id, size, intrinsics, licence, source-specific parameters.
+- ``segments.png``: (H, W) uint16 segment ids, 0 = unlabeled (a panoptic partition),
+  described by ``json["segments_info"]`` ({id, category_id, isthing, iscrowd?, bbox xyxy, area}).
+- ``json``: source, item_id, width, height, licence, ``categories`` ({id, name, isthing}),
+  ``skeleton`` (0-based keypoint index pairs), ``intrinsics`` (fx, fy, cx, cy; OpenCV
+  pixel centres), ``instances`` (annotated objects: {id, category_id, bbox xyxy, iscrowd,
+  mask (COCO compressed RLE {size, counts}) or null, keypoints [[x, y, v], ...] or null})
+  and source-specific parameters. Without ``instances``, the thing segments are the objects.
 """
 
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
-from lavin_data.codecs import decode_image, decode_npy, encode_npy, encode_png
-from lavin_data.tasks import View, make_view
+from lavin_data.codecs import decode_image, decode_npy, decode_rle, encode_npy, encode_png
+from lavin_data.geometry.view import View, make_view
+
+# Version of the base-sample layout, recorded in a build's spec.json: a build folder of
+# another version is refused rather than resumed. 1: COCO annotations as json["coco"] plus
+# the source's panoptic PNG, synthetic intrinsics with cx = W/2. 2: this module's layout.
+BASE_FORMAT = 2
 
 
-def encode_base(
-    meta: dict[str, Any], image: np.ndarray | None = None, image_bytes: tuple[str, bytes] | None = None,
-    depth: np.ndarray | None = None, normals: np.ndarray | None = None, segments: np.ndarray | None = None,
-    png_level: int = 1, extra: dict[str, bytes] | None = None,
-) -> dict[str, bytes]:
-    """Arrays + meta -> tar members. Give ``image`` (RGB uint8) or ``image_bytes`` (ext, bytes);
-    ``extra`` members are stored as given (e.g. a source's own panoptic PNG)."""
-    members: dict[str, bytes] = dict(extra or {})
-    if image_bytes is not None:
-        members[f"image.{image_bytes[0]}"] = image_bytes[1]
-    elif image is not None:
-        members["image.png"] = encode_png(image, png_level)
+@dataclass
+class BaseSample:
+    """One source item as a reader returns it, at the source's resolution.
+
+    image: (H, W, 3) uint8 RGB, or None when ``image_file`` holds it. image_file: (ext,
+    bytes) of the source's own file when it already is a plain upright RGB JPEG/PNG (kept
+    as is, so no re-encoding loses anything). depth: (H, W) float32, 0 = invalid.
+    normals: (H, W, 3) float unit vectors, 0 = invalid. segments: (H, W) uint16 ids.
+    instances: dicts as in the module docstring (masks as compressed RLE). meta: the json.
+    """
+
+    meta: dict[str, Any]
+    image: np.ndarray | None = None
+    image_file: tuple[str, bytes] | None = None
+    depth: np.ndarray | None = None
+    normals: np.ndarray | None = None
+    segments: np.ndarray | None = None
+    instances: list[dict] | None = None
+
+
+def encode_base(sample: BaseSample, png_level: int = 1) -> dict[str, bytes]:
+    """A reader's sample -> tar members (PNG at zlib ``png_level`` where we encode)."""
+    members: dict[str, bytes] = {}
+    if sample.image_file is not None:
+        ext, data = sample.image_file
+        members[f"image.{ext}"] = data
+    elif sample.image is not None:
+        members["image.png"] = encode_png(sample.image, png_level)
     else:
         raise ValueError("a base sample needs an image")
-    if depth is not None:
-        members["depth.npy"] = encode_npy(depth.astype(np.float32))
-    if normals is not None:
-        members["normals.npy"] = encode_npy(normals.astype(np.float16))
-    if segments is not None:
-        if segments.max(initial=0) > 65535:
+    if sample.depth is not None:
+        members["depth.npy"] = encode_npy(sample.depth.astype(np.float32))
+    if sample.normals is not None:
+        members["normals.npy"] = encode_npy(sample.normals.astype(np.float16))
+    if sample.segments is not None:
+        if sample.segments.max(initial=0) > 65535:
             raise ValueError("segment ids must fit in uint16")
-        members["segments.png"] = encode_png(segments.astype(np.uint16), png_level)
+        members["segments.png"] = encode_png(sample.segments.astype(np.uint16), png_level)
+    meta = dict(sample.meta)
+    if sample.instances is not None:
+        meta["instances"] = [_jsonable_instance(i) for i in sample.instances]
     members["json"] = json.dumps(meta, sort_keys=True).encode()
     return members
+
+
+def _jsonable_instance(inst: dict) -> dict:
+    kps = inst.get("keypoints")
+    return {"id": int(inst["id"]), "category_id": int(inst["category_id"]),
+            "bbox": [float(x) for x in inst["bbox"]], "iscrowd": bool(inst.get("iscrowd", False)),
+            "mask": inst.get("mask"), "keypoints": None if kps is None else np.asarray(kps, float).tolist()}
 
 
 def base_image(key: str, members: dict[str, bytes]) -> tuple[np.ndarray, dict]:
@@ -63,28 +104,23 @@ def base_image(key: str, members: dict[str, bytes]) -> tuple[np.ndarray, dict]:
 def view_from_base(key: str, members: dict[str, bytes], resolution: int, policy: str) -> View:
     """Decode a base sample and bring it to ``resolution`` with the resize ``policy``."""
     image, meta = base_image(key, members)
-    instances = segments = segments_info = None
+    h, w = image.shape[:2]
+    segments = None
     if "segments.png" in members:
         segments = decode_image(members["segments.png"], f"{key}.segments.png")
-        segments_info = meta.get("segments_info")
-    coco = meta.get("coco")
-    if coco is not None:
-        from lavin_data.sources.coco import ann_instance, panoptic_segments
-
-        h, w = image.shape[:2]
-        instances = [ann_instance(a, h, w) for a in coco["anns"]]
-        if "panoptic.png" in members:
-            rgb = decode_image(members["panoptic.png"], f"{key}.panoptic.png")
-            if rgb.shape[:2] != (h, w):
-                raise ValueError(f"{key}: panoptic PNG is {rgb.shape[1]}x{rgb.shape[0]}, the image {w}x{h}")
-            cats = {c["id"]: c for c in meta["categories"]}
-            segments, segments_info = panoptic_segments(rgb, coco["panoptic_segments"], cats)
+        if segments.shape != (h, w):
+            raise ValueError(f"{key}: segments.png is {segments.shape[1]}x{segments.shape[0]}, the image {w}x{h}")
+    instances = None
+    if meta.get("instances") is not None:
+        instances = [dict(i, mask=None if i["mask"] is None else decode_rle(i["mask"], (h, w), f"{key} instance "
+                                                                                             f"{i['id']}"))
+                     for i in meta["instances"]]
     return make_view(
         key=key, source=meta["source"], item_id=meta["item_id"], image=image, resolution=resolution,
         policy=policy, licence=meta.get("licence"),
         depth=decode_npy(members["depth.npy"]) if "depth.npy" in members else None,
         depth_kind=meta.get("depth_kind", "depth"),
         normals=decode_npy(members["normals.npy"]) if "normals.npy" in members else None,
-        segments=segments, segments_info=segments_info, categories=meta.get("categories"),
+        segments=segments, segments_info=meta.get("segments_info"), categories=meta.get("categories"),
         instances=instances, skeleton=[tuple(e) for e in meta["skeleton"]] if meta.get("skeleton") else None,
     )

@@ -44,3 +44,22 @@ def encode_npy(arr: np.ndarray) -> bytes:
 
 def decode_npy(data: bytes) -> np.ndarray:
     return np.load(io.BytesIO(data), allow_pickle=False)
+
+
+def encode_rle(mask: np.ndarray) -> dict:
+    """(H, W) bool mask -> COCO compressed RLE ``{"size": [H, W], "counts": str}`` (JSON-able)."""
+    from pycocotools import mask as mask_utils
+
+    rle = mask_utils.encode(np.asfortranarray(mask.astype(np.uint8)))
+    return {"size": [int(x) for x in rle["size"]], "counts": rle["counts"].decode("ascii")}
+
+
+def decode_rle(rle: dict, shape: tuple[int, int] | None = None, what: str = "mask") -> np.ndarray:
+    """COCO compressed RLE -> (H, W) bool mask; ``shape`` (H, W), when given, must match."""
+    from pycocotools import mask as mask_utils
+
+    if shape is not None and tuple(rle["size"]) != tuple(shape):
+        raise ValueError(f"{what}: RLE size {list(rle['size'])} does not match the image {shape[0]}x{shape[1]}")
+    counts = rle["counts"]
+    return mask_utils.decode({"size": list(rle["size"]),
+                              "counts": counts.encode("ascii") if isinstance(counts, str) else counts}).astype(bool)

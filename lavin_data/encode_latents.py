@@ -65,22 +65,19 @@ class Encoder:
     def __init__(self, vae: str | None, vae_config: dict | None, device: str, dtype: str):
         import torch
 
-        from lavin_model.stvae import build_stvae
+        from lavin_data.devices import device_and_dtype
+        from lavin_data.stvae import build_stvae
+        from lavin_data.weights import weight_hash
 
         self.torch = torch
-        self.device = device
-        self.dtype = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}[dtype]
-        if device == "cpu":
-            self.dtype = torch.float32
-        self.vae = build_stvae(vae_config, vae).to(device, self.dtype)
-        from lavin_data.labelers import weight_hash
-
+        self.device, self.dtype = device_and_dtype(device == "cuda", dtype)
+        self.vae = build_stvae(vae_config, vae).to(self.device, self.dtype)
         self.info = {"vae": str(vae) if vae else "random-init", "vae_config": vae_config or {},
                      "weight_hash": weight_hash(vae) if vae else None}
 
     def moments(self, images: list[np.ndarray]) -> np.ndarray:
         """(N, H, W, 3) uint8 -> (N, 32, 1, H/8, W/8) float16 moments."""
-        from lavin_model.stvae import encode_moments
+        from lavin_data.stvae import encode_moments
 
         x = self.torch.from_numpy(np.stack(images)).to(self.device).permute(0, 3, 1, 2)
         x = (x.to(self.dtype) / 127.5 - 1.0)[:, :, None]
@@ -89,27 +86,27 @@ class Encoder:
     def encode_shard(self, src: Path, dst: Path, res: int, batch_size: int) -> dict:
         if shard_done(dst):
             return dict(read_stats(dst), skipped=True)
-        from lavin_model.stvae import SCALE, SHIFT
+        from lavin_data.stvae import SCALE, SHIFT
 
         t0 = time.perf_counter()
-        w = ShardWriter(dst, stage="encode_latents")
-
         decode = functools.partial(_decode_pair, res=res)
-        for ok, failed in prefetch(decoded_batches(iter_tar_samples(src), decode, batch_size)):
-            for key, err in failed:
-                w.fail(key, "decode", err)
-            if not ok:
-                continue
-            mom = self.moments([a for _k, (a, _b, _m) in ok] + [b for _k, (_a, b, _m) in ok])
-            n = len(ok)
-            for i, (key, (_a, _b, meta)) in enumerate(ok):
-                info = dict(self.info, shift=SHIFT, scale=SCALE, resolution=res, frames=1,
-                            latent_frames=int(mom.shape[2]), moments="fp16 (2*16, T', R/8, R/8): mean, logvar",
-                            pair=meta)
-                w.add(key, {"input_moments.npy": encode_npy(mom[i]), "target_moments.npy": encode_npy(mom[n + i]),
-                            "json": json.dumps(info, sort_keys=True).encode()})
-        return dict(w.commit({"stage": "encode_latents", "source_shard": str(src), "resolution": res,
-                              "seconds": round(time.perf_counter() - t0, 3)}), skipped=False)
+        with ShardWriter(dst, stage="encode_latents") as w:
+            for ok, failed in prefetch(decoded_batches(iter_tar_samples(src), decode, batch_size)):
+                for key, err in failed:
+                    w.fail(key, "decode", err)
+                if not ok:
+                    continue
+                mom = self.moments([a for _k, (a, _b, _m) in ok] + [b for _k, (_a, b, _m) in ok])
+                n = len(ok)
+                for i, (key, (_a, _b, meta)) in enumerate(ok):
+                    info = dict(self.info, shift=SHIFT, scale=SCALE, resolution=res, frames=1,
+                                latent_frames=int(mom.shape[2]), moments="fp16 (2*16, T', R/8, R/8): mean, logvar",
+                                pair=meta)
+                    w.add(key, {"input_moments.npy": encode_npy(mom[i]),
+                                "target_moments.npy": encode_npy(mom[n + i]),
+                                "json": json.dumps(info, sort_keys=True).encode()})
+            return dict(w.commit({"stage": "encode_latents", "source_shard": str(src), "resolution": res,
+                                  "seconds": round(time.perf_counter() - t0, 3)}), skipped=False)
 
 
 class EncodeWorker:
@@ -145,7 +142,7 @@ def preview(pixels: Path, out: Path, vae: str | None, vae_config: dict | None, n
     import torch
 
     from lavin_data.codecs import decode_npy
-    from lavin_model.stvae import build_stvae, decode_to_uint8, mean_latent
+    from lavin_data.stvae import build_stvae, decode_to_uint8, mean_latent
 
     model = build_stvae(vae_config, vae)
     written = []
@@ -186,6 +183,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--dtype", choices=["fp32", "fp16", "bf16"], default="bf16", help="on GPU; CPU runs fp32")
     ap.add_argument("--preview", type=int, default=0, help="decode N latents per task to PNG")
     args = ap.parse_args(argv)
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     pixels, out = Path(args.pixels), Path(args.out)
     if args.resolution % 8:
         print(f"error: --resolution must be a multiple of 8, got {args.resolution}", file=sys.stderr)
@@ -200,6 +198,12 @@ def main(argv: list[str] | None = None) -> int:
     if args.vae and not Path(args.vae).exists():
         print(f"error: {args.vae}: VAE checkpoint not found", file=sys.stderr)
         return 2
+    if args.num_gpus > 0:
+        import torch
+
+        if not torch.cuda.is_available():
+            print(f"error: --num-gpus {args.num_gpus} but no CUDA device is visible to torch", file=sys.stderr)
+            return 2
     rows = shard_pairs(pixels, out, args.tasks.split(",") if args.tasks else None)
     todo = [r for r in rows if not shard_done(r["dst"])]
     print(f"[encode] {len(rows)} pair shards, {len(rows) - len(todo)} already done, {len(todo)} to do -> {out}")
@@ -207,7 +211,7 @@ def main(argv: list[str] | None = None) -> int:
     if todo:
         import ray
 
-        from pipelines.build import ensure_ray
+        from lavin_data.ray_session import ensure_ray
 
         ensure_ray(args.num_cpus)
         device = "cuda" if args.num_gpus > 0 else "cpu"
@@ -235,5 +239,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     raise SystemExit(main())

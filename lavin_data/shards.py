@@ -1,8 +1,8 @@
 """The shard format: a deterministic tar, a parquet index and a stats file written last.
 
-One shard is one unit of work, of resume and of commit (DESIGN.md §2). Files are written
-under a temporary name and renamed into place; the stats file comes last, so a shard
-whose stats file exists is complete and a re-run skips it.
+One shard is one unit of work, of resume and of commit (DESIGN.md §2). The tar is
+streamed to a temporary name as samples come and renamed into place; the index and then
+the stats file follow, so a shard whose stats file exists is complete and a re-run skips it.
 
 Tars are byte-reproducible: members sorted by (key, extension), mtime 0, uid/gid 0,
 no user names, mode 0644.
@@ -13,8 +13,9 @@ from __future__ import annotations
 import io
 import json
 import os
+import socket
 import tarfile
-from dataclasses import dataclass, field
+import uuid
 from pathlib import Path
 
 import pyarrow as pa
@@ -61,26 +62,79 @@ def _atomic_write(path: Path, data: bytes) -> None:
     os.replace(tmp, path)
 
 
-@dataclass
-class ShardWriter:
-    """Collect samples of one shard in memory, then :meth:`commit` them.
+def _tar_info(name: str, size: int) -> tarfile.TarInfo:
+    info = tarfile.TarInfo(name)
+    info.size, info.mtime, info.mode = size, 0, 0o644
+    info.uid = info.gid = 0
+    info.uname = info.gname = ""
+    return info
 
-    ``add(key, {ext: bytes})`` adds a sample written to the tar; ``fail(key, stage,
-    error)`` records a sample that could not be produced and ``skip(key, stage, reason)``
-    one that had nothing to produce (index only).
+
+class ShardWriter:
+    """Write the samples of one shard as they come, then :meth:`commit` them.
+
+    ``add(key, {ext: bytes})`` streams a sample's members (sorted by extension) straight
+    into a temporary tar beside ``path``, so memory holds one sample and the per-sample
+    index, never the shard. ``fail(key, stage, error)`` records a sample that could not be
+    produced and ``skip(key, stage, reason)`` one that had nothing to produce (index only).
+
+    Samples that arrive in sorted key order (the usual case: stages read sorted shards) are
+    the final tar as written; otherwise :meth:`commit` rewrites the tar in sorted order,
+    copying one member at a time, so the result is the same bytes either way.
     """
 
-    path: Path
-    stage: str
-    samples: dict[str, dict[str, bytes]] = field(default_factory=dict)
-    failures: dict[str, tuple[str, str]] = field(default_factory=dict)
-    skipped: dict[str, tuple[str, str]] = field(default_factory=dict)
+    def __init__(self, path: str | os.PathLike, stage: str):
+        self.path, self.stage = Path(path), stage
+        self.failures: dict[str, tuple[str, str]] = {}
+        self.skipped: dict[str, tuple[str, str]] = {}
+        self._bytes: dict[str, int] = {}  # key -> bytes of its members, in arrival order
+        self._spans: dict[str, list[tuple[str, int, int]]] = {}  # key -> [(name, data offset, size)]
+        self._last: str | None = None
+        self._sorted = True
+        # Unique per writer (host, process, random), so two writers never share a temporary file.
+        self._tmp = self.path.with_name(f".{self.path.name}.tmp-{socket.gethostname()}-{os.getpid()}-"
+                                        f"{uuid.uuid4().hex[:8]}")
+        self._file = None
+        self._tar: tarfile.TarFile | None = None
+        self._committed = False
+
+    def __enter__(self) -> ShardWriter:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.abort()  # nothing to do after commit; otherwise the shard was given up
+
+    def _open(self) -> tarfile.TarFile:
+        if self._tar is None:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            self._file = open(self._tmp, "wb")  # noqa: SIM115 - open for the writer's life
+            self._tar = tarfile.open(fileobj=self._file, mode="w", format=tarfile.USTAR_FORMAT)  # noqa: SIM115
+        return self._tar
+
+    @property
+    def keys(self) -> list[str]:
+        """Keys written so far, in arrival order."""
+        return list(self._bytes)
 
     def add(self, key: str, members: dict[str, bytes]) -> None:
         check_key(key)
-        if key in self.samples:
+        if key in self._bytes:
             raise ValueError(f"{self.path}: duplicate sample key {key!r}")
-        self.samples[key] = members
+        infos = [_tar_info(f"{key}.{ext}", len(members[ext])) for ext in sorted(members)]
+        for info in infos:  # a header that cannot be written (name too long) fails before any byte is
+            info.tobuf(tarfile.USTAR_FORMAT, "utf-8", "surrogateescape")
+        tar = self._open()
+        spans = []
+        for info in infos:
+            data = members[info.name[len(key) + 1:]]
+            tar.addfile(info, io.BytesIO(data))
+            padded = -(-len(data) // tarfile.BLOCKSIZE) * tarfile.BLOCKSIZE
+            spans.append((info.name, tar.offset - padded, len(data)))  # where its data starts
+        self._spans[key] = spans
+        self._bytes[key] = sum(len(b) for b in members.values())
+        if self._last is not None and key < self._last:
+            self._sorted = False
+        self._last = key
 
     def fail(self, key: str, stage: str, error: str) -> None:
         self.failures[key] = (stage, error)
@@ -88,25 +142,36 @@ class ShardWriter:
     def skip(self, key: str, stage: str, reason: str) -> None:
         self.skipped[key] = (stage, reason)
 
-    def tar_bytes(self) -> bytes:
-        buf = io.BytesIO()
-        with tarfile.open(fileobj=buf, mode="w", format=tarfile.USTAR_FORMAT) as tar:
-            for key in sorted(self.samples):
-                for ext in sorted(self.samples[key]):
-                    data = self.samples[key][ext]
-                    info = tarfile.TarInfo(f"{key}.{ext}")
-                    info.size, info.mtime, info.mode = len(data), 0, 0o644
-                    info.uid = info.gid = 0
-                    info.uname = info.gname = ""
-                    tar.addfile(info, io.BytesIO(data))
-        return buf.getvalue()
+    def _finish_tar(self) -> None:
+        """Close the streamed tar; rewrite it in sorted key order if samples came unsorted."""
+        tar = self._open()  # an empty shard is an empty tar
+        tar.close()
+        self._file.close()
+        if self._sorted:
+            return
+        tmp2 = self._tmp.with_name(self._tmp.name + "-sorted")
+        with open(self._tmp, "rb") as src, open(tmp2, "wb") as f, \
+                tarfile.open(fileobj=f, mode="w", format=tarfile.USTAR_FORMAT) as out:
+            for key in sorted(self._spans):
+                for name, offset, size in self._spans[key]:
+                    src.seek(offset)
+                    out.addfile(_tar_info(name, size), io.BytesIO(src.read(size)))
+        os.replace(tmp2, self._tmp)
+
+    def abort(self) -> None:
+        """Drop the temporary tar of a shard given up before :meth:`commit` (a no-op after it)."""
+        if self._tar is not None and not self._committed:
+            self._tar.close()
+            self._file.close()
+            self._tmp.unlink(missing_ok=True)
 
     def commit(self, stats: dict) -> dict:
-        """Write tar, index and (last) stats; returns the stats as written."""
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        _atomic_write(self.path, self.tar_bytes())
-        rows = [{"key": k, "status": "ok", "stage": self.stage, "error": None,
-                 "bytes": sum(len(b) for b in m.values())} for k, m in self.samples.items()]
+        """Move the tar into place, then write the index and (last) the stats; returns the stats."""
+        self._finish_tar()
+        os.replace(self._tmp, self.path)
+        self._committed = True
+        rows = [{"key": k, "status": "ok", "stage": self.stage, "error": None, "bytes": n}
+                for k, n in self._bytes.items()]
         rows += [{"key": k, "status": "error", "stage": s, "error": e, "bytes": 0}
                  for k, (s, e) in self.failures.items()]
         rows += [{"key": k, "status": "skipped", "stage": s, "error": e, "bytes": 0}
@@ -116,10 +181,57 @@ class ShardWriter:
         sink = pa.BufferOutputStream()
         pq.write_table(table, sink)
         _atomic_write(index_path(self.path), sink.getvalue().to_pybytes())
-        stats = dict(stats, shard=self.path.name, n_ok=len(self.samples), n_error=len(self.failures),
+        stats = dict(stats, shard=self.path.name, n_ok=len(self._bytes), n_error=len(self.failures),
                      n_skipped=len(self.skipped), bytes=os.path.getsize(self.path))
         _atomic_write(stats_path(self.path), (json.dumps(stats, indent=1, sort_keys=True) + "\n").encode())
         return stats
+
+
+class ShardReader:
+    """Random access to the samples of a shard tar by key, holding only the member index.
+
+    ``reader[key]`` -> {ext: bytes}; ``key in reader``; ``reader.keys()`` in file order.
+    Used where a stage needs the sample of another shard with the same key (label
+    sidecars beside a base shard) without loading that shard into memory.
+    """
+
+    def __init__(self, path: str | os.PathLike):
+        self.path = Path(path)
+        self._spans: dict[str, list[tuple[str, int, int]]] = {}
+        with tarfile.open(self.path, "r") as tar:
+            for info in tar:
+                if info.isfile():
+                    key, _, ext = os.path.basename(info.name).partition(".")
+                    self._spans.setdefault(key, []).append((ext, info.offset_data, info.size))
+        self._file = None
+
+    def keys(self) -> list[str]:
+        return list(self._spans)
+
+    def __contains__(self, key: str) -> bool:
+        return key in self._spans
+
+    def __getitem__(self, key: str) -> dict[str, bytes]:
+        if key not in self._spans:
+            raise KeyError(f"{self.path}: no sample {key!r}")
+        if self._file is None:
+            self._file = open(self.path, "rb")  # noqa: SIM115 - open until close()
+        out = {}
+        for ext, offset, size in self._spans[key]:
+            self._file.seek(offset)
+            out[ext] = self._file.read(size)
+        return out
+
+    def close(self) -> None:
+        if self._file is not None:
+            self._file.close()
+            self._file = None
+
+    def __enter__(self) -> ShardReader:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
 
 
 def prefetch(items):

@@ -17,6 +17,7 @@ import json
 import numpy as np
 
 from lavin_data.codecs import decode_image, encode_png
+from lavin_data.render.dense import decode_normals, render_normals
 
 
 def encode_depth(value: np.ndarray, kind: str, info: dict, png_level: int = 1) -> dict[str, bytes]:
@@ -28,10 +29,9 @@ def encode_depth(value: np.ndarray, kind: str, info: dict, png_level: int = 1) -
 
 
 def encode_normals(n: np.ndarray, info: dict, png_level: int = 1) -> dict[str, bytes]:
-    valid = np.linalg.norm(n, axis=-1) > 0.5
-    q = np.where(valid[..., None], np.rint((n.clip(-1, 1) + 1) * 32767.5), 0).astype(np.uint16)
     meta = dict(info, output="normals", encoding="uint16 RGB (n+1)/2*65535; x right, y up, z to camera; 0 invalid")
-    return {"normals.png": encode_png(q, png_level), "json": json.dumps(meta, sort_keys=True).encode()}
+    return {"normals.png": encode_png(render_normals(n, dtype=np.uint16), png_level),
+            "json": json.dumps(meta, sort_keys=True).encode()}
 
 
 def decode_sidecar(members: dict[str, bytes], key: str) -> tuple[str, np.ndarray, dict]:
@@ -41,9 +41,5 @@ def decode_sidecar(members: dict[str, bytes], key: str) -> tuple[str, np.ndarray
     if "depth.png" in members:
         q = decode_image(members["depth.png"], f"{key}.depth.png").astype(np.float32)
         return "depth", q / 65535.0 * meta["scale"], meta
-    q = decode_image(members["normals.png"], f"{key}.normals.png").astype(np.float32)
-    valid = q.max(axis=-1) > 0
-    n = q / 32767.5 - 1.0
-    n /= np.maximum(np.linalg.norm(n, axis=-1, keepdims=True), 1e-6)
-    n[~valid] = 0
+    n, _valid = decode_normals(decode_image(members["normals.png"], f"{key}.normals.png"))
     return "normals", n, meta

@@ -14,12 +14,12 @@ import json
 import os
 import re
 from pathlib import Path
-from typing import Annotated, Any, Literal, Union
+from typing import Annotated, Any, Literal, get_args
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from lavin_data.tasks import TASKS, task_options_model
+from lavin_data.registry import TASKS, task_options_model
 
 NAME_RE = r"^[a-z][a-z0-9-]*$"  # source names go into sample keys: no dots, no underscores
 
@@ -71,7 +71,7 @@ class CocoSource(_SourceBase):
     licence: str | None = "annotations CC BY 4.0; images: Flickr licence per image (see json)"
 
     @model_validator(mode="after")
-    def _some_annotations(self) -> "CocoSource":
+    def _some_annotations(self) -> CocoSource:
         if not (self.instances or self.keypoints or self.panoptic):
             raise ValueError("give at least one of instances, keypoints, panoptic")
         return self
@@ -138,12 +138,14 @@ class FlowSource(_SourceBase):
 
 
 Source = Annotated[
-    Union[
-        SyntheticSource, CocoSource, NyuSource, ImageFolderSource, HFDatasetSource,
-        VideoFolderSource, DavisSource, FlowSource,
-    ],
+    SyntheticSource | CocoSource | NyuSource | ImageFolderSource | HFDatasetSource
+    | VideoFolderSource | DavisSource | FlowSource,
     Field(discriminator="kind"),
 ]
+
+
+# The `kind` tags of the Source union (pydantic puts them into error paths).
+SOURCE_KINDS = frozenset(get_args(m.model_fields["kind"].annotation)[0] for m in get_args(get_args(Source)[0]))
 
 
 # --------------------------------------------------------------------------- labelers
@@ -211,7 +213,7 @@ class Spec(_Strict):
     tasks: list[TaskSpec] = Field(min_length=1)
 
     @model_validator(mode="after")
-    def _cross_refs(self) -> "Spec":
+    def _cross_refs(self) -> Spec:
         names = [s.name for s in self.sources]
         dup = {n for n in names if names.count(n) > 1}
         if dup:
@@ -282,7 +284,7 @@ def _loc(loc: tuple) -> str:
     for part in loc:
         if isinstance(part, int):
             out += f"[{part}]"
-        elif part in {"synthetic", "coco", "nyu", "image_folder", "hf_dataset", "video_folder", "davis", "flow"}:
+        elif part in SOURCE_KINDS:
             continue  # discriminator tag that pydantic puts into the path
         else:
             out += f".{part}" if out else str(part)

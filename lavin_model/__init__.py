@@ -1,2 +1,3 @@
-"""ST-VAE wrapper, J-DiT, flow-matching objective and trainer (built in the encode_latents
-and training issues; nothing here yet)."""
+"""J-DiT (``jdit``), rectified flow (``flow``), the in-context latent loader (``data``), the
+DeepSpeed trainer (``train``) and template inference (``infer``). The ST-VAE and the shard
+format they read live in :mod:`lavin_data`."""

@@ -38,8 +38,8 @@ import webdataset as wds
 
 from lavin_data.codecs import decode_npy
 from lavin_data.shards import read_stats, shard_done
+from lavin_data.stvae import sample_latent
 from lavin_model.flow import null_context
-from lavin_model.stvae import sample_latent
 
 MEMBERS = ("input_moments.npy", "target_moments.npy")
 
@@ -167,7 +167,7 @@ class InContextBatches(torch.utils.data.IterableDataset):
                      tasks=self.tasks)
         if state is not None and {k: state.get(k) for k in ident} != ident:
             warnings.warn(f"loader state was saved with {({k: state.get(k) for k in ident})}, now {ident}: "
-                          "starting fresh data streams (the run continues, but not sample-for-sample)")
+                          "starting fresh data streams (the run continues, but not sample-for-sample)", stacklevel=2)
             state, salt = None, self.start_batch
         else:
             salt = 0

@@ -9,7 +9,7 @@ frame (so training drops the context to that frame at some rate).
 
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 import torch
 

@@ -63,8 +63,8 @@ def predict(model, vae, examples: list[tuple[np.ndarray, np.ndarray]], queries: 
     """examples [(input, target)] and queries: (R, R, 3) uint8 -> predictions (Q, R, R, 3) uint8."""
     import torch
 
+    from lavin_data.stvae import decode_to_uint8, encode_moments, mean_latent
     from lavin_model.flow import sample
-    from lavin_model.stvae import decode_to_uint8, encode_moments, mean_latent
 
     images = [im for pair in examples for im in pair] + list(queries)
     x = torch.from_numpy(np.stack(images)).to(device).permute(0, 3, 1, 2)[:, :, None]
@@ -97,9 +97,9 @@ def main(argv: list[str] | None = None) -> int:
 
     import torch
 
+    from lavin_data.stvae import build_stvae
+    from lavin_data.weights import CheckpointError
     from lavin_model.jdit import jdit_from_checkpoint
-    from lavin_model.stvae import build_stvae
-    from lavin_model.weights import CheckpointError
 
     try:
         pairs = template_pairs(args.examples)[: args.context]

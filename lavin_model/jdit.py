@@ -110,35 +110,44 @@ class SwiGLU(nn.Module):
 
 
 class JointAttention(nn.Module):
-    """Per-stream q/k/v/out and QK-RMSNorm; one attention over [condition; target]."""
+    """Per-stream q/k/v/out and QK-RMSNorm (``cond_*`` for the condition stream, ``x_*`` for
+    the target stream, the released names); one attention over [condition; target]."""
 
     def __init__(self, hidden: int, num_heads: int, kv_heads: int):
         super().__init__()
         self.num_heads, self.kv_heads, self.head_dim = num_heads, kv_heads, hidden // num_heads
         kv = kv_heads * self.head_dim
-        for s in ("cond", "x"):
-            setattr(self, f"{s}_q", nn.Linear(hidden, hidden, bias=False))
-            setattr(self, f"{s}_k", nn.Linear(hidden, kv, bias=False))
-            setattr(self, f"{s}_v", nn.Linear(hidden, kv, bias=False))
-            setattr(self, f"{s}_qnorm", RMSNorm(hidden))
-            setattr(self, f"{s}_knorm", RMSNorm(kv))
-            setattr(self, f"{s}_proj", nn.Linear(hidden, hidden, bias=False))
+        # Registration order = parameter order (DeepSpeed's flat optimizer state follows it).
+        self.cond_q = nn.Linear(hidden, hidden, bias=False)
+        self.cond_k = nn.Linear(hidden, kv, bias=False)
+        self.cond_v = nn.Linear(hidden, kv, bias=False)
+        self.cond_qnorm = RMSNorm(hidden)
+        self.cond_knorm = RMSNorm(kv)
+        self.cond_proj = nn.Linear(hidden, hidden, bias=False)
+        self.x_q = nn.Linear(hidden, hidden, bias=False)
+        self.x_k = nn.Linear(hidden, kv, bias=False)
+        self.x_v = nn.Linear(hidden, kv, bias=False)
+        self.x_qnorm = RMSNorm(hidden)
+        self.x_knorm = RMSNorm(kv)
+        self.x_proj = nn.Linear(hidden, hidden, bias=False)
 
-    def _qkv(self, s: str, h: torch.Tensor):
+    def _heads(self, h: torch.Tensor, q: nn.Linear, k: nn.Linear, v: nn.Linear, qnorm: RMSNorm, knorm: RMSNorm):
+        """(B, N, hidden) -> q (B, heads, N, d), k and v (B, kv_heads, N, d)."""
         b, n, _ = h.shape
-        q = getattr(self, f"{s}_qnorm")(getattr(self, f"{s}_q")(h)).view(b, n, self.num_heads, self.head_dim)
-        k = getattr(self, f"{s}_knorm")(getattr(self, f"{s}_k")(h)).view(b, n, self.kv_heads, self.head_dim)
-        v = getattr(self, f"{s}_v")(h).view(b, n, self.kv_heads, self.head_dim)
-        return q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)
+        qh = qnorm(q(h)).view(b, n, self.num_heads, self.head_dim)
+        kh = knorm(k(h)).view(b, n, self.kv_heads, self.head_dim)
+        vh = v(h).view(b, n, self.kv_heads, self.head_dim)
+        return qh.transpose(1, 2), kh.transpose(1, 2), vh.transpose(1, 2)
 
     def forward(self, hc: torch.Tensor, hx: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor):
-        qc, kc, vc = self._qkv("cond", hc)
-        qx, kx, vx = self._qkv("x", hx)
+        qc, kc, vc = self._heads(hc, self.cond_q, self.cond_k, self.cond_v, self.cond_qnorm, self.cond_knorm)
+        qx, kx, vx = self._heads(hx, self.x_q, self.x_k, self.x_v, self.x_qnorm, self.x_knorm)
         q = apply_rope(torch.cat([qc, qx], 2), cos, sin)
         k = apply_rope(torch.cat([kc, kx], 2), cos, sin)
         v = torch.cat([vc, vx], 2)
-        rep = self.num_heads // self.kv_heads  # grouped-query attention: each KV head serves `rep` queries
-        out = F.scaled_dot_product_attention(q, k.repeat_interleave(rep, 1), v.repeat_interleave(rep, 1))
+        # Grouped-query attention: KV head j serves query heads j*g .. j*g+g-1 (g = heads / kv_heads),
+        # the layout of repeat_interleave over the head dimension.
+        out = F.scaled_dot_product_attention(q, k, v, enable_gqa=self.kv_heads != self.num_heads)
         out = out.transpose(1, 2).flatten(2)
         nc = hc.shape[1]
         return self.cond_proj(out[:, :nc]), self.x_proj(out[:, nc:])
@@ -203,7 +212,7 @@ class JDiT(nn.Module):
         self.initialize_weights()
 
     @classmethod
-    def from_size(cls, name: str, **kw) -> "JDiT":
+    def from_size(cls, name: str, **kw) -> JDiT:
         return cls(**dict(size_config(name), **kw))
 
     def initialize_weights(self) -> None:
@@ -280,13 +289,13 @@ def load_lavin_checkpoint(model: JDiT, state_dict: dict[str, torch.Tensor]) -> N
 def jdit_from_checkpoint(path, size: str | None = None) -> JDiT:
     """A J-DiT loaded strictly from ``path``: a folder written by ``lavin_model/train.py``
     (``config.json`` + ``model.safetensors``), a DeepSpeed checkpoint folder, the released
-    checkpoint or any file :func:`lavin_model.weights.read_state_dict` reads. Its
+    checkpoint or any file :func:`lavin_data.weights.read_state_dict` reads. Its
     configuration comes from ``config.json``, else ``size``, else the named size whose
     hidden size and depth match the weights."""
     import json
     from pathlib import Path
 
-    from lavin_model.weights import CheckpointError, read_state_dict
+    from lavin_data.weights import CheckpointError, read_state_dict
 
     path = Path(path)
     sd = read_state_dict(path)

@@ -147,10 +147,10 @@ def main(argv: list[str] | None = None) -> dict:
     import torch.distributed as dist
     from deepspeed.accelerator import get_accelerator
 
+    from lavin_data.weights import read_state_dict
     from lavin_model.data import InContextBatches, InContextLoader
     from lavin_model.flow import flow_loss, rank_generator, sample
     from lavin_model.jdit import SIZES, JDiT, load_lavin_checkpoint
-    from lavin_model.weights import read_state_dict
 
     accel = get_accelerator()
     on_gpu = accel.device_name() != "cpu"
@@ -237,7 +237,7 @@ def main(argv: list[str] | None = None) -> dict:
     def write_samples() -> None:
         nonlocal preview, vae
         from lavin_data.codecs import encode_png
-        from lavin_model.stvae import build_stvae, decode_to_uint8
+        from lavin_data.stvae import build_stvae, decode_to_uint8
 
         if preview is None:
             n_ctx = min(2, data.context[1])
@@ -277,7 +277,7 @@ def main(argv: list[str] | None = None) -> dict:
     # ---- the loop ----------------------------------------------------------------------
     if rank == 0:
         out.mkdir(parents=True, exist_ok=True)
-    logf = open(out / "log.jsonl", "a") if rank == 0 else None
+    logf = open(out / "log.jsonl", "a") if rank == 0 else None  # noqa: SIM115 - open for the whole run
     batches = iter(loader)
     window = {"t": time.perf_counter(), "wait": 0.0, "samples": 0, "tokens": 0, "loss": 0.0, "n": 0}
     totals = {"wait": 0.0, "time": 0.0, "samples": 0, "tokens": 0, "steps": 0}
@@ -339,5 +339,11 @@ def main(argv: list[str] | None = None) -> dict:
                 k: totals[k] for k in ("samples", "tokens")}}
 
 
-if __name__ == "__main__":
+def cli() -> int:
+    """Console entry point (``lavin-train``): the training run, exit status 0."""
     main()
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(cli())

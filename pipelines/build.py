@@ -23,11 +23,13 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from lavin_data import __version__
+from lavin_data.base import BASE_FORMAT
 from lavin_data.labelers import LabelerError, labeler_class
+from lavin_data.ray_session import ensure_ray
+from lavin_data.registry import TASKS, label_input
 from lavin_data.shards import read_stats, shard_done
 from lavin_data.sources import SourceError, reader_for
 from lavin_data.spec import Spec, SpecError, load_spec
-from lavin_data.tasks import TASKS
 from pipelines.layout import base_tar, label_tar, pair_tar, plan_path
 
 log = logging.getLogger("lavin.build")
@@ -37,21 +39,6 @@ class BuildError(RuntimeError):
     """The build cannot start or did not finish; the message says why and where."""
 
 
-def ensure_ray(num_cpus: int | None = None) -> None:
-    """Start Ray once per process (a test session shares it), or join ``RAY_ADDRESS``."""
-    import ray
-
-    if ray.is_initialized():
-        return
-    if os.environ.get("RAY_ADDRESS"):
-        ray.init(log_to_driver=True)
-    else:
-        ray.init(num_cpus=num_cpus, include_dashboard=False, logging_level=logging.WARNING)
-    ctx = ray.data.DataContext.get_current()
-    ctx.enable_progress_bars = False  # the build prints its own per-shard progress
-    ctx.print_on_execution_start = False
-
-
 # --------------------------------------------------------------------------- preflight
 
 
@@ -59,40 +46,51 @@ def preflight(spec: Spec) -> None:
     """Everything that can be checked before work: renderers, readers, source files, output."""
     problems = []
     for i, t in enumerate(spec.tasks):
-        if TASKS[t.task].render is None:
+        if not TASKS[t.task].built:
             problems.append(f"tasks[{i}]: task {t.task!r} is in the spec format but has no renderer yet")
     for i, lab in enumerate(spec.labelers):
         try:
             labeler_class(lab.kind).preflight(lab)
         except LabelerError as e:
             problems.append(f"labelers[{i}] ({lab.name}): {e}")
-    needs = {"depth_estimation": "depth", "depth_to_image": "depth", "surface_normal_estimation": "normals",
-             "normal_to_image": "normals", "video_depth": "depth", "depth_to_video": "depth",
-             "video_normal": "normals", "normal_to_video": "normals"}
-    for i, t in enumerate(spec.tasks):
-        if t.labeler is None:
-            continue
-        lab = spec.labeler(t.labeler)
-        try:
-            out = labeler_class(lab.kind).output
-        except LabelerError:
-            continue  # reported above
-        if t.task not in needs:
-            problems.append(f"tasks[{i}]: task {t.task!r} does not use labels; remove `labeler: {t.labeler}`")
-        elif needs[t.task] != out:
-            problems.append(f"tasks[{i}]: task {t.task!r} needs {needs[t.task]}, but labeler {t.labeler!r} "
-                            f"({lab.kind}) gives {out}")
+    provides: dict[str, frozenset[str]] = {}
     for src in spec.sources:
         try:
-            reader_for(src.kind).check(src)
+            reader = reader_for(src.kind)
+            provides[src.name] = reader.provides(src)
+            reader.check(src)
         except SourceError as e:
             problems.append(f"source {src.name!r}: {e}")
+    for i, t in enumerate(spec.tasks):
+        wants = label_input(t.task)
+        if t.labeler is not None:
+            lab = spec.labeler(t.labeler)
+            try:
+                out = labeler_class(lab.kind).output
+            except LabelerError:
+                continue  # reported above
+            if wants is None:
+                problems.append(f"tasks[{i}]: task {t.task!r} does not use labels; remove `labeler: {t.labeler}`")
+            elif wants != out:
+                problems.append(f"tasks[{i}]: task {t.task!r} needs {wants}, but labeler {t.labeler!r} "
+                                f"({lab.kind}) gives {out}")
+        if t.source in provides:
+            lacking = TASKS[t.task].consumes - provides[t.source] - ({wants} if t.labeler else set())
+            if lacking:
+                hint = f"; give it a `labeler:` that makes {wants}" if wants in lacking else ""
+                problems.append(f"tasks[{i}]: task {t.task!r} needs {', '.join(sorted(lacking))}, which source "
+                                f"{t.source!r} ({spec.source(t.source).kind}) does not provide{hint}")
     if problems:
         raise BuildError("cannot build this spec:\n  " + "\n  ".join(problems))
     out = Path(spec.output)
     lock = out / "spec.json"
     if lock.exists():
-        old = json.loads(lock.read_text()).get("spec_hash")
+        held = json.loads(lock.read_text())
+        old = held.get("spec_hash")
+        if held.get("base_format", 1) != BASE_FORMAT:
+            raise BuildError(
+                f"{out} holds a build in base-sample format {held.get('base_format', 1)}, and this version writes "
+                f"format {BASE_FORMAT}; its shards cannot be resumed. Use another --output, or delete that folder.")
         if old != spec.spec_hash():
             raise BuildError(
                 f"{out} holds a build of a different spec (spec hash {old[:12]}, this spec {spec.spec_hash()[:12]}); "
@@ -142,8 +140,9 @@ def shard_jobs(spec: Spec) -> tuple[list[dict], int]:
 
 
 class ShardWorker:
-    """A Ray Data actor: parses the spec once and runs shard jobs. An actor pool keeps a
-    second job queued on each actor, so a worker never waits on the scheduler between
+    """A Ray Data actor running whole shard jobs (ingest, then render for every task); the
+    spec is parsed once per actor (``stages.parse_spec_json`` caches it). An actor pool keeps
+    a second job queued on each actor, so a worker never waits on the scheduler between
     shards (plain tasks left ~0.2 s idle per ~1 s shard on 2 cores)."""
 
     def __init__(self):
@@ -210,8 +209,8 @@ def build(spec: Spec, num_cpus: int | None = None, echo=print) -> dict:
     preflight(spec)
     out = Path(spec.output)
     out.mkdir(parents=True, exist_ok=True)
-    (out / "spec.json").write_text(json.dumps({"spec_hash": spec.spec_hash(), "spec": spec.model_dump(mode="json")},
-                                              indent=1, sort_keys=True) + "\n")
+    (out / "spec.json").write_text(json.dumps({"spec_hash": spec.spec_hash(), "base_format": BASE_FORMAT,
+                                               "spec": spec.model_dump(mode="json")}, indent=1, sort_keys=True) + "\n")
     t0 = time.perf_counter()
     jobs, total = shard_jobs(spec)
     echo(f"[build] {spec.name}: {total} source shards, {total - len(jobs)} already done, {len(jobs)} to do "

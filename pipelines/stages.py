@@ -5,6 +5,9 @@ index instead of raising. They are plain functions: Ray Data calls them, and so 
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
+import functools
 import json
 import os
 import time
@@ -13,10 +16,15 @@ import traceback
 import numpy as np
 import pyarrow.parquet as pq
 
-from lavin_data.base import view_from_base
-from lavin_data.codecs import encode_jpeg, encode_npy, encode_png
+from lavin_data.base import base_image, encode_base, view_from_base
+from lavin_data.codecs import decode_npy, encode_jpeg, encode_npy, encode_png
+from lavin_data.geometry.view import View
+from lavin_data.labelers import LabelInput
+from lavin_data.registry import TASKS
+from lavin_data.render.tasks import Pair
 from lavin_data.rng import sample_rng
 from lavin_data.shards import (
+    ShardReader,
     ShardWriter,
     decoded_batches,
     index_path,
@@ -25,9 +33,9 @@ from lavin_data.shards import (
     read_stats,
     shard_done,
 )
+from lavin_data.sidecar import decode_sidecar, encode_depth, encode_normals
 from lavin_data.sources import SkipItem, reader_for
 from lavin_data.spec import Spec
-from lavin_data.tasks import TASKS, Pair, View
 from pipelines.layout import base_tar, label_tar, pair_tar, sample_key, shard_name
 
 
@@ -38,6 +46,12 @@ def limit_threads() -> None:
     import cv2
 
     cv2.setNumThreads(max(1, int(os.environ.get("OMP_NUM_THREADS", "1"))))
+
+
+@functools.lru_cache(maxsize=4)
+def parse_spec_json(spec_json: str) -> Spec:
+    """The spec of a job row, parsed once per worker process."""
+    return Spec.model_validate_json(spec_json)
 
 
 def _short_error(e: BaseException) -> str:
@@ -54,17 +68,17 @@ def ingest_shard(spec: Spec, source: str, shard: int, items: list[dict], source_
     if source_meta is None:
         source_meta = reader.source_meta(src)
     t0 = time.perf_counter()
-    w = ShardWriter(path, stage="ingest")
-    for item in items:
-        key = sample_key(source, item["item_id"])
-        try:
-            w.add(key, reader.read(src, item, spec.seed, spec.formats.png_compression, source_meta))
-        except SkipItem as e:
-            w.skip(key, "ingest", str(e))
-        except Exception as e:  # noqa: BLE001 - a bad item is recorded, the shard goes on
-            w.fail(key, "ingest", _short_error(e))
-    return dict(w.commit({"stage": "ingest", "source": source, "spec_hash": spec.spec_hash(),
-                          "seconds": round(time.perf_counter() - t0, 3)}), skipped=False)
+    with ShardWriter(path, stage="ingest") as w:
+        for item in items:
+            key = sample_key(source, item["item_id"])
+            try:
+                w.add(key, encode_base(reader.read(src, item, spec.seed, source_meta), spec.formats.png_compression))
+            except SkipItem as e:
+                w.skip(key, "ingest", str(e))
+            except Exception as e:  # noqa: BLE001 - a bad item is recorded, the shard goes on
+                w.fail(key, "ingest", _short_error(e))
+        return dict(w.commit({"stage": "ingest", "source": source, "spec_hash": spec.spec_hash(),
+                              "seconds": round(time.perf_counter() - t0, 3)}), skipped=False)
 
 
 class PairEncoder:
@@ -111,10 +125,6 @@ class PairEncoder:
 
 def _with_labels(view: View, side: dict[str, bytes], key: str) -> tuple[View, dict]:
     """The view with its depth or normals replaced by a labeler's sidecar (resized alike)."""
-    import dataclasses
-
-    from lavin_data.sidecar import decode_sidecar
-
     what, arr, meta = decode_sidecar(side, key)
     arr = view.resize.image(arr.astype(np.float32), "nearest")
     if what == "depth":
@@ -135,9 +145,16 @@ def render_shard(spec: Spec, source: str, shard: int, tasks: list[str]) -> list[
     name = shard_name(source, shard)
     opts = {t.task: t.options for t in spec.tasks if t.source == source}
     task_labeler = {t.task: t.labeler for t in spec.tasks if t.source == source}
-    sidecars = {lab: dict(iter_tar_samples(label_tar(spec.output, lab, source, shard)))
-                for lab in {task_labeler[t] for t in todo} - {None}}
-    writers = {t: ShardWriter(pair_tar(spec.output, t, source, shard), stage="render") for t in todo}
+    renderers = {t: TASKS[t].render_fn() for t in todo}
+    with contextlib.ExitStack() as stack:
+        sidecars = {lab: stack.enter_context(ShardReader(label_tar(spec.output, lab, source, shard)))
+                    for lab in sorted({task_labeler[t] for t in todo} - {None})}
+        writers = {t: stack.enter_context(ShardWriter(pair_tar(spec.output, t, source, shard), stage="render"))
+                   for t in todo}
+        return done + _render_into(spec, source, shard, name, todo, renderers, opts, task_labeler, sidecars, writers)
+
+
+def _render_into(spec, source, shard, name, todo, renderers, opts, task_labeler, sidecars, writers) -> list[dict]:
     seconds = dict.fromkeys(todo, 0.0)
     base = base_tar(spec.output, source, shard)
     for key, members in iter_tar_samples(base):
@@ -160,33 +177,30 @@ def render_shard(spec: Spec, source: str, shard: int, tasks: list[str]) -> list[
                     if lab not in labelled:
                         labelled[lab] = _with_labels(view, sidecars[lab][key], key)
                     tview, lab_meta = labelled[lab]
-                pairs = TASKS[task].render(tview, sample_rng(spec.seed, "render", task, name, key), opts[task])
+                pairs = renderers[task](tview, sample_rng(spec.seed, "render", task, name, key), opts[task])
                 if not pairs:
                     writers[task].skip(key, "render", f"nothing to render for {task} (e.g. no object in view)")
-                for p in pairs:
-                    k = sample_key(source, view.item_id, p.variant)
+                # Variants in key order, so the writer's stream is usually sorted already.
+                for k, p in sorted(((sample_key(source, view.item_id, p.variant), p) for p in pairs),
+                                   key=lambda kp: kp[0]):
                     writers[task].add(k, enc.encode(task, k, p, lab_meta))
             except Exception as e:  # noqa: BLE001
                 writers[task].fail(key, "render", _short_error(e))
             seconds[task] += time.perf_counter() - t0
     # Samples the ingest stage failed or skipped are carried into every task's index.
-    base_failures, base_skipped = _not_ok(base)
-    out = done
+    out = []
     for task, w in writers.items():
-        for key, (stage, err) in base_failures.items():
-            w.fail(key, stage, err)
-        for key, (stage, reason) in base_skipped.items():
-            w.skip(key, stage, reason)
+        _carry_not_ok(base, w)
         out.append(dict(w.commit({"stage": "render", "task": task, "source": source, "spec_hash": spec.spec_hash(),
                                   "seconds": round(seconds[task], 3)}), skipped=False))
     return out
 
 
-def _not_ok(tar) -> tuple[dict[str, tuple[str, str]], dict[str, tuple[str, str]]]:
-    """(failed, skipped) samples of a shard's index: key -> (stage, message)."""
-    rows = pq.read_table(index_path(tar), filters=[("status", "!=", "ok")]).to_pylist()
-    pick = lambda status: {r["key"]: (r["stage"], r["error"]) for r in rows if r["status"] == status}  # noqa: E731
-    return pick("error"), pick("skipped")
+def _carry_not_ok(tar, w: ShardWriter) -> None:
+    """Record in ``w`` the samples that the shard ``tar`` (an earlier stage) failed or skipped,
+    so that every stage's index accounts for every planned item."""
+    for r in pq.read_table(index_path(tar), filters=[("status", "!=", "ok")]).to_pylist():
+        (w.fail if r["status"] == "error" else w.skip)(r["key"], r["stage"], r["error"])
 
 
 def run_shard_job(spec_json: str, row: dict) -> dict:
@@ -198,26 +212,20 @@ def run_shard_job(spec_json: str, row: dict) -> dict:
     return run_render_job(spec_json, run_ingest_job(spec_json, row))
 
 
-def _label_inputs(spec: Spec, lab, source: str, shard: int):
-    """``decode(key, members) -> (image, depth or None, intrinsics or None)`` for the base
-    samples of one shard (depth from the depth labeler's sidecar for ``depth_from``)."""
-    from lavin_data.base import base_image
-    from lavin_data.codecs import decode_npy
-    from lavin_data.sidecar import decode_sidecar
+def _label_inputs(depth_side: ShardReader | None, depth_from: str | None):
+    """``decode(key, members) -> LabelInput`` for the base samples of one shard (depth from
+    the ``depth_from`` labeler's sidecar shard when given)."""
 
-    depth_side = dict(iter_tar_samples(label_tar(spec.output, lab.depth_from, source, shard))) if lab.depth_from \
-        else None
-
-    def decode(key: str, m: dict[str, bytes]):
+    def decode(key: str, m: dict[str, bytes]) -> LabelInput:
         image, meta = base_image(key, m)
-        depth = decode_npy(m["depth.npy"]) if "depth.npy" in m else None
+        x = LabelInput(image, decode_npy(m["depth.npy"]) if "depth.npy" in m else None,
+                       meta.get("depth_kind", "depth"), meta.get("intrinsics"))
         if depth_side is not None:
             if key not in depth_side:
-                raise ValueError(f"labeler {lab.depth_from!r} has no output for {key}")
-            _what, depth, dmeta = decode_sidecar(depth_side[key], key)
-            if dmeta["depth_kind"] == "disparity":  # relative inverse depth: 1/d, up to scale and shift
-                depth = np.where(depth > 0, 1.0 / np.maximum(depth, 1e-6), 0).astype(np.float32)
-        return image, depth, meta.get("intrinsics")
+                raise ValueError(f"labeler {depth_from!r} has no output for {key}")
+            _what, x.depth, dmeta = decode_sidecar(depth_side[key], key)
+            x.depth_kind = dmeta["depth_kind"]
+        return x
 
     return decode
 
@@ -227,54 +235,49 @@ def label_shard(spec: Spec, labeler_name: str, source: str, shard: int, labeler)
 
     The next batch is decoded in a background thread while the model labels this one.
     """
-    from lavin_data.sidecar import encode_depth, encode_normals
-
     lab = spec.labeler(labeler_name)
     path = label_tar(spec.output, lab.name, source, shard)
     if shard_done(path):
         return dict(read_stats(path), skipped=True)
     t0 = time.perf_counter()
-    w = ShardWriter(path, stage="label")
     info = labeler.info()
     level = spec.formats.png_compression
     samples = iter_tar_samples(base_tar(spec.output, source, shard))
-    for ok, failed in prefetch(decoded_batches(samples, _label_inputs(spec, lab, source, shard), lab.batch_size)):
-        for key, err in failed:
-            w.fail(key, "label", err)
-        if not ok:
-            continue
-        try:
-            images, depths, intrinsics = (list(col) for col in zip(*(inputs for _k, inputs in ok)))
-            outs = labeler.label(images, depths, intrinsics)
-        except Exception:  # noqa: BLE001 - a batch that fails is retried sample by sample
-            outs = []
-            for _key, (image, depth, intr) in ok:
-                try:
-                    outs.append(labeler.label([image], [depth], [intr])[0])
-                except Exception as e1:  # noqa: BLE001
-                    outs.append(e1)
-        for (key, _inputs), out in zip(ok, outs):
-            if isinstance(out, Exception):
-                w.fail(key, "label", _short_error(out))
-            elif labeler.output == "depth":
-                w.add(key, encode_depth(out, labeler.depth_kind, info, level))
-            else:
-                w.add(key, encode_normals(out, info, level))
-    failures, skipped = _not_ok(base_tar(spec.output, source, shard))
-    for key, (stage, err) in failures.items():
-        w.fail(key, stage, err)
-    for key, (stage, reason) in skipped.items():
-        w.skip(key, stage, reason)
-    return dict(w.commit({"stage": "label", "labeler": lab.name, "source": source, "spec_hash": spec.spec_hash(),
-                          "seconds": round(time.perf_counter() - t0, 3), **{k: v for k, v in info.items()
-                                                                           if k in ("model", "weight_hash")}}),
-                skipped=False)
+    with ShardWriter(path, stage="label") as w, contextlib.ExitStack() as stack:
+        depth_side = stack.enter_context(ShardReader(label_tar(spec.output, lab.depth_from, source, shard))) \
+            if lab.depth_from else None
+        for ok, failed in prefetch(decoded_batches(samples, _label_inputs(depth_side, lab.depth_from),
+                                                   lab.batch_size)):
+            for key, err in failed:
+                w.fail(key, "label", err)
+            if not ok:
+                continue
+            try:
+                outs = labeler.label([x for _k, x in ok])
+            except Exception:  # noqa: BLE001 - a batch that fails is retried sample by sample
+                outs = []
+                for _key, x in ok:
+                    try:
+                        outs.append(labeler.label([x])[0])
+                    except Exception as e1:  # noqa: BLE001
+                        outs.append(e1)
+            for (key, _x), out in zip(ok, outs):
+                if isinstance(out, Exception):
+                    w.fail(key, "label", _short_error(out))
+                elif labeler.output == "depth":
+                    w.add(key, encode_depth(out, labeler.depth_kind, info, level))
+                else:
+                    w.add(key, encode_normals(out, info, level))
+        _carry_not_ok(base_tar(spec.output, source, shard), w)
+        return dict(w.commit({"stage": "label", "labeler": lab.name, "source": source, "spec_hash": spec.spec_hash(),
+                              "seconds": round(time.perf_counter() - t0, 3),
+                              **{k: v for k, v in info.items() if k in ("model", "weight_hash")}}), skipped=False)
 
 
 def run_ingest_job(spec_json: str, row: dict) -> dict:
     """Ingest only (the first operator of a build with labelers)."""
     limit_threads()
-    spec = Spec.model_validate_json(spec_json)
+    spec = parse_spec_json(spec_json)
     # The items (for COCO, a shard's annotations) are not carried to the later operators.
     out = {k: v for k, v in row.items() if k not in ("items", "source_meta")}
     out.update(ingest="", labels="[]", render="[]", error="", pid=os.getpid(), t_start=time.time(), t_end=0.0)
@@ -288,7 +291,7 @@ def run_ingest_job(spec_json: str, row: dict) -> dict:
 
 
 def run_label_job(spec_json: str, row: dict, labeler_name: str, labeler) -> dict:
-    spec = Spec.model_validate_json(spec_json)
+    spec = parse_spec_json(spec_json)
     if row["error"] or spec.labeler(labeler_name).source != row["source"]:
         return row
     try:
@@ -302,7 +305,7 @@ def run_label_job(spec_json: str, row: dict, labeler_name: str, labeler) -> dict
 
 def run_render_job(spec_json: str, row: dict) -> dict:
     limit_threads()
-    spec = Spec.model_validate_json(spec_json)
+    spec = parse_spec_json(spec_json)
     if not row["error"]:
         try:
             tasks = json.loads(row["tasks"])

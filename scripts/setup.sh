@@ -25,6 +25,11 @@ trap 'rm -f "$constraints"' EXIT
 case ",$extras," in
   *,labelers,*|*,train,*)
     if have=$($py -c 'import torch; print(torch.__version__.split("+")[0])' 2>/dev/null); then
+        if ! $py -c 'import sys, torch; v = tuple(int(x) for x in torch.__version__.split("+")[0].split(".")[:2]); sys.exit(v < (2, 5))'; then
+            echo "setup: the installed torch $have is older than 2.5 (J-DiT uses scaled_dot_product_attention's enable_gqa);" >&2
+            echo "       upgrade it (e.g. pip install torch==${TORCH_VERSION:-2.13.0} --index-url https://download.pytorch.org/whl/cu128)" >&2
+            exit 1
+        fi
         echo "setup: keeping the installed torch $have"
     else
         want="${TORCH_VERSION:-2.13.0}"

@@ -25,7 +25,7 @@ def fixture_path(*parts: str) -> Path:
 @pytest.fixture(scope="session")
 def ray_session():
     """Ray costs seconds to start: one local session (2 CPUs) serves the whole test run."""
-    from pipelines.build import ensure_ray
+    from lavin_data.ray_session import ensure_ray
 
     ensure_ray(num_cpus=2)
     yield

@@ -10,6 +10,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from lavin_data.codecs import decode_image
+from lavin_data.registry import TASKS
 from lavin_data.render import decode_boxes
 from lavin_data.shards import (
     ShardWriter,
@@ -19,11 +20,10 @@ from lavin_data.shards import (
     stats_path,
 )
 from lavin_data.spec import parse_spec
-from lavin_data.tasks import TASKS
 from pipelines.build import BuildError, build, main
 from pipelines.layout import base_tar, pair_tar
 from pipelines.stages import ingest_shard, render_shard
-from tests.conftest import ROOT, small_demo_spec
+from tests.conftest import ROOT, fixture_path, small_demo_spec
 
 quiet = dict(echo=lambda *_: None)
 
@@ -176,10 +176,10 @@ def test_bad_samples_are_recorded_and_the_rest_written(demo_build, tmp_path, mon
 
     real = synthetic_reader.read
 
-    def flaky(src, item, seed, png_level, source_meta):
+    def flaky(src, item, seed, source_meta):
         if item["item_id"] == "000005":
             raise OSError("disk on fire")
-        return real(src, item, seed, png_level, source_meta)
+        return real(src, item, seed, source_meta)
 
     monkeypatch.setattr(synthetic_reader, "read", flaky)
     st = ingest_shard(spec, "synthetic", 1, [{"item_id": f"{i:06d}"} for i in range(4, 8)])
@@ -198,6 +198,39 @@ def test_preflight_refuses_before_any_work(tmp_path):
     with pytest.raises(BuildError, match="source 's'.*video_folder.*not built yet"):
         build(parse_spec(d), **quiet)
     assert not (tmp_path / "o").exists()
+
+
+def test_preflight_compares_what_tasks_consume_with_what_sources_provide(tmp_path):
+    """The registry says what each task consumes; a source lacking it (and no labeler making
+    it) is refused before any work, not failed sample by sample."""
+    photos = str(fixture_path("photos"))
+    d = {"name": "t", "output": str(tmp_path / "o"),
+         "sources": [{"name": "p", "kind": "image_folder", "root": photos},
+                     {"name": "k", "kind": "coco", "images": photos,
+                      "instances": str(fixture_path("coco_keypoints", "test_coco.json"))}],
+         "tasks": [{"task": "depth_estimation", "source": "p"}, {"task": "colorization", "source": "p"},
+                   {"task": "pose_estimation", "source": "k"}, {"task": "semantic_segmentation", "source": "k"},
+                   {"task": "object_detection", "source": "k"}]}
+    with pytest.raises(BuildError) as e:
+        build(parse_spec(d), **quiet)
+    msg = str(e.value)
+    assert "tasks[0]: task 'depth_estimation' needs depth, which source 'p' (image_folder) does not provide; " \
+           "give it a `labeler:` that makes depth" in msg
+    assert "tasks[2]: task 'pose_estimation' needs keypoints, which source 'k' (coco)" in msg
+    assert "tasks[3]: task 'semantic_segmentation' needs segments" in msg
+    assert "tasks[1]" not in msg and "tasks[4]" not in msg
+    assert not (tmp_path / "o").exists()
+
+
+def test_output_in_an_older_base_format_is_refused(tmp_path):
+    """A folder whose base shards were written in another layout is not resumed (its views
+    would silently lose annotations)."""
+    spec = small_demo_spec(tmp_path / "o")
+    (tmp_path / "o").mkdir()
+    (tmp_path / "o" / "spec.json").write_text(json.dumps({"spec_hash": spec.spec_hash()}))  # no base_format: 1
+    with pytest.raises(BuildError, match="base-sample format 1, and this version writes format 2"):
+        build(spec, **quiet)
+    assert sorted(p.name for p in (tmp_path / "o").iterdir()) == ["spec.json"]
 
 
 def test_output_of_another_spec_is_refused(demo_build):

@@ -12,6 +12,7 @@ import pyarrow.parquet as pq
 import pytest
 import yaml
 
+from benchmarks.coco_fidelity import instances_and_boxes, keypoint_errors, panoptic_count_errors
 from lavin_data.codecs import decode_image
 from lavin_data.geometry import plan_resize
 from lavin_data.render import box_iou, decode_semantic, point_segment_distance
@@ -19,7 +20,6 @@ from lavin_data.render.palette import colour_index
 from lavin_data.shards import index_path, iter_tar_samples
 from lavin_data.spec import parse_spec
 from pipelines.build import BuildError, build
-from pipelines.coco_fidelity import instances_and_boxes, keypoint_errors, panoptic_count_errors
 from pipelines.layout import pair_tar
 from tests.conftest import FIXTURES, ROOT, fixture_path
 

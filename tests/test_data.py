@@ -15,6 +15,7 @@ import torch
 
 from lavin_data.codecs import decode_npy
 from lavin_data.shards import iter_tar_samples
+from lavin_data.stvae import mean_latent
 from lavin_data.testing import synthetic_latent_shards
 from lavin_model.data import (
     InContextBatches,
@@ -22,7 +23,6 @@ from lavin_model.data import (
     find_task_shards,
     reader_slice,
 )
-from lavin_model.stvae import mean_latent
 
 
 @pytest.fixture(scope="module")

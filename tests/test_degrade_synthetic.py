@@ -70,7 +70,7 @@ def test_synthetic_scene_is_deterministic_and_consistent():
     # Visible surfaces face the camera: n . (-ray) > 0 for every pixel.
     fx, fy, cx, cy = a.intrinsics
     h, w = a.depth.shape
-    u, v = np.meshgrid(np.arange(w) + 0.5, np.arange(h) + 0.5)
+    u, v = np.meshgrid(np.arange(w), np.arange(h))  # intrinsics: pixel centres at integers (OpenCV)
     ray = np.stack([(u - cx) / fx, -(v - cy) / fy, -np.ones_like(u)], -1)[valid]
     assert ((n * -ray).sum(1) > 0).all()
     # Normals agree with depth: on the floor, the back-projected points are coplanar and

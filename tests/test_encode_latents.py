@@ -12,7 +12,7 @@ import torch
 from lavin_data.codecs import decode_npy
 from lavin_data.encode_latents import main
 from lavin_data.shards import ShardWriter, index_path, iter_tar_samples, stats_path
-from lavin_model.stvae import SCALE, SHIFT, build_stvae
+from lavin_data.stvae import SCALE, SHIFT, build_stvae
 
 TINY = {"block_out_channels": [32, 64, 64, 64], "layers_per_block": 1}
 

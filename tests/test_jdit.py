@@ -8,7 +8,15 @@ import math
 import pytest
 import torch
 
-from lavin_model.jdit import SIZES, JDiT, apply_rope, load_lavin_checkpoint, rope_3d, timestep_embedding
+from lavin_model.jdit import (
+    SIZES,
+    JDiT,
+    JointAttention,
+    apply_rope,
+    load_lavin_checkpoint,
+    rope_3d,
+    timestep_embedding,
+)
 from tests.conftest import ROOT
 
 
@@ -103,3 +111,33 @@ def test_gradient_checkpointing_gives_the_same_gradients():
     for a, p in zip(g1, model.parameters()):
         assert (a is None) == (p.grad is None)
         assert a is None or torch.allclose(a, p.grad, atol=1e-6)
+
+
+def test_grouped_query_attention_equals_attention_over_repeated_kv_heads():
+    """SDPA's enable_gqa path equals the explicit computation: each KV head repeated for its
+    group of query heads (repeat_interleave: KV head j serves query heads 2j, 2j+1 here),
+    softmax(q k^T / sqrt(d)) v over the joint [condition; target] sequence."""
+    torch.manual_seed(0)
+    att = JointAttention(96, num_heads=4, kv_heads=2)
+    with torch.no_grad():
+        for p in att.parameters():
+            p.normal_(0, 0.2)  # distinct KV heads and non-trivial norm weights
+    hc, hx = torch.randn(2, 10, 96), torch.randn(2, 6, 96)
+    pos = torch.stack(torch.meshgrid(torch.arange(4), torch.arange(2), torch.arange(2), indexing="ij"), -1)
+    cos, sin = rope_3d(pos.reshape(-1, 3), 24)
+    out_c, out_x = att(hc, hx, cos, sin)
+
+    def heads(h, q, k, v, qn, kn):
+        b, n, _ = h.shape
+        return (qn(q(h)).view(b, n, 4, 24).transpose(1, 2), kn(k(h)).view(b, n, 2, 24).transpose(1, 2),
+                v(h).view(b, n, 2, 24).transpose(1, 2))
+
+    qc, kc, vc = heads(hc, att.cond_q, att.cond_k, att.cond_v, att.cond_qnorm, att.cond_knorm)
+    qx, kx, vx = heads(hx, att.x_q, att.x_k, att.x_v, att.x_qnorm, att.x_knorm)
+    q = apply_rope(torch.cat([qc, qx], 2), cos, sin)
+    k = apply_rope(torch.cat([kc, kx], 2), cos, sin).repeat_interleave(2, dim=1)
+    v = torch.cat([vc, vx], 2).repeat_interleave(2, dim=1)
+    w = torch.softmax(q @ k.transpose(-1, -2) / math.sqrt(24), dim=-1)
+    ref = (w @ v).transpose(1, 2).flatten(2)
+    torch.testing.assert_close(out_c, att.cond_proj(ref[:, :10]), atol=1e-5, rtol=1e-4)
+    torch.testing.assert_close(out_x, att.x_proj(ref[:, 10:]), atol=1e-5, rtol=1e-4)

@@ -13,8 +13,9 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 
+from lavin_data.base import encode_base
 from lavin_data.codecs import decode_image
-from lavin_data.normals import backproject, normals_from_depth
+from lavin_data.geometry.camera import backproject, normals_from_depth
 from lavin_data.render import decode_depth
 from lavin_data.shards import index_path, iter_tar_samples
 from lavin_data.spec import parse_spec
@@ -116,7 +117,7 @@ def _awkward_images(root: Path) -> dict[str, tuple[int, int]]:
     Image.fromarray(rgb).save(root / "cls_a" / "plain.jpg", quality=95)
     Image.fromarray(rgb[..., 0]).save(root / "cls_a" / "grey.png")
     Image.fromarray(rgb).convert("CMYK").save(root / "cls_a" / "cmyk.jpg")
-    Image.fromarray((rgb[..., 0].astype(np.uint16) * 257)).save(root / "cls_b" / "deep16.png")
+    Image.fromarray(rgb[..., 0].astype(np.uint16) * 257).save(root / "cls_b" / "deep16.png")
     Image.fromarray(rgb).convert("P", palette=Image.Palette.ADAPTIVE).save(root / "cls_b" / "palette.png")
     im = Image.fromarray(rgb)
     exif = im.getexif()
@@ -249,7 +250,7 @@ def test_nyu_labeled_mat_is_read_untransposed(tmp_path):
     nyu_reader.check(src)
     items = nyu_reader.plan(src)
     assert [i["item_id"] for i in items] == ["00002", "00003"]
-    members = nyu_reader.read(src, items[0], 0, 1, {})
+    members = encode_base(nyu_reader.read(src, items[0], 0, {}))
     view = view_from_base("nyu_00002", members, 64, "squash")
     meta = json.loads(members["json"])
     assert (meta["width"], meta["height"]) == (w, h)
@@ -361,7 +362,7 @@ def test_nyu_folder_split_file_and_ground_truth_normals(tmp_path):
                                        "normals": str(tmp_path / folder), "normals_frame": frame}]}).sources[0]
         items = nyu_reader.plan(src)
         assert [i["item_id"] for i in items] == ["00050"]
-        members = nyu_reader.read(src, items[0], 0, 1, {})
+        members = encode_base(nyu_reader.read(src, items[0], 0, {}))
         got = np.load(io.BytesIO(members["normals.npy"])).astype(np.float32)
         valid = np.linalg.norm(n, axis=-1) > 0.5
         cos = (got[valid] * n[valid]).sum(-1)
@@ -391,3 +392,61 @@ def test_task_and_labeler_outputs_must_match(tmp_path):
         build(spec, **quiet)
     assert "task 'depth_estimation' needs depth, but labeler 'geo' (normals_from_depth) gives normals" in str(e.value)
     assert "task 'colorization' does not use labels" in str(e.value)
+
+
+def test_nyu_invalid_ground_truth_normals_stay_invalid_and_render_black(tmp_path):
+    """Black pixels of a GT normal map are invalid: the base sample keeps them 0 and the
+    surface-normal target renders them black (they once became (-1,-1,-1)/sqrt(3), grey)."""
+    from lavin_data.base import view_from_base
+    from lavin_data.registry import TASKS
+    from lavin_data.render import render_normals
+    from lavin_data.sources import nyu_reader
+
+    root = fixture_path("nyu_v2")
+    depth = cv2.imread(str(root / "depth" / "sync_depth_00050.png"), cv2.IMREAD_UNCHANGED).astype(np.float32) / 1000
+    n, ok = normals_from_depth(depth, NYU_INTR)
+    ok[100:200, 300:420] = False  # plus a hole of our own, wherever the depth is valid
+    n[~ok] = 0
+    (tmp_path / "normals").mkdir()
+    cv2.imwrite(str(tmp_path / "normals" / "normal_00050.png"), cv2.cvtColor(render_normals(n), cv2.COLOR_RGB2BGR))
+    src = parse_spec({"name": "s", "output": "/tmp/x", "tasks": [{"task": "depth_estimation", "source": "nyu"}],
+                      "sources": [{"name": "nyu", "kind": "nyu", "root": str(root),
+                                   "normals": str(tmp_path / "normals")}]}).sources[0]
+    item = next(i for i in nyu_reader.plan(src) if i["item_id"] == "00050")
+    members = encode_base(nyu_reader.read(src, item, 0, {}))
+    got = np.load(io.BytesIO(members["normals.npy"])).astype(np.float32)
+    assert (~ok).sum() > 20000
+    assert np.array_equal(got[~ok], np.zeros(((~ok).sum(), 3), np.float32))
+    assert np.allclose(np.linalg.norm(got[ok], axis=-1), 1, atol=2e-3)
+    # The rendered target: black exactly where the GT is invalid (nearest-neighbour squash).
+    view = view_from_base("nyu_00050", members, 240, "squash")
+    pair = TASKS["surface_normal_estimation"].render_fn()(view, None, {})[0]
+    invalid_out = cv2.resize((~ok).astype(np.uint8), (240, 240), interpolation=cv2.INTER_NEAREST_EXACT).astype(bool)
+    assert (pair.target[invalid_out] == 0).all()
+    assert (pair.target[~invalid_out].max(axis=-1) > 0).all()
+
+
+def test_synthetic_intrinsics_back_project_to_the_synthetic_normals():
+    """One pixel-centre convention (OpenCV: centres at integers, cx = (W-1)/2): normals from
+    the synthetic source's depth and the intrinsics it records agree with its exact normals
+    on the floor and wall to 0.05 deg (with cx = W/2 they were 0.09-0.1 deg off everywhere)."""
+    from lavin_data.geometry import intrinsics_from_fov
+    from lavin_data.labelers import LabelInput
+    from lavin_data.labelers.normals_from_depth import NormalsFromDepth
+    from lavin_data.sources import synthetic_reader
+
+    assert intrinsics_from_fov(320, 240, 60.0)[2:] == (159.5, 119.5)
+    spec = parse_spec({"name": "s", "output": "/tmp/x", "tasks": [{"task": "depth_estimation", "source": "syn"}],
+                       "labelers": [{"name": "geo", "kind": "normals_from_depth", "source": "syn"}],
+                       "sources": [{"name": "syn", "kind": "synthetic", "num_items": 3}]})
+    src, labeler = spec.sources[0], NormalsFromDepth(spec.labelers[0])
+    for item in synthetic_reader.plan(src):
+        s = synthetic_reader.read(src, item, 0, {})
+        n = labeler.label([LabelInput(s.image, s.depth, "depth", s.meta["intrinsics"])])[0]
+        interior = np.zeros(s.segments.shape, bool)
+        for sid in (1, 2):  # floor and wall: planes, away from their borders
+            interior |= cv2.erode((s.segments == sid).astype(np.uint8), np.ones((9, 9), np.uint8)).astype(bool)
+        sel = interior & (np.linalg.norm(n, axis=-1) > 0)
+        assert sel.sum() > 30000
+        err = np.degrees(np.arccos(np.clip((n[sel] * s.normals[sel]).sum(-1), -1, 1)))
+        assert err.max() < 0.05, (item, err.max())

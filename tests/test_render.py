@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 
 from lavin_data.codecs import decode_image, encode_png
+from lavin_data.geometry import make_view
 from lavin_data.render import (
     PALETTE,
     THING_OFFSET,
@@ -35,7 +36,6 @@ from lavin_data.render import (
     render_semantic,
 )
 from lavin_data.sources.synthetic import render_scene
-from lavin_data.tasks import make_view
 from tests.conftest import fixture_path
 
 
@@ -268,3 +268,17 @@ def test_boxes_decoder_in_heavy_clutter():
         extra.append(len(dec) - drawn.sum())
     assert np.mean(ious) >= 0.93
     assert np.mean(extra) <= 10
+
+
+def test_normals_decoding_marks_black_and_mid_grey_invalid():
+    """One normals codec for renderings (8-bit), label sidecars (16-bit) and GT files: black
+    and vectors too short to be encoded unit normals (mid-grey) are invalid, i.e. 0."""
+    n = np.array([[[0.0, 0.6, 0.8], [0, 0, 0], [0, 0, 0]]], np.float32)
+    for dtype in (np.uint8, np.uint16):
+        img = render_normals(n, dtype=dtype)
+        top = np.iinfo(dtype).max
+        img[0, 2] = (top + 1) // 2  # mid-grey: the encoding of the zero vector
+        got, valid = decode_normals(img)
+        assert valid.tolist() == [[True, False, False]]
+        assert np.allclose(got[0, 0], n[0, 0], atol=2.0 / top) and not got[0, 1:].any()
+        assert img[0, 1].tolist() == [0, 0, 0]

@@ -2,8 +2,8 @@ from pathlib import Path
 
 import pytest
 
+from lavin_data.registry import TASKS
 from lavin_data.spec import SpecError, load_spec, parse_spec
-from lavin_data.tasks import TASKS
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -24,7 +24,7 @@ def test_demo_spec_validates():
     spec = load_spec(ROOT / "manifests" / "demo.yaml")
     tasks = {t.task for t in spec.tasks}
     assert len(tasks) >= 19
-    assert all(TASKS[t].render is not None for t in tasks)
+    assert all(TASKS[t].built for t in tasks)
     assert spec.sources[0].kind == "synthetic"
 
 

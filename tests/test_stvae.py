@@ -7,7 +7,7 @@ import json
 import pytest
 import torch
 
-from lavin_model.stvae import (
+from lavin_data.stvae import (
     RELEASED_CONFIG,
     CheckpointError,
     build_stvae,

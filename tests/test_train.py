@@ -105,8 +105,8 @@ def test_sigterm_saves_a_checkpoint_and_the_run_resumes(latents, tmp_path):
 
 
 def test_init_from_a_released_format_checkpoint_and_infer(latents, tmp_path):
+    from lavin_data.stvae import build_stvae
     from lavin_model.jdit import JDiT, jdit_from_checkpoint
-    from lavin_model.stvae import build_stvae
 
     torch.manual_seed(1)
     model = JDiT.from_size("tiny")
@@ -147,7 +147,7 @@ def test_model_flops_match_torch_flop_counter():
     from torch.nn.attention import SDPBackend, sdpa_kernel
     from torch.utils.flop_counter import FlopCounterMode
 
-    from lavin_model.bench_train import model_flops
+    from benchmarks.bench_train import model_flops
     from lavin_model.jdit import JDiT
 
     model = JDiT.from_size("tiny")
@@ -160,7 +160,7 @@ def test_model_flops_match_torch_flop_counter():
 
 
 def test_bench_train_reports_throughput_and_data_wait():
-    r = subprocess.run([sys.executable, "-m", "lavin_model.bench_train", "--size", "tiny", "--resolution", "64",
+    r = subprocess.run([sys.executable, "-m", "benchmarks.bench_train", "--size", "tiny", "--resolution", "64",
                         "--context", "2", "--micro-batch", "2", "--steps", "4", "--warmup-steps", "1",
                         "--num-workers", "1"], cwd=ROOT, env=_env(), capture_output=True, text=True, timeout=300)
     assert r.returncode == 0, r.stderr[-3000:]
@@ -178,16 +178,17 @@ def test_real_photos_through_latents_loader_and_inference(ray_session, tmp_path)
     from lavin_data.encode_latents import main as encode_main
     from lavin_data.shards import iter_tar_samples
     from lavin_data.spec import parse_spec
+    from lavin_data.stvae import SCALE, build_stvae, mean_latent
     from lavin_model.data import InContextBatches, InContextLoader
     from lavin_model.jdit import JDiT
-    from lavin_model.stvae import SCALE, build_stvae, mean_latent
     from pipelines.build import build
     from tests.conftest import fixture_path
 
     photos = fixture_path("photos")
     spec = parse_spec({"name": "p", "output": str(tmp_path / "pix"), "resolution": 64, "shard_size": 2,
                        "sources": [{"name": "photos", "kind": "image_folder", "root": str(photos)}],
-                       "tasks": [{"task": "colorization", "source": "photos"}, {"task": "denoise", "source": "photos"}]})
+                       "tasks": [{"task": "colorization", "source": "photos"},
+                                 {"task": "denoise", "source": "photos"}]})
     build(spec, echo=lambda *_: None)
     torch.manual_seed(0)
     vae, model = tmp_path / "vae.pt", build_stvae(TINY_VAE)
@@ -221,7 +222,7 @@ def test_real_photos_through_latents_loader_and_inference(ray_session, tmp_path)
     torch.save({"state_dict": JDiT.from_size("tiny").state_dict()}, tmp_path / "released.pt")
     tpl = tmp_path / "templates" / "colorization"
     tpl.mkdir(parents=True)
-    for i, (key, m) in enumerate(iter_tar_samples(next((tmp_path / "pix" / "pairs" / "colorization").glob("*.tar")))):
+    for _i, (key, m) in enumerate(iter_tar_samples(next((tmp_path / "pix" / "pairs" / "colorization").glob("*.tar")))):
         ext = next(k for k in m if k.startswith("input."))
         (tpl / f"{key}_input.{ext.split('.')[1]}").write_bytes(m[ext])
         (tpl / f"{key}_target.png").write_bytes(m["target.png"])

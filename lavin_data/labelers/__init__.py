@@ -8,9 +8,7 @@ to put the weights. Outputs are stored losslessly in sidecar shards (:mod:`lavin
 
 from __future__ import annotations
 
-import hashlib
-import os
-from pathlib import Path
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -20,11 +18,27 @@ class LabelerError(RuntimeError):
     """A labeler that cannot start: the message says what to install or where the weights go."""
 
 
+@dataclass
+class LabelInput:
+    """What a labeler gets per base sample (decoded by the label stage).
+
+    image: (H, W, 3) uint8 RGB. depth: (H, W) float32, 0 = invalid, or None; its
+    ``depth_kind`` is ``"depth"`` (metric, along the optical axis) or ``"disparity"``
+    (relative inverse depth, e.g. Depth-Anything's). intrinsics: (fx, fy, cx, cy) in
+    pixels (OpenCV pixel centres) or None.
+    """
+
+    image: np.ndarray
+    depth: np.ndarray | None = None
+    depth_kind: str = "depth"
+    intrinsics: list[float] | None = None
+
+
 class Labeler:
     """Base class. ``output`` is "depth" or "normals"; ``needs_depth`` labelers get depth."""
 
     output: str = "depth"
-    depth_kind: str = "depth"  # "depth" (metric) or "disparity" (relative inverse depth)
+    depth_kind: str = "depth"  # of the output: "depth" (metric) or "disparity" (relative inverse depth)
     needs_depth: bool = False
 
     def __init__(self, spec):
@@ -38,30 +52,43 @@ class Labeler:
         """What every labelled sample's json records: labeler name, kind, model, weight hash."""
         return {"labeler": self.spec.name, "kind": self.spec.kind, "model": self.spec.model, "weight_hash": None}
 
-    def label(self, images: list[np.ndarray], depths: list[np.ndarray | None],
-              intrinsics: list[list[float] | None]) -> list[np.ndarray]:
-        """images: (H, W, 3) uint8 RGB each -> per image (H, W) float32 depth/disparity or
-        (H, W, 3) float32 unit normals (0 = invalid), at the image's own size."""
+    def label(self, inputs: list[LabelInput]) -> list[np.ndarray]:
+        """-> per input (H, W) float32 depth/disparity or (H, W, 3) float32 unit normals
+        (0 = invalid), at the image's own size."""
         raise NotImplementedError
 
 
-def weight_hash(path: str | os.PathLike) -> str:
-    """sha256 (first 16 hex) over a weights folder's files (names and bytes), sorted."""
-    p = Path(path)
-    files = sorted(f for f in (p.rglob("*") if p.is_dir() else [p]) if f.is_file())
-    h = hashlib.sha256()
-    for f in files:
-        h.update(str(f.relative_to(p) if p.is_dir() else f.name).encode())
-        with open(f, "rb") as fh:
-            for block in iter(lambda: fh.read(1 << 20), b""):
-                h.update(block)
-    return h.hexdigest()[:16]
+def require(spec, *modules: str, hint: str) -> None:
+    """LabelerError naming the first of ``modules`` that cannot be imported, with ``hint``."""
+    import importlib
+
+    for m in modules:
+        try:
+            importlib.import_module(m)
+        except ImportError:
+            raise LabelerError(f"labeler {spec.name!r} ({spec.kind}) needs the `{m}` package: {hint}") from None
+
+
+def unit_vectors(n: np.ndarray) -> np.ndarray:
+    """(..., 3) -> float32 unit vectors (zero vectors stay zero)."""
+    n = n.astype(np.float32)
+    return n / np.maximum(np.linalg.norm(n, axis=-1, keepdims=True), 1e-6)
+
+
+def group_by_size(images: list[np.ndarray]) -> dict[tuple[int, int], list[int]]:
+    """Indices of same-sized images, by (H, W) in first-seen order: models whose processors
+    keep the aspect ratio batch only images of one size."""
+    groups: dict[tuple[int, int], list[int]] = {}
+    for i, im in enumerate(images):
+        groups.setdefault(tuple(im.shape[:2]), []).append(i)
+    return groups
 
 
 def labeler_class(kind: str) -> type[Labeler]:
     from lavin_data.labelers.depth_anything import DepthAnythingV2
-    from lavin_data.labelers.geometry import NormalsFromDepth
-    from lavin_data.labelers.normals import MarigoldNormals, StableNormal
+    from lavin_data.labelers.marigold import MarigoldNormals
+    from lavin_data.labelers.normals_from_depth import NormalsFromDepth
+    from lavin_data.labelers.stable_normal import StableNormal
 
     classes = {"normals_from_depth": NormalsFromDepth, "depth_anything_v2": DepthAnythingV2,
                "marigold_normals": MarigoldNormals, "stable_normal": StableNormal}

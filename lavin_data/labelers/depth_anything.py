@@ -10,7 +10,9 @@ from pathlib import Path
 
 import numpy as np
 
-from lavin_data.labelers import Labeler, LabelerError, weight_hash
+from lavin_data.devices import device_and_dtype
+from lavin_data.labelers import Labeler, LabelerError, LabelInput, group_by_size
+from lavin_data.weights import weight_hash
 
 LICENCES = {"small": "Apache-2.0", "base": "CC-BY-NC-4.0", "large": "CC-BY-NC-4.0"}
 
@@ -45,12 +47,8 @@ class DepthAnythingV2(Labeler):
         from transformers import AutoImageProcessor, AutoModelForDepthEstimation
 
         self.torch = torch
-        self.device = "cuda" if spec.num_gpus > 0 and torch.cuda.is_available() else "cpu"
-        dtype = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}[spec.dtype]
-        if self.device == "cpu":
-            dtype = torch.float32  # half precision on CPU is slow or unsupported
-        self.dtype = dtype
-        self.model = AutoModelForDepthEstimation.from_pretrained(spec.model, local_files_only=True, dtype=dtype)
+        self.device, self.dtype = device_and_dtype(spec.num_gpus > 0, spec.dtype)
+        self.model = AutoModelForDepthEstimation.from_pretrained(spec.model, local_files_only=True, dtype=self.dtype)
         self.model.to(self.device).eval()
         self.processor = AutoImageProcessor.from_pretrained(spec.model, local_files_only=True)
         self.hash = weight_hash(spec.model)
@@ -68,13 +66,10 @@ class DepthAnythingV2(Labeler):
     def prepare(self, images: list[np.ndarray]):
         return self.processor(images=images, return_tensors="pt")["pixel_values"]
 
-    def label(self, images, depths, intrinsics):
+    def label(self, inputs: list[LabelInput]) -> list[np.ndarray]:
+        images = [x.image for x in inputs]
         out: list[np.ndarray | None] = [None] * len(images)
-        # The processor keeps aspect ratios, so only same-sized images share a batch.
-        groups: dict[tuple[int, int], list[int]] = {}
-        for i, im in enumerate(images):
-            groups.setdefault(im.shape[:2], []).append(i)
-        for (h, w), idx in groups.items():
+        for (h, w), idx in group_by_size(images).items():
             pred = self.forward(self.prepare([images[i] for i in idx])).float()
             pred = self.torch.nn.functional.interpolate(pred[:, None], size=(h, w), mode="bicubic",
                                                         align_corners=False)[:, 0]

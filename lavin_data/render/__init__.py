@@ -16,11 +16,11 @@ from lavin_data.render.dense import (
     render_normals,
 )
 from lavin_data.render.masks import (
-    mask_iou,
     decode_foreground,
     decode_instances,
     decode_panoptic,
     decode_semantic,
+    mask_iou,
     render_foreground,
     render_instances,
     render_panoptic,

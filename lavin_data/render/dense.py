@@ -50,25 +50,37 @@ def decode_depth(img: np.ndarray, disparity_min: float = 0.0, disparity_max: flo
     return disparity_min + g * (disparity_max - disparity_min)
 
 
-def render_normals(normals: np.ndarray, valid: np.ndarray | None = None) -> np.ndarray:
+def render_normals(normals: np.ndarray, valid: np.ndarray | None = None, dtype=np.uint8) -> np.ndarray:
     """(H, W, 3) float unit normals (x right, y up, z towards the camera) -> RGB (n+1)/2.
 
-    Invalid pixels (``valid`` False, or zero-length normals) are black.
+    The one encoding of normals as an image: 8-bit for renderings, ``dtype=np.uint16`` for
+    the lossless label sidecars (same formula at 65535). Invalid pixels (``valid`` False,
+    or normals shorter than 0.5) are black; a unit vector never encodes to black.
     """
+    top = float(np.iinfo(dtype).max)
     n = normals.astype(np.float32)
     if valid is None:
         valid = np.linalg.norm(n, axis=2) > 0.5
-    rgb = np.rint((n.clip(-1, 1) + 1.0) * 127.5).astype(np.uint8)
+    rgb = np.rint((n.clip(-1, 1) + 1.0) * (top / 2)).astype(dtype)
     rgb[~valid] = 0
     return rgb
 
 
 def decode_normals(img: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """RGB rendering -> ((H, W, 3) float32 unit normals, (H, W) bool valid = not black)."""
-    n = img.astype(np.float32) / 127.5 - 1.0
-    norm = np.linalg.norm(n, axis=2, keepdims=True)
-    valid = img.max(axis=2) > 0
-    return n / np.maximum(norm, 1e-6), valid
+    """RGB (n+1)/2, uint8 or uint16 -> ((H, W, 3) float32 unit normals, 0 where invalid;
+    (H, W) bool valid = not black and not near mid-grey). Inverse of :func:`render_normals`; ground-truth normal
+    maps in this encoding (NYU) are read with it too."""
+    if img.dtype not in (np.uint8, np.uint16) or img.ndim != 3 or img.shape[2] != 3:
+        raise ValueError(f"normals image must be (H, W, 3) uint8 or uint16, got {img.shape} {img.dtype}")
+    top = float(np.iinfo(img.dtype).max)
+    n = img.astype(np.float32) / (top / 2) - 1.0
+    length = np.linalg.norm(n, axis=2, keepdims=True)
+    # Black, or a vector too short to be an encoded unit normal (mid-grey): invalid, as in
+    # render_normals.
+    valid = (img.max(axis=2) > 0) & (length[..., 0] > 0.5)
+    n /= np.maximum(length, 1e-6)
+    n[~valid] = 0
+    return n, valid
 
 
 def canny_edges(img: np.ndarray, low: float, high: float) -> np.ndarray:

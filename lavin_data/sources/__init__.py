@@ -1,13 +1,19 @@
 """Source readers: list a source's items (metadata only, deterministic order) and read one
-item into base-sample members. One module per ``kind``.
+item into a :class:`~lavin_data.base.BaseSample`. One module per ``kind``.
 
-A reader has ``check(src)`` (raise :class:`SourceError` naming the file if the source
-cannot be used at all, before any work), ``plan(src)`` -> list of item dicts (each with
-an ``item_id`` made of letters, digits and dashes; flat JSON-able values),
-``source_meta(src)`` -> dict every item needs (computed once in the driver), and
-``read(src, item, seed, png_level, source_meta)`` -> base members (see
-:mod:`lavin_data.base`); ``read`` raises :class:`SkipItem` for an item that has nothing
-to contribute and any other exception for one that is broken.
+A reader has:
+
+- ``check(src)``: raise :class:`SourceError` naming the file if the source cannot be used
+  at all (before any work);
+- ``provides(src)``: the annotations its samples carry (names from
+  :data:`lavin_data.registry.ANNOTATIONS`), so that the build refuses before any work a
+  task that consumes something the source lacks and no labeler supplies;
+- ``plan(src)`` -> list of item dicts (each with an ``item_id`` of letters, digits and
+  dashes; flat JSON-able values);
+- ``source_meta(src)`` -> dict every item needs (computed once in the driver);
+- ``read(src, item, seed, source_meta)`` -> :class:`~lavin_data.base.BaseSample` (arrays
+  and metadata; the ingest stage encodes them). It raises :class:`SkipItem` for an item
+  that has nothing to contribute and any other exception for one that is broken.
 """
 
 from __future__ import annotations

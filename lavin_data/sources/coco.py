@@ -1,12 +1,14 @@
-"""Pure COCO decoding: annotation masks (via pycocotools) and panoptic id maps."""
+"""Pure COCO conversions into the base-sample form: annotation masks as compressed RLE (via
+pycocotools) and panoptic id maps as compact segment maps."""
 
 from __future__ import annotations
 
 import numpy as np
 
 
-def ann_mask(ann: dict, h: int, w: int) -> np.ndarray:
-    """(H, W) bool mask of one annotation: polygons, uncompressed or compressed RLE.
+def ann_rle(ann: dict, h: int, w: int) -> dict:
+    """COCO compressed RLE ({size, counts: str}) of one annotation's polygons, uncompressed
+    or compressed RLE: the source-independent mask form of base samples.
 
     A polygon with fewer than 3 points, an odd number of coordinates, or no area is
     degenerate and raises ValueError naming the annotation.
@@ -31,20 +33,20 @@ def ann_mask(ann: dict, h: int, w: int) -> np.ndarray:
             raise ValueError(f"annotation {aid}: RLE size {rle['size']} does not match the image {h}x{w}")
     else:
         raise ValueError(f"annotation {aid}: unknown segmentation format {type(seg).__name__}")
-    m = mask_utils.decode(rle).astype(bool)
-    if not m.any() and not ann.get("iscrowd"):
+    if not mask_utils.area(rle) and not ann.get("iscrowd"):
         raise ValueError(f"annotation {aid}: degenerate segmentation (zero area)")
-    return m
+    return {"size": [int(x) for x in rle["size"]], "counts": rle["counts"].decode("ascii")}
 
 
 def ann_instance(ann: dict, h: int, w: int) -> dict:
-    """COCO annotation -> source-level instance dict for :func:`lavin_data.tasks.make_view`."""
+    """COCO annotation -> base-sample instance (see :mod:`lavin_data.base`): bbox xyxy,
+    mask as compressed RLE (or None without a segmentation), keypoints (K, 3) or None."""
     x, y, bw, bh = ann["bbox"]
     kps = ann.get("keypoints")
     return {
         "id": ann["id"], "category_id": ann["category_id"], "bbox": [x, y, x + bw, y + bh],
         "iscrowd": bool(ann.get("iscrowd", 0)),
-        "mask": ann_mask(ann, h, w) if ann.get("segmentation") not in (None, []) else None,
+        "mask": ann_rle(ann, h, w) if ann.get("segmentation") not in (None, []) else None,
         "keypoints": np.asarray(kps, np.float64).reshape(-1, 3) if kps else None,
     }
 

@@ -8,8 +8,9 @@ instances and the keypoints file (same annotation id) are merged into one object
 
 Per-sample problems do not stop the build; they are recorded against the image's key:
 an annotation whose image id is not in ``images``, a category id not in ``categories``,
-a missing or truncated image file, an image whose size differs from its record, and (at
-render time) a degenerate polygon.
+a missing or truncated image file, an image whose size differs from its record, a
+degenerate polygon and a panoptic PNG of another size (found at ingest, where masks become
+RLE and the panoptic PNG a segment map: the base sample is source-independent).
 
 Crowd annotations (``iscrowd=1``) are kept, flagged: detection, instance and
 single-object targets leave them out (they are groups, not objects), foreground
@@ -25,8 +26,10 @@ import os
 from functools import lru_cache
 from pathlib import Path
 
-from lavin_data.base import encode_base
+from lavin_data.base import BaseSample
+from lavin_data.codecs import decode_image
 from lavin_data.sources import SkipItem, SourceError
+from lavin_data.sources.coco import ann_instance, panoptic_segments
 
 
 @lru_cache(maxsize=8)
@@ -101,6 +104,11 @@ def _category_filter(src, cats: dict[int, dict]) -> set[int] | None:
         else:
             raise SourceError(f"source {src.name!r}: field categories: unknown category {c!r}")
     return keep
+
+
+def provides(src) -> frozenset[str]:
+    return frozenset({"instances"} | ({"keypoints"} if src.keypoints else set())
+                     | ({"segments"} if src.panoptic else set()))
 
 
 def plan(src) -> list[dict]:
@@ -204,7 +212,7 @@ def source_meta(src) -> dict:
             "skeleton": next((c["skeleton"] for c in cats.values() if "skeleton" in c), None)}
 
 
-def read(src, item: dict, seed: int, png_level: int, source_meta: dict) -> dict[str, bytes]:
+def read(src, item: dict, seed: int, source_meta: dict) -> BaseSample:
     if item["error"]:
         raise ValueError(item["error"])
     if item["skip"]:
@@ -215,20 +223,27 @@ def read(src, item: dict, seed: int, png_level: int, source_meta: dict) -> dict[
     except FileNotFoundError:
         raise FileNotFoundError(f"image file not found: {path}") from None
     _check_image(data, path, item["width"], item["height"])
-    extra = {}
+    h, w = item["height"], item["width"]
+    segments = segments_info = None
     pan = json.loads(item["panoptic"]) if item["panoptic"] else None
     if pan is not None:
         png = _masks_dir(src) / pan["file_name"]
         try:
-            extra["panoptic.png"] = png.read_bytes()
+            rgb = decode_image(png.read_bytes(), str(png))
         except FileNotFoundError:
             raise FileNotFoundError(f"panoptic PNG not found: {png}") from None
+        if rgb.shape[:2] != (h, w):
+            raise ValueError(f"panoptic PNG {png} is {rgb.shape[1]}x{rgb.shape[0]}, the image {w}x{h}")
+        cats = {c["id"]: c for c in source_meta["categories"]}
+        segments, segments_info = panoptic_segments(rgb, pan["segments_info"], cats)
     meta = {
         "source": src.name, "item_id": item["item_id"], "image_id": int(item["item_id"]),
-        "file_name": item["file_name"], "width": item["width"], "height": item["height"],
+        "file_name": item["file_name"], "width": w, "height": h,
         "licence": f"{src.licence}; image: {item['licence']}" if item["licence"] else src.licence,
-        "coco": {"anns": json.loads(item["anns"]), "panoptic_segments": pan["segments_info"] if pan else None},
         "categories": source_meta["categories"], "skeleton": source_meta["skeleton"],
     }
+    if segments_info is not None:
+        meta["segments_info"] = segments_info
     ext = "png" if data[:8] == b"\x89PNG\r\n\x1a\n" else "jpg"
-    return encode_base(meta, image_bytes=(ext, data), extra=extra)
+    return BaseSample(meta, image_file=(ext, data), segments=segments,
+                      instances=[ann_instance(a, h, w) for a in json.loads(item["anns"])])

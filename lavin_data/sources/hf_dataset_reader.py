@@ -14,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
-from lavin_data.base import encode_base
+from lavin_data.base import BaseSample
 from lavin_data.sources import SourceError
 from lavin_data.sources.image_folder_reader import load_rgb
 
@@ -25,7 +25,8 @@ def _open(path: str, split: str, column: str):
     try:
         import datasets
     except ImportError:
-        raise SourceError("kind hf_dataset needs the `datasets` package: pip install datasets") from None
+        raise SourceError("kind hf_dataset needs the `datasets` package: "
+                          "pip install -e .[hf] (or pip install datasets)") from None
 
     p = Path(path)
     try:
@@ -58,6 +59,10 @@ def check(src) -> None:
     _open(src.path, src.split, src.image_column)
 
 
+def provides(src) -> frozenset[str]:
+    return frozenset()
+
+
 def plan(src) -> list[dict]:
     n = len(_open(src.path, src.split, src.image_column))
     rows = list(range(n))
@@ -70,7 +75,7 @@ def source_meta(src) -> dict:
     return {}
 
 
-def read(src, item: dict, seed: int, png_level: int, source_meta: dict) -> dict[str, bytes]:
+def read(src, item: dict, seed: int, source_meta: dict) -> BaseSample:
     value = _open(src.path, src.split, src.image_column)[int(item["row"])][src.image_column]
     if isinstance(value, dict):  # datasets.Image(decode=False): {"bytes", "path"}
         data = value.get("bytes") or (Path(value["path"]).read_bytes() if value.get("path") else None)
@@ -83,4 +88,4 @@ def read(src, item: dict, seed: int, png_level: int, source_meta: dict) -> dict[
     rgb, plain = load_rgb(data, f"{src.path} row {item['row']}")
     meta = {"source": src.name, "item_id": item["item_id"], "row": int(item["row"]), "width": rgb.shape[1],
             "height": rgb.shape[0], "licence": src.licence}
-    return encode_base(meta, image_bytes=("jpg", data)) if plain else encode_base(meta, image=rgb, png_level=png_level)
+    return BaseSample(meta, image=rgb, image_file=("jpg", data) if plain else None)

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
-from lavin_data.base import encode_base
+from lavin_data.base import BaseSample
 from lavin_data.sources import SourceError
 
 EXTENSIONS = {".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff", ".jpe"}
@@ -29,6 +29,10 @@ def check(src) -> None:
         raise SourceError(f"{src.root}: image folder not found")
     if src.file_list and not Path(src.file_list).is_file():
         raise SourceError(f"{src.file_list}: file_list not found")
+
+
+def provides(src) -> frozenset[str]:
+    return frozenset()
 
 
 def plan(src) -> list[dict]:
@@ -80,7 +84,7 @@ def source_meta(src) -> dict:
     return {}
 
 
-def read(src, item: dict, seed: int, png_level: int, source_meta: dict) -> dict[str, bytes]:
+def read(src, item: dict, seed: int, source_meta: dict) -> BaseSample:
     path = Path(src.root) / item["path"]
     try:
         data = path.read_bytes()
@@ -89,6 +93,4 @@ def read(src, item: dict, seed: int, png_level: int, source_meta: dict) -> dict[
     rgb, plain = load_rgb(data, str(path))
     meta = {"source": src.name, "item_id": item["item_id"], "file": item["path"], "class_name": item["class_name"],
             "width": rgb.shape[1], "height": rgb.shape[0], "licence": src.licence}
-    if plain:
-        return encode_base(meta, image_bytes=("jpg", data))
-    return encode_base(meta, image=rgb, png_level=png_level)
+    return BaseSample(meta, image=rgb, image_file=("jpg", data) if plain else None)

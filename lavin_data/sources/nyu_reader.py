@@ -23,8 +23,9 @@ from pathlib import Path
 
 import numpy as np
 
-from lavin_data.base import encode_base
+from lavin_data.base import BaseSample
 from lavin_data.codecs import decode_image
+from lavin_data.render.dense import decode_normals
 from lavin_data.sources import SourceError
 
 
@@ -56,6 +57,10 @@ def check(src) -> None:
             raise SourceError(f"{p}: {field} not found")
     if src.normals and not Path(src.normals).is_dir():
         raise SourceError(f"{src.normals}: normals folder not found")
+
+
+def provides(src) -> frozenset[str]:
+    return frozenset({"depth"} | ({"normals"} if src.normals else set()))
 
 
 def _split_lines(path: str) -> list[str]:
@@ -141,7 +146,7 @@ def source_meta(src) -> dict:
     return {}
 
 
-def read(src, item: dict, seed: int, png_level: int, source_meta: dict) -> dict[str, bytes]:
+def read(src, item: dict, seed: int, source_meta: dict) -> BaseSample:
     import cv2
 
     meta = {"source": src.name, "item_id": item["item_id"], "licence": src.licence, "depth_kind": "depth",
@@ -176,13 +181,9 @@ def read(src, item: dict, seed: int, png_level: int, source_meta: dict) -> dict[
     depth[~np.isfinite(depth)] = 0
     normals = None
     if normals_file is not None:
-        n = decode_image(normals_file.read_bytes(), str(normals_file)).astype(np.float32) / 127.5 - 1.0
-        valid = np.abs(n).sum(-1) > 0.1
+        # Black pixels are invalid ground truth: they stay 0 (rendered black), not a unit vector.
+        normals, _valid = decode_normals(decode_image(normals_file.read_bytes(), str(normals_file)))
         if src.normals_frame == "opencv":
-            n[..., 1:] *= -1
-        n /= np.maximum(np.linalg.norm(n, axis=-1, keepdims=True), 1e-6)
-        n[~valid] = 0
-        normals = n
+            normals[..., 1:] *= -1
     meta.update(width=image.shape[1], height=image.shape[0], intrinsics=intr)
-    return encode_base(meta, image=image if image_bytes is None else None, image_bytes=image_bytes, depth=depth,
-                       normals=normals, png_level=png_level)
+    return BaseSample(meta, image=image, image_file=image_bytes, depth=depth, normals=normals)

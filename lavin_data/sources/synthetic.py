@@ -13,9 +13,12 @@ camera; the camera looks along -z. Depth is the distance along the optical axis.
 from __future__ import annotations
 
 import colorsys
+import functools
 from dataclasses import dataclass
 
 import numpy as np
+
+from lavin_data.geometry.camera import intrinsics_from_fov
 
 CATEGORIES = [
     {"id": 1, "name": "floor", "isthing": 0},
@@ -134,8 +137,7 @@ def render_scene(
 ) -> Scene:
     """Ray-cast one random scene. Deterministic in ``seed``; costs ~O(W*H*objects)."""
     rng = np.random.default_rng(seed)
-    fx = width / (2 * np.tan(np.radians(fov_deg) / 2))
-    fy, cx, cy = fx, width / 2, height / 2
+    fx, fy, cx, cy = intrinsics_from_fov(width, height, fov_deg)  # pixel centres at integers
     cam_h = rng.uniform(1.0, 1.8)
     pitch = np.radians(rng.uniform(5, 20))
     wall_z, wall_top = -rng.uniform(7, 12), rng.uniform(2.5, 4.5) - cam_h
@@ -167,13 +169,13 @@ def render_scene(
         sid = 3 + len(objects)
         if kind == 3:
             c = np.array([x, floor_y + size, z])
-            fn = (lambda c, r: lambda o, d: _sphere(c, r, o, d))(c, size)
+            fn = functools.partial(_sphere, c, size)
             desc = {"shape": "sphere", "centre": c.tolist(), "radius": size}
         elif kind == 4:
             half = np.array([size, rng.uniform(0.2, 0.9), rng.uniform(0.2, size)])
             c = np.array([x, floor_y + half[1], z])
             yaw = rng.uniform(0, np.pi)
-            fn = (lambda c, h, y: lambda o, d: _box(c, h, y, o, d))(c, half, yaw)
+            fn = functools.partial(_box, c, half, yaw)
             desc = {"shape": "box", "centre": c.tolist(), "half_size": half.tolist(), "yaw": yaw}
         else:
             hgt = rng.uniform(0.4, 2.0)
@@ -184,8 +186,9 @@ def render_scene(
         prims.append((sid, kind, fn, tex, (_colour(rng), _colour(rng)), rng.uniform(0.15, 0.5)))
         objects.append(desc)
 
-    # Primary rays through pixel centres, unnormalised with z = -1 so that t is depth.
-    u, v = np.meshgrid(np.arange(width) + 0.5, np.arange(height) + 0.5)
+    # Primary rays through pixel centres (integer coordinates, OpenCV's convention, like the
+    # intrinsics), unnormalised with z = -1 so that t is depth.
+    u, v = np.meshgrid(np.arange(width, dtype=np.float64), np.arange(height, dtype=np.float64))
     d_cam = np.stack([(u - cx) / fx, -(v - cy) / fy, -np.ones_like(u)], -1).reshape(-1, 3)
     d = d_cam @ rot.T
     o = np.zeros_like(d)

@@ -4,13 +4,17 @@ from __future__ import annotations
 
 import numpy as np
 
-from lavin_data.base import encode_base
+from lavin_data.base import BaseSample
 from lavin_data.rng import stable_int
 from lavin_data.sources.synthetic import CATEGORIES, render_scene
 
 
 def check(src) -> None:
     return None  # nothing on disk to check
+
+
+def provides(src) -> frozenset[str]:
+    return frozenset({"depth", "normals", "segments", "instances"})
 
 
 def plan(src) -> list[dict]:
@@ -21,7 +25,7 @@ def source_meta(src) -> dict:
     return {}
 
 
-def read(src, item: dict, seed: int, png_level: int, source_meta: dict) -> dict[str, bytes]:
+def read(src, item: dict, seed: int, source_meta: dict) -> BaseSample:
     # Scenes depend on the spec seed and the item index only, not on the source's name.
     ss = np.random.SeedSequence([seed, stable_int("synthetic"), int(item["item_id"])])
     w, h = src.image_size
@@ -32,5 +36,4 @@ def read(src, item: dict, seed: int, png_level: int, source_meta: dict) -> dict[
         "segments_info": scene.segments_info, "categories": CATEGORIES, "licence": src.licence,
         "scene": scene.params,
     }
-    return encode_base(meta, image=scene.image, depth=scene.depth, normals=scene.normals,
-                       segments=scene.segments, png_level=png_level)
+    return BaseSample(meta, image=scene.image, depth=scene.depth, normals=scene.normals, segments=scene.segments)

@@ -1,4 +1,4 @@
-"""``python -m lavin_data.bench_encode [--resolution 256] [--pairs 8] [--batch-size 4] [--tiny]``
+"""``python -m benchmarks.bench_encode [--resolution 256] [--pairs 8] [--batch-size 4] [--tiny]``
 
 ST-VAE encoding throughput: the encode stage (:meth:`lavin_data.encode_latents.Encoder.encode_shard`:
 decode in a background thread, encode input and target, fp16 moments, tar + index) over one
@@ -19,7 +19,7 @@ import numpy as np
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m lavin_data.bench_encode")
+    ap = argparse.ArgumentParser(prog="python -m benchmarks.bench_encode")
     ap.add_argument("--resolution", type=int, default=256)
     ap.add_argument("--pairs", type=int, default=8)
     ap.add_argument("--batch-size", type=int, default=4)
@@ -30,7 +30,7 @@ def main(argv: list[str] | None = None) -> int:
 
     from lavin_data.encode_latents import Encoder
     from lavin_data.spec import load_spec
-    from lavin_model.stvae import encode_moments
+    from lavin_data.stvae import encode_moments
     from pipelines.build import build
 
     gpu = torch.cuda.is_available()
@@ -45,7 +45,7 @@ def main(argv: list[str] | None = None) -> int:
         src = Path(spec.output) / "pairs" / "colorization" / "synthetic-000000.tar"
         torch.manual_seed(0)
         ckpt = Path(tmp) / "stvae.pt"
-        from lavin_model.stvae import build_stvae
+        from lavin_data.stvae import build_stvae
 
         torch.save({"state_dict": build_stvae(cfg).state_dict()}, ckpt)
         enc = Encoder(str(ckpt), cfg, "cuda" if gpu else "cpu", args.dtype)

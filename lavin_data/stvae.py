@@ -14,7 +14,7 @@ from pathlib import Path
 
 import torch
 
-from lavin_model.weights import CheckpointError, read_state_dict
+from lavin_data.weights import CheckpointError, read_state_dict
 
 SHIFT = 0.032470703125
 SCALE = 1.08936170213

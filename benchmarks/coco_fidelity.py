@@ -1,4 +1,4 @@
-"""``python -m pipelines.coco_fidelity [--output OUT] [--fixtures DIR]``
+"""``python -m benchmarks.coco_fidelity [--output OUT] [--fixtures DIR]``
 
 Builds ``manifests/coco_fixtures.yaml`` (unless OUT already holds that build) and prints
 how faithfully its renderings decode back to what pycocotools itself decodes from the
@@ -103,7 +103,7 @@ def keypoint_errors(ann_file: Path, res: int, policy: str, min_labelled: int = 1
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m pipelines.coco_fidelity")
+    ap = argparse.ArgumentParser(prog="python -m benchmarks.coco_fidelity")
     ap.add_argument("--output", default="out/coco-fixtures")
     ap.add_argument("--fixtures", default=os.environ.get("LAVIN_FIXTURES", "../shared/fixtures"))
     args = ap.parse_args(argv)

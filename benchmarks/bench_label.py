@@ -1,4 +1,4 @@
-"""``python -m pipelines.bench_label [--size tiny|small] [--images N] [--batch B]``
+"""``python -m benchmarks.bench_label [--size tiny|small] [--images N] [--batch B]``
 
 Labeler throughput: the label stage (:func:`pipelines.stages.label_shard`: decode in a
 background thread, preprocess, forward, post-process, 16-bit PNG encode, tar + index)
@@ -22,7 +22,7 @@ from lavin_data.testing import tiny_depth_anything
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m pipelines.bench_label")
+    ap = argparse.ArgumentParser(prog="python -m benchmarks.bench_label")
     ap.add_argument("--size", choices=["tiny", "small"], default="tiny")
     ap.add_argument("--images", type=int, default=16)
     ap.add_argument("--batch", type=int, default=4)
@@ -31,7 +31,7 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     import torch
 
-    from lavin_data.labelers import labeler_class
+    from lavin_data.labelers import LabelInput, group_by_size, labeler_class
     from pipelines.build import shard_jobs
     from pipelines.stages import ingest_shard, label_shard
 
@@ -61,13 +61,12 @@ def main(argv: list[str] | None = None) -> int:
         from pipelines.layout import base_tar
 
         images = [decode_image(m["image.jpg"]) for _, m in iter_tar_samples(base_tar(spec.output, "p", 0))]
-        lab.label(images[:1], [None], [None])
+        lab.label([LabelInput(images[0])])
         # Same-sized images only share a batch (the processor keeps aspect ratios), as in label().
-        groups: dict[tuple[int, int], list] = {}
+        prepared = []
         for i in range(0, len(images), args.batch):
-            for im in images[i:i + args.batch]:
-                groups.setdefault((i, *im.shape[:2]), []).append(im)
-        prepared = [lab.prepare(g) for g in groups.values()]
+            batch = images[i:i + args.batch]
+            prepared += [lab.prepare([batch[j] for j in idx]) for idx in group_by_size(batch).values()]
         sync = torch.cuda.synchronize if gpu else (lambda: None)
         sync()
         t0 = time.perf_counter()

@@ -1,6 +1,8 @@
-"""Surface normals from a depth map: back-projection with pinhole intrinsics, then the
-cross product of the point cloud's image-space gradients.
+"""The pinhole camera: intrinsics, back-projection, and surface normals from depth (the
+cross product of the back-projected point cloud's image-space gradients).
 
+Intrinsics (fx, fy, cx, cy) follow OpenCV: pixel centres at integer coordinates, so a
+centred camera has cx = (W - 1) / 2 (see :mod:`lavin_data.geometry`).
 Output frame (everywhere in this project): x right, y up, z towards the camera.
 """
 
@@ -11,15 +13,16 @@ import numpy as np
 
 
 def intrinsics_from_fov(width: int, height: int, fov_deg: float) -> tuple[float, float, float, float]:
-    """(fx, fy, cx, cy) of a centred pinhole camera with horizontal field of view ``fov_deg``."""
+    """(fx, fy, cx, cy) of a centred pinhole camera with horizontal field of view ``fov_deg``
+    (the angle between the outer edges of the first and last pixel columns)."""
     fx = width / (2 * np.tan(np.radians(fov_deg) / 2))
     return fx, fx, (width - 1) / 2, (height - 1) / 2
 
 
 def backproject(depth: np.ndarray, intrinsics: tuple[float, float, float, float]) -> np.ndarray:
     """(H, W) depth along the optical axis -> (H, W, 3) float32 points, camera frame x right,
-    y up, z towards the camera (so visible points have z < 0). OpenCV pixel convention:
-    pixel (u, v) is centred at integer coordinates, like the intrinsics of NYU or COLMAP."""
+    y up, z towards the camera (so visible points have z < 0). Pixel (u, v) is the ray through
+    the integer coordinates (u, v) (OpenCV's convention, like the intrinsics of NYU or COLMAP)."""
     fx, fy, cx, cy = intrinsics
     h, w = depth.shape
     u, v = np.meshgrid(np.arange(w, dtype=np.float32), np.arange(h, dtype=np.float32))

@@ -1,8 +1,8 @@
 """Training throughput of ``lavin_model/train.py``: samples/s, tokens/s, the share of step
 time spent waiting for data and, on a GPU, model FLOPs utilisation.
 
-    python -m lavin_model.bench_train --size 1B --resolution 256 --context 4 --micro-batch 8
-    DS_ACCELERATOR=cpu python -m lavin_model.bench_train --size tiny --resolution 128
+    python -m benchmarks.bench_train --size 1B --resolution 256 --context 4 --micro-batch 8
+    DS_ACCELERATOR=cpu python -m benchmarks.bench_train --size tiny --resolution 128
 
 It runs the real training script in this process (one rank) for ``--warmup-steps +
 --steps`` steps, on ``--latents`` or on random latent shards of the right size written to a
@@ -37,7 +37,7 @@ def model_flops(config: dict, cond_frames: int, target_frames: int, h: int, w: i
 
 
 def main(argv: list[str] | None = None) -> dict:
-    ap = argparse.ArgumentParser(prog="python -m lavin_model.bench_train", description=__doc__.split("\n\n")[0])
+    ap = argparse.ArgumentParser(prog="python -m benchmarks.bench_train", description=__doc__.split("\n\n")[0])
     ap.add_argument("--size", default="tiny")
     ap.add_argument("--resolution", type=int, default=256, help="pixel side; latents are resolution / 8")
     ap.add_argument("--context", type=int, default=4, help="context pairs (fixed for the benchmark)")

@@ -1,4 +1,4 @@
-"""``python -m pipelines.bench [--spec manifests/demo.yaml] [--items N] [--stage build|render]``
+"""``python -m benchmarks.bench_build [--spec manifests/demo.yaml] [--items N] [--stage build|render]``
 
 ``--stage build`` (default): build throughput.
 
@@ -25,13 +25,14 @@ import tempfile
 import time
 from pathlib import Path
 
-from lavin_data.base import view_from_base
+from lavin_data.base import encode_base, view_from_base
+from lavin_data.ray_session import ensure_ray
+from lavin_data.registry import TASKS
 from lavin_data.rng import sample_rng
 from lavin_data.shards import iter_tar_samples
 from lavin_data.sources import reader_for
 from lavin_data.spec import load_spec
-from lavin_data.tasks import TASKS
-from pipelines.build import build, ensure_ray, shard_jobs
+from pipelines.build import build, shard_jobs
 from pipelines.layout import base_tar, sample_key
 from pipelines.stages import PairEncoder, ingest_shard, render_shard
 
@@ -44,6 +45,7 @@ def floor(spec, out: Path) -> tuple[float, float, int]:
     cv2.setNumThreads(1)
     opts = {t.task: t.options for t in spec.tasks}
     tasks = [t.task for t in spec.tasks]
+    render = {t: TASKS[t].render_fn() for t in tasks}
     src = spec.sources[0]
     reader = reader_for(src.kind)
     items = reader.plan(src)[: src.limit or None]
@@ -51,7 +53,8 @@ def floor(spec, out: Path) -> tuple[float, float, int]:
     t0 = time.perf_counter()
     base = {}
     for it in items:  # ingest: what the reader does per item
-        base[sample_key(src.name, it["item_id"])] = reader.read(src, it, spec.seed, spec.formats.png_compression, meta)
+        sample = reader.read(src, it, spec.seed, meta)
+        base[sample_key(src.name, it["item_id"])] = encode_base(sample, spec.formats.png_compression)
     t_ingest = time.perf_counter() - t0
     n = 0
     t0 = time.perf_counter()
@@ -59,7 +62,7 @@ def floor(spec, out: Path) -> tuple[float, float, int]:
         view = view_from_base(key, members, spec.resolution, spec.resize)
         enc = PairEncoder(spec, view)
         for task in tasks:
-            for p in TASKS[task].render(view, sample_rng(spec.seed, "render", task, "bench", key), opts[task]):
+            for p in render[task](view, sample_rng(spec.seed, "render", task, "bench", key), opts[task]):
                 enc.encode(task, key, p)
                 n += 1
     t_render = time.perf_counter() - t0
@@ -110,7 +113,7 @@ def bench_render(spec, repeat: int) -> None:
                     continue
                 enc = PairEncoder(spec, view)
                 for task in json.loads(j["tasks"]):
-                    for p in TASKS[task].render(view, sample_rng(spec.seed, "render", task, "b", key),
+                    for p in TASKS[task].render_fn()(view, sample_rng(spec.seed, "render", task, "b", key),
                                                 opts[(j["source"], task)]):
                         enc.encode(task, key, p)
                         m += 1
@@ -121,7 +124,7 @@ def bench_render(spec, repeat: int) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m pipelines.bench")
+    ap = argparse.ArgumentParser(prog="python -m benchmarks.bench_build")
     ap.add_argument("--spec", default="manifests/demo.yaml")
     ap.add_argument("--items", type=int, help="override the synthetic source's num_items")
     ap.add_argument("--stage", choices=["build", "render"], default="build")
