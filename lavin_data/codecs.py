@@ -63,3 +63,34 @@ def decode_rle(rle: dict, shape: tuple[int, int] | None = None, what: str = "mas
     counts = rle["counts"]
     return mask_utils.decode({"size": list(rle["size"]),
                               "counts": counts.encode("ascii") if isinstance(counts, str) else counts}).astype(bool)
+
+
+FLO_MAGIC = 202021.25  # "PIEH" read as a float32: the first 4 bytes of every Middlebury .flo file
+
+
+def decode_flo(data: bytes, what: str = "flow") -> np.ndarray:
+    """Middlebury ``.flo`` bytes -> (H, W, 2) float32 flow (u, v) in pixels.
+
+    Layout: float32 magic 202021.25, int32 width, int32 height, then H*W*2 float32 (u, v
+    interleaved, row-major), little-endian. A wrong magic number, an absurd size or a
+    truncated file raises ValueError naming ``what``.
+    """
+    if len(data) < 12:
+        raise ValueError(f"{what}: not a .flo file ({len(data)} bytes, shorter than its 12-byte header)")
+    magic = np.frombuffer(data[:4], "<f4")[0]
+    if magic != np.float32(FLO_MAGIC):
+        raise ValueError(f"{what}: not a .flo file (magic number {magic!r}, expected {FLO_MAGIC})")
+    w, h = (int(x) for x in np.frombuffer(data[4:12], "<i4"))
+    if not (0 < w < 1 << 16 and 0 < h < 1 << 16):
+        raise ValueError(f"{what}: .flo header gives an impossible size {w}x{h}")
+    want = 12 + w * h * 8
+    if len(data) < want:
+        raise ValueError(f"{what}: truncated .flo file ({len(data)} bytes, {w}x{h} flow needs {want})")
+    return np.frombuffer(data[12:want], "<f4").reshape(h, w, 2).astype(np.float32)
+
+
+def encode_flo(flow: np.ndarray) -> bytes:
+    """(H, W, 2) float flow -> Middlebury ``.flo`` bytes."""
+    h, w = flow.shape[:2]
+    return (np.array([FLO_MAGIC], "<f4").tobytes() + np.array([w, h], "<i4").tobytes()
+            + np.ascontiguousarray(flow, "<f4").tobytes())

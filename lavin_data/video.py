@@ -1,0 +1,179 @@
+"""Frame-exact clips from video files with PyAV: probe, plan, read.
+
+A frame's *index* is its 0-based position in presentation order, i.e. in the order
+PyAV's decoder hands frames out when it decodes the whole stream from the start. Plans
+and samples name frames by index (``frame_indices``) and record their time stamps
+(``pts_seconds``).
+
+- :func:`probe` demuxes the video stream's packets (no decoding) and takes their time
+  stamps: sorted, they are the frames' presentation times, so frame index -> pts is exact
+  for variable frame rates and B-frames. Containers whose packets carry no usable time
+  stamps (AVI, where packed B-frames make them decode-order counters) are marked
+  ``sequential``.
+- :func:`plan_clips` picks the frame indices of clips from that metadata alone.
+- :func:`read_frames` seeks to the keyframe before the first planned frame, decodes
+  forward and keeps the frames whose pts are planned (``sequential`` files are decoded
+  from the start, counting frames). A clip comes back whole, in order, or not at all.
+
+Rotation side data (the display matrix) is applied, so frames are upright.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+SEQUENTIAL_FORMATS = ("avi",)  # containers whose packet time stamps are not presentation times
+
+
+class VideoError(ValueError):
+    """A video that cannot be read (missing, empty, truncated, no video stream); names the file."""
+
+
+@dataclass(frozen=True)
+class VideoInfo:
+    path: str
+    n_frames: int
+    width: int  # as stored, before rotation
+    height: int
+    fps: float  # average frame rate (frames / second)
+    time_base: float  # seconds per pts unit
+    pts: tuple[int, ...]  # presentation time stamps of frames 0..n-1 (sequential: packet order)
+    sequential: bool  # decode from the start: time stamps do not identify frames
+    has_audio: bool
+
+    def seconds(self, index: int) -> float:
+        return self.pts[index] * self.time_base if not self.sequential else index / self.fps
+
+
+def _open(path: str):
+    import av
+
+    try:
+        return av.open(str(path))
+    except FileNotFoundError:
+        raise VideoError(f"{path}: video file not found") from None
+    except (av.error.FFmpegError, OSError, ValueError) as e:
+        raise VideoError(f"{path}: not a readable video ({type(e).__name__}: {e})") from None
+
+
+def probe(path: str) -> VideoInfo:
+    """Metadata of the first video stream, from the container and its packets (no decoding)."""
+    import av
+
+    with _open(path) as c:
+        if not c.streams.video:
+            kinds = sorted({s.type for s in c.streams}) or ["none"]
+            raise VideoError(f"{path}: no video stream (streams: {', '.join(kinds)})")
+        s = c.streams.video[0]
+        fmt = c.format.name.split(",")
+        try:
+            packets = [(p.pts, p.dts) for p in c.demux(s) if p.size]
+        except av.error.FFmpegError as e:
+            raise VideoError(f"{path}: cannot demux the video stream ({type(e).__name__}: {e})") from None
+        if not packets:
+            raise VideoError(f"{path}: the video stream has no frames")
+        stamps = [p if p is not None else d for p, d in packets]
+        sequential = any(f in SEQUENTIAL_FORMATS for f in fmt) or None in stamps or len(set(stamps)) < len(stamps)
+        rate = s.average_rate or s.guessed_rate or s.base_rate
+        fps = float(rate) if rate else 0.0
+        if fps <= 0:
+            raise VideoError(f"{path}: the video stream states no frame rate")
+        return VideoInfo(
+            path=str(path), n_frames=len(packets), width=s.codec_context.width, height=s.codec_context.height,
+            fps=fps, time_base=float(s.time_base), sequential=sequential,
+            pts=tuple(range(len(packets))) if sequential else tuple(sorted(stamps)),
+            has_audio=bool(c.streams.audio),
+        )
+
+
+def plan_clips(info: VideoInfo, clip_frames: int, stride: int = 1, fps: float | None = None,
+               clips_per_video: int = 1, starts: str = "even", seed: int = 0,
+               start_s: float | None = None, end_s: float | None = None) -> list[list[int]]:
+    """Frame indices of up to ``clips_per_video`` clips of ``clip_frames`` frames.
+
+    Frames are ``stride`` apart, or (with ``fps``) the frames nearest to times 1/fps apart.
+    Clip starts are evenly spaced over [``start_s``, ``end_s``] (``starts="even"``) or drawn
+    at random with ``seed`` (``"random"``, sorted, distinct). Returns [] when the range is
+    shorter than one clip.
+    """
+    n = info.n_frames
+    times = np.array([info.seconds(i) for i in range(n)])
+    lo = 0 if start_s is None else int(np.searchsorted(times, start_s - 1e-9))
+    hi = n if end_s is None else int(np.searchsorted(times, end_s - 1e-9))
+    if fps is not None:
+        span_s = (clip_frames - 1) / fps
+        candidates = [i for i in range(lo, hi) if times[i] + span_s <= times[hi - 1] + 0.5 / info.fps]
+
+        def clip_at(i0: int) -> list[int]:
+            want = times[i0] + np.arange(clip_frames) / fps
+            idx = np.clip(np.searchsorted(times[:hi], want), 1, hi - 1)
+            nearer_left = (want - times[idx - 1]) < (times[idx] - want)
+            return [int(i) for i in np.where(nearer_left, idx - 1, idx)]
+    else:
+        span = (clip_frames - 1) * stride
+        candidates = list(range(lo, hi - span))
+
+        def clip_at(i0: int) -> list[int]:
+            return [i0 + k * stride for k in range(clip_frames)]
+    if not candidates:
+        return []
+    k = min(clips_per_video, len(candidates))
+    if starts == "random":
+        picks = np.sort(np.random.default_rng(seed).choice(len(candidates), size=k, replace=False))
+    else:
+        picks = np.unique(np.round(np.linspace(0, len(candidates) - 1, k)).astype(int))
+    clips = [clip_at(candidates[int(p)]) for p in picks]
+    return [c for c in clips if len(set(c)) == len(c)]  # fps above the source's would repeat frames
+
+
+def _upright(frame) -> np.ndarray:
+    """A decoded frame as (H, W, 3) uint8 RGB, turned by its display matrix's rotation
+    (counter-clockwise degrees, as PyAV's ``VideoFrame.rotation`` and FFmpeg's autorotate)."""
+    img = frame.to_ndarray(format="rgb24")
+    k = int(round((frame.rotation or 0) / 90)) % 4
+    return np.ascontiguousarray(np.rot90(img, k=k)) if k else img
+
+
+def read_frames(info: VideoInfo, frame_indices: list[int]) -> tuple[np.ndarray, list[float]]:
+    """The planned frames -> ((T, H, W, 3) uint8 RGB upright, their pts in seconds).
+
+    Raises :class:`VideoError` naming the file if any planned frame cannot be decoded
+    (a truncated file, say): a clip is whole or not at all.
+    """
+    import av
+
+    want = sorted(set(frame_indices))
+    if not want or want[0] < 0 or want[-1] >= info.n_frames:
+        raise VideoError(f"{info.path}: frame indices {frame_indices[:3]}... outside 0..{info.n_frames - 1}")
+    got: dict[int, np.ndarray] = {}
+    with _open(info.path) as c:
+        s = c.streams.video[0]
+        s.thread_type = "AUTO"
+        try:
+            if info.sequential:
+                for i, fr in enumerate(c.decode(s)):
+                    if i in frame_indices:
+                        got[i] = _upright(fr)
+                    if i >= want[-1]:
+                        break
+            else:
+                index_of = {p: i for i, p in enumerate(info.pts)}
+                c.seek(info.pts[want[0]], stream=s, backward=True, any_frame=False)
+                for fr in c.decode(s):
+                    if fr.pts is None:
+                        continue
+                    i = index_of.get(fr.pts)
+                    if i is not None and i in frame_indices:
+                        got[i] = _upright(fr)
+                    if fr.pts >= info.pts[want[-1]]:
+                        break
+        except av.error.FFmpegError as e:
+            raise VideoError(f"{info.path}: decoding failed ({type(e).__name__}: {e})") from None
+    missing = [i for i in want if i not in got]
+    if missing:
+        raise VideoError(f"{info.path}: {len(missing)} planned frame(s) could not be decoded (first: {missing[0]}); "
+                         "the file may be truncated")
+    frames = np.stack([got[i] for i in frame_indices])
+    return frames, [round(info.seconds(i), 6) for i in frame_indices]
