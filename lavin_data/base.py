@@ -20,6 +20,13 @@ Members of a base sample ``<key>.<ext>`` (all optional but the image and the jso
   pixel centres), ``instances`` (annotated objects: {id, category_id, bbox xyxy, iscrowd,
   mask (COCO compressed RLE {size, counts}) or null, keypoints [[x, y, v], ...] or null})
   and source-specific parameters. Without ``instances``, the thing segments are the objects.
+
+A *clip* (video sources) has ``frame_000.png|jpg`` ... instead of the image, arrays with a
+leading frame axis (``depth.npy`` (T, H, W), ``normals.npy`` (T, H, W, 3), ``flow.npy``
+(T-1, H, W, 2) float32 forward flow in source pixels, NaN = unknown), ``tracks_000.png`` ...
+(uint16 object ids per frame, 0 = background) and in the json ``frame_indices`` (source
+frame numbers, 0-based in presentation order), ``pts_seconds``, ``fps``, ``annotated``
+(per frame: has a mask annotation) and ``objects`` ([{id, category_id?, name?}]).
 """
 
 from __future__ import annotations
@@ -31,7 +38,7 @@ from typing import Any
 import numpy as np
 
 from lavin_data.codecs import decode_image, decode_npy, decode_rle, encode_npy, encode_png
-from lavin_data.geometry.view import View, make_view
+from lavin_data.geometry.view import ClipView, View, make_clip_view, make_view
 
 # Version of the base-sample layout, recorded in a build's spec.json: a build folder of
 # another version is refused rather than resumed. 1: COCO annotations as json["coco"] plus
@@ -48,6 +55,9 @@ class BaseSample:
     as is, so no re-encoding loses anything). depth: (H, W) float32, 0 = invalid.
     normals: (H, W, 3) float unit vectors, 0 = invalid. segments: (H, W) uint16 ids.
     instances: dicts as in the module docstring (masks as compressed RLE). meta: the json.
+    A clip gives ``frames`` (T, H, W, 3) uint8 (or ``frame_files``, the source's own JPEG/PNG
+    per frame) instead of the image, and per-frame depth, normals, ``flow`` (T-1, H, W, 2)
+    and ``tracks`` (T, H, W) uint16.
     """
 
     meta: dict[str, Any]
@@ -57,12 +67,22 @@ class BaseSample:
     normals: np.ndarray | None = None
     segments: np.ndarray | None = None
     instances: list[dict] | None = None
+    frames: np.ndarray | None = None
+    frame_files: list[tuple[str, bytes]] | None = None
+    flow: np.ndarray | None = None
+    tracks: np.ndarray | None = None
 
 
 def encode_base(sample: BaseSample, png_level: int = 1) -> dict[str, bytes]:
     """A reader's sample -> tar members (PNG at zlib ``png_level`` where we encode)."""
     members: dict[str, bytes] = {}
-    if sample.image_file is not None:
+    if sample.frame_files is not None:
+        for t, (ext, data) in enumerate(sample.frame_files):
+            members[f"frame_{t:03d}.{ext}"] = data
+    elif sample.frames is not None:
+        for t, frame in enumerate(sample.frames):
+            members[f"frame_{t:03d}.png"] = encode_png(frame, png_level)
+    elif sample.image_file is not None:
         ext, data = sample.image_file
         members[f"image.{ext}"] = data
     elif sample.image is not None:
@@ -77,6 +97,13 @@ def encode_base(sample: BaseSample, png_level: int = 1) -> dict[str, bytes]:
         if sample.segments.max(initial=0) > 65535:
             raise ValueError("segment ids must fit in uint16")
         members["segments.png"] = encode_png(sample.segments.astype(np.uint16), png_level)
+    if sample.flow is not None:
+        members["flow.npy"] = encode_npy(sample.flow.astype(np.float32))
+    if sample.tracks is not None:
+        if sample.tracks.max(initial=0) > 65535:
+            raise ValueError("object ids must fit in uint16")
+        for t, ids in enumerate(sample.tracks):
+            members[f"tracks_{t:03d}.png"] = encode_png(ids.astype(np.uint16), png_level)
     meta = dict(sample.meta)
     if sample.instances is not None:
         meta["instances"] = [_jsonable_instance(i) for i in sample.instances]
@@ -101,8 +128,27 @@ def base_image(key: str, members: dict[str, bytes]) -> tuple[np.ndarray, dict]:
     return decode_image(members[img_ext], f"{key}.{img_ext}"), json.loads(members["json"])
 
 
-def view_from_base(key: str, members: dict[str, bytes], resolution: int, policy: str) -> View:
-    """Decode a base sample and bring it to ``resolution`` with the resize ``policy``."""
+def is_clip(members: dict[str, bytes]) -> bool:
+    return any(m.startswith("frame_") for m in members)
+
+
+def base_frames(key: str, members: dict[str, bytes]) -> tuple[np.ndarray, dict]:
+    """A base clip's (T, H, W, 3) uint8 RGB frames and its json."""
+    if "json" not in members:
+        raise ValueError(f"base sample {key} has no json member (has {sorted(members)})")
+    names = sorted(m for m in members if m.startswith("frame_"))
+    if not names:
+        raise ValueError(f"base sample {key} has no frame members (has {sorted(members)})")
+    frames = [decode_image(members[n], f"{key}.{n}") for n in names]
+    if len({f.shape for f in frames}) != 1:
+        raise ValueError(f"base clip {key}: frames differ in size {sorted({f.shape for f in frames})}")
+    return np.stack(frames), json.loads(members["json"])
+
+
+def view_from_base(key: str, members: dict[str, bytes], resolution: int, policy: str) -> View | ClipView:
+    """Decode a base sample (image or clip) and bring it to ``resolution`` with ``policy``."""
+    if is_clip(members):
+        return _clip_view(key, members, resolution, policy)
     image, meta = base_image(key, members)
     h, w = image.shape[:2]
     segments = None
@@ -123,4 +169,28 @@ def view_from_base(key: str, members: dict[str, bytes], resolution: int, policy:
         normals=decode_npy(members["normals.npy"]) if "normals.npy" in members else None,
         segments=segments, segments_info=meta.get("segments_info"), categories=meta.get("categories"),
         instances=instances, skeleton=[tuple(e) for e in meta["skeleton"]] if meta.get("skeleton") else None,
+    )
+
+
+def _clip_view(key: str, members: dict[str, bytes], resolution: int, policy: str) -> ClipView:
+    frames, meta = base_frames(key, members)
+    t = len(frames)
+    tracks = None
+    names = sorted(m for m in members if m.startswith("tracks_"))
+    if names:
+        if len(names) != t:
+            raise ValueError(f"base clip {key}: {len(names)} track maps for {t} frames")
+        tracks = np.stack([decode_image(members[n], f"{key}.{n}") for n in names])
+    arrays = {}
+    for name, shape in (("depth", (t,) + frames.shape[1:3]), ("normals", (t,) + frames.shape[1:3] + (3,)),
+                        ("flow", (t - 1,) + frames.shape[1:3] + (2,))):
+        if f"{name}.npy" in members:
+            arrays[name] = decode_npy(members[f"{name}.npy"])
+            if arrays[name].shape != shape:
+                raise ValueError(f"base clip {key}: {name}.npy is {arrays[name].shape}, expected {shape}")
+    return make_clip_view(
+        key=key, source=meta["source"], item_id=meta["item_id"], frames=frames, resolution=resolution, policy=policy,
+        frame_indices=meta["frame_indices"], pts_seconds=meta.get("pts_seconds"), licence=meta.get("licence"),
+        depth=arrays.get("depth"), depth_kind=meta.get("depth_kind", "depth"), normals=arrays.get("normals"),
+        flow=arrays.get("flow"), tracks=tracks, annotated=meta.get("annotated"), objects=meta.get("objects"),
     )

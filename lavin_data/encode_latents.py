@@ -125,10 +125,16 @@ class EncodeWorker:
 
 
 def shard_pairs(pixels: Path, out: Path, tasks: list[str] | None) -> list[dict]:
-    """Every committed pair shard (stats present) with its latent destination."""
+    """Every committed pair shard (stats present) with its latent destination. Video tasks
+    (clip pairs) are left out with a note: encoding clips is not built yet."""
+    from lavin_data.registry import TASKS
+
     rows = []
     for task_dir in sorted(p for p in pixels.iterdir() if p.is_dir()):
         if tasks and task_dir.name not in tasks:
+            continue
+        if task_dir.name in TASKS and TASKS[task_dir.name].frames == "video":
+            print(f"[encode] skipping {task_dir.name}: clip pairs are not encoded yet (image pairs only)")
             continue
         for tar in sorted(task_dir.glob("*.tar")):
             if shard_done(tar):

@@ -25,7 +25,7 @@ from lavin_data import task_options as o
 # What a view can carry besides its image (DESIGN.md §3, base sample members).
 ANNOTATIONS = ("depth", "normals", "segments", "instances", "keypoints", "flow", "tracks")
 # Annotations that a labeler can supply instead of the source (its ``output``).
-LABELLED = ("depth", "normals")
+LABELLED = ("depth", "normals", "flow")
 
 
 @dataclass(frozen=True)
@@ -88,13 +88,13 @@ TASKS: dict[str, TaskDef] = {t.name: t for t in [
     _t("pose_to_image",            "instances keypoints",   "image",     o.PoseOptions),
     _t("edge_to_image",            "",                      "image",     o.EdgeOptions),
     _t("segmentation_to_image",    "segments",              "image"),
-    _t("frame_prediction",         "",                      "clip",      frames="video", built=False),
-    _t("video_depth",              "depth",                 "depth",     frames="video", built=False),
-    _t("video_normal",             "normals",               "normals",   frames="video", built=False),
-    _t("optical_flow",             "flow",                  "flow",      frames="video", built=False),
-    _t("video_instance_segmentation", "tracks",             "masks",     frames="video", built=False),
-    _t("depth_to_video",           "depth",                 "clip",      frames="video", built=False),
-    _t("normal_to_video",          "normals",               "clip",      frames="video", built=False),
+    _t("frame_prediction",         "",                      "clip",      o.FramePredictionOptions, frames="video"),
+    _t("video_depth",              "depth",                 "depth",     frames="video"),
+    _t("video_normal",             "normals",               "normals",   frames="video"),
+    _t("optical_flow",             "flow",                  "flow",      frames="video"),
+    _t("video_instance_segmentation", "tracks",             "masks",     frames="video"),
+    _t("depth_to_video",           "depth",                 "clip",      frames="video"),
+    _t("normal_to_video",          "normals",               "clip",      frames="video"),
 ]}
 
 
@@ -103,6 +103,6 @@ def task_options_model(task: str) -> type[BaseModel]:
 
 
 def label_input(task: str) -> str | None:
-    """The annotation of ``task`` that a labeler may supply ("depth" | "normals"), or None."""
+    """The annotation of ``task`` that a labeler may supply ("depth" | "normals" | "flow"), or None."""
     found = [a for a in LABELLED if a in TASKS[task].consumes]
     return found[0] if found else None

@@ -41,6 +41,12 @@ class _SourceBase(_Strict):
     licence: str | None = None
 
 
+def _clip_frames(v: int) -> int:
+    from lavin_data.task_options import clip_length
+
+    return clip_length(v)
+
+
 class SyntheticSource(_SourceBase):
     """Procedural ray-cast scenes with exact depth, normals and instances (no download)."""
 
@@ -49,7 +55,16 @@ class SyntheticSource(_SourceBase):
     image_size: tuple[int, int] = Field((320, 240), description="(width, height) of the rendered scene")
     fov_deg: float = Field(60.0, gt=10, lt=150, description="horizontal field of view")
     max_objects: int = Field(6, ge=1, le=32)
+    clip_frames: int = Field(1, description="1: still scenes (image tasks); 1+4k: clips with camera and object "
+                                            "motion and exact flow (video tasks)")
+    camera_speed: float = Field(0.04, ge=0, description="clips: camera translation, up to m/frame")
+    object_speed: float = Field(0.03, ge=0, description="clips: object motion on the floor, up to m/frame")
     licence: str | None = "CC0-1.0 (procedurally generated)"
+
+    @field_validator("clip_frames")
+    @classmethod
+    def _clip(cls, v: int) -> int:
+        return _clip_frames(v)
 
 
 class CocoSource(_SourceBase):
@@ -119,22 +134,71 @@ class HFDatasetSource(_SourceBase):
 
 
 class VideoFolderSource(_SourceBase):
+    """Video files (any container/codec FFmpeg reads) cut into frame-exact clips."""
+
     kind: Literal["video_folder"]
-    root: str
-    clip_frames: int = Field(9, ge=1)
-    frame_stride: int = Field(1, ge=1)
+    root: str = Field(description="folder searched recursively for videos; paths in file_list are relative to it")
+    file_list: str | None = Field(None, description="CSV / JSON / parquet of videos: path[, start, end] "
+                                                     "(seconds); instead of walking root")
+    extensions: list[str] = Field([".mp4", ".avi", ".mkv", ".mov", ".webm", ".m4v"], description="when walking root")
+    clip_frames: int = Field(9, description="frames per clip: 1 or 1+4k (9, 17, 33 decode exactly)")
+    frame_stride: int = Field(1, ge=1, description="source frames between clip frames")
+    fps: float | None = Field(None, gt=0, description="instead of frame_stride: clip frames 1/fps seconds apart "
+                                                      "(the nearest source frames)")
+    clips_per_video: int = Field(1, ge=1)
+    clip_starts: Literal["even", "random"] = Field("even", description="evenly spaced, or seeded random starts")
+    seed: int = Field(0, description="with clip_starts: random")
+    min_frames: int = Field(1, ge=1, description="videos with fewer frames are skipped (recorded)")
+    licence: str | None = "see each video's source"
+
+    @field_validator("clip_frames")
+    @classmethod
+    def _clip(cls, v: int) -> int:
+        return _clip_frames(v)
+
+    @model_validator(mode="after")
+    def _stride_or_fps(self) -> VideoFolderSource:
+        if self.fps is not None and self.frame_stride != 1:
+            raise ValueError("give frame_stride or fps, not both")
+        return self
 
 
 class DavisSource(_SourceBase):
+    """DAVIS 2016/2017 (JPEGImages/<res>/<seq> + Annotations/<res>/<seq>) or images/ + masks/."""
+
     kind: Literal["davis"]
     root: str
-    clip_frames: int = Field(9, ge=1)
+    resolution: str = Field("480p", description="subfolder of JPEGImages / Annotations in the official layout")
+    split: str | None = Field(None, description="ImageSets/<year>/<split>.txt lists the sequences (e.g. 2017/train)")
+    clip_frames: int = Field(9, description="frames per clip: 1 or 1+4k")
+    frame_stride: int = Field(1, ge=1)
+    clips_per_sequence: int = Field(1, ge=1)
+    missing_annotations: Literal["skip_clip", "annotated_only"] = Field(
+        "skip_clip", description="skip_clip: clips are consecutive frames, and a clip with a frame lacking its mask is "
+                                 "skipped for mask tasks; annotated_only: clips are cut from the annotated frames")
+    licence: str | None = "DAVIS: research use (see the dataset's terms)"
+
+    @field_validator("clip_frames")
+    @classmethod
+    def _clip(cls, v: int) -> int:
+        return _clip_frames(v)
 
 
 class FlowSource(_SourceBase):
+    """Optical-flow ground truth: FlyingChairs, Sintel, or plain image pairs with .flo files."""
+
     kind: Literal["flow"]
     root: str
     format: Literal["flyingchairs", "sintel", "flo_pairs"] = "flyingchairs"
+    pass_: Literal["clean", "final"] = Field("clean", alias="pass", description="sintel: the rendering pass")
+    clip_frames: int = Field(5, description="pairs are clips of 1+4k frames, the second frame held")
+    licence: str | None = "see the dataset's terms (FlyingChairs, Sintel: research use)"
+
+    model_config = ConfigDict(extra="forbid", populate_by_name=True)
+    @field_validator("clip_frames")
+    @classmethod
+    def _clip(cls, v: int) -> int:
+        return _clip_frames(v)
 
 
 Source = Annotated[
@@ -153,7 +217,7 @@ SOURCE_KINDS = frozenset(get_args(m.model_fields["kind"].annotation)[0] for m in
 
 class Labeler(_Strict):
     name: str = Field(pattern=NAME_RE)
-    kind: Literal["depth_anything_v2", "stable_normal", "marigold_normals", "normals_from_depth"]
+    kind: Literal["depth_anything_v2", "stable_normal", "marigold_normals", "normals_from_depth", "dis_flow"]
     source: str
     model: str | None = Field(None, description="local directory or model id; never downloaded at run time")
     batch_size: int = Field(8, ge=1)
@@ -164,6 +228,7 @@ class Labeler(_Strict):
     depth_from: str | None = Field(None, description="normals_from_depth: take depth from this (earlier) labeler")
     denoising_steps: int | None = Field(None, ge=1, description="marigold_normals: steps (default: the model's)")
     ensemble_size: int = Field(1, ge=1, description="marigold_normals: predictions averaged per image")
+    preset: Literal["ultrafast", "fast", "medium"] = Field("medium", description="dis_flow: OpenCV DIS preset")
 
 
 # --------------------------------------------------------------------------- tasks

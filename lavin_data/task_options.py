@@ -6,7 +6,7 @@ module imports pydantic only, so validating a spec pulls in no renderer and no O
 
 from __future__ import annotations
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 
 class _Opts(BaseModel):
@@ -78,3 +78,21 @@ class LowLightOptions(_Opts):
     gain: tuple[float, float] = (0.08, 0.35)
     gamma: tuple[float, float] = (1.5, 2.5)
     noise_sigma: tuple[float, float] = (1, 6)
+
+
+def clip_length(n: int) -> int:
+    """The ST-VAE encodes (and J-DiT sees) clips of 1 or 1 + 4k frames whole."""
+    if n < 1 or (n - 1) % 4:
+        raise ValueError(f"{n} frames: a clip has 1 or 1+4k frames (1, 5, 9, 13, 17, ...)")
+    return n
+
+
+class FramePredictionOptions(_Opts):
+    input_frames: int = Field(9, description="frames seen (1 or 1+4k)")
+    target_frames: int = Field(13, description="frames predicted, starting at the input's last frame (1 or 1+4k): "
+                                               "the default predicts the 12 frames after 9, as the paper's 12")
+
+    @field_validator("input_frames", "target_frames")
+    @classmethod
+    def _length(cls, v: int) -> int:
+        return clip_length(v)

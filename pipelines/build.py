@@ -54,10 +54,11 @@ def preflight(spec: Spec) -> None:
         except LabelerError as e:
             problems.append(f"labelers[{i}] ({lab.name}): {e}")
     provides: dict[str, frozenset[str]] = {}
+    frames: dict[str, str] = {}
     for src in spec.sources:
         try:
             reader = reader_for(src.kind)
-            provides[src.name] = reader.provides(src)
+            provides[src.name], frames[src.name] = reader.provides(src), reader.frames(src)
             reader.check(src)
         except SourceError as e:
             problems.append(f"source {src.name!r}: {e}")
@@ -74,6 +75,11 @@ def preflight(spec: Spec) -> None:
             elif wants != out:
                 problems.append(f"tasks[{i}]: task {t.task!r} needs {wants}, but labeler {t.labeler!r} "
                                 f"({lab.kind}) gives {out}")
+        if t.source in frames and TASKS[t.task].frames != frames[t.source]:
+            what = {"image": "images", "video": "clips"}
+            problems.append(f"tasks[{i}]: task {t.task!r} works on {what[TASKS[t.task].frames]}, but source "
+                            f"{t.source!r} gives {what[frames[t.source]]}")
+            continue
         if t.source in provides:
             lacking = TASKS[t.task].consumes - provides[t.source] - ({wants} if t.labeler else set())
             if lacking:

@@ -1,12 +1,14 @@
 """``python -m pipelines.report --output OUT [--per-task 4]``: contact sheets of a build.
 
 Writes ``OUT/report/<task>.png``: one row per sample, input | target, for the first
-samples of each task's first shard, and ``OUT/report/all_tasks.png`` with one row per task.
+samples of each task's first shard (for clips: the first, middle and last frames of input
+and target), and ``OUT/report/all_tasks.png`` with one row per task.
 """
 
 from __future__ import annotations
 
 import argparse
+import re
 import sys
 from pathlib import Path
 
@@ -17,12 +19,19 @@ from lavin_data.codecs import decode_image
 from lavin_data.shards import iter_tar_samples
 
 
-def _first_samples(task_dir: Path, n: int) -> list[tuple[str, np.ndarray, np.ndarray]]:
+def _frames(m: dict[str, bytes], role: str) -> list[np.ndarray]:
+    """The first, middle and last frames of a clip's ``role`` members, or its one image."""
+    names = sorted(k for k in m if re.fullmatch(rf"{role}(_\d+)?\.(png|jpg)", k))
+    if len(names) > 1:
+        names = [names[0], names[len(names) // 2], names[-1]]
+    return [decode_image(m[k], k) for k in names]
+
+
+def _first_samples(task_dir: Path, n: int) -> list[tuple[str, list[np.ndarray], list[np.ndarray]]]:
     out = []
     for tar in sorted(task_dir.glob("*.tar")):
         for key, m in iter_tar_samples(tar):
-            inp = next(v for k, v in m.items() if k.startswith("input."))
-            out.append((key, decode_image(inp), decode_image(m["target.png"])))
+            out.append((key, _frames(m, "input"), _frames(m, "target")))
             if len(out) == n:
                 return out
     return out
@@ -40,11 +49,12 @@ def contact_sheets(out: str | Path, per_task: int = 4, tile: int = 192) -> list[
     for task_dir in sorted(p for p in (out / "pairs").iterdir() if p.is_dir()):
         rows, first = [], None
         for key, inp, tgt in _first_samples(task_dir, per_task):
-            a = cv2.resize(inp, (tile, tile), interpolation=cv2.INTER_AREA)
-            b = cv2.resize(tgt, (tile, tile), interpolation=cv2.INTER_AREA)  # nearest would drop thin lines
+            # Area resampling: nearest would drop thin lines.
+            a = [cv2.resize(f, (tile, tile), interpolation=cv2.INTER_AREA) for f in inp]
+            b = [cv2.resize(f, (tile, tile), interpolation=cv2.INTER_AREA) for f in tgt]
             sep = np.full((tile, 4, 3), 255, np.uint8)
-            rows.append(np.concatenate([_label(a, key), sep, b], 1))
-            first = first if first is not None else np.concatenate([_label(a, task_dir.name), sep, b], 1)
+            rows.append(np.concatenate([_label(a[0], key), *a[1:], sep, *b], 1))
+            first = first if first is not None else np.concatenate([_label(a[0], task_dir.name), *a[1:], sep, *b], 1)
         if not rows:
             continue
         sheet = np.concatenate(rows, 0)
@@ -54,6 +64,8 @@ def contact_sheets(out: str | Path, per_task: int = 4, tile: int = 192) -> list[
         written.append(path)
         overview.append(first)
     if overview:
+        width = max(o.shape[1] for o in overview)  # clip rows are wider than image rows
+        overview = [np.pad(o, ((0, 0), (0, width - o.shape[1]), (0, 0))) for o in overview]
         # Two columns of tasks so the overview stays viewable.
         half = -(-len(overview) // 2)
         left, right = overview[:half], overview[half:]

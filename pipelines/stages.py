@@ -16,12 +16,12 @@ import traceback
 import numpy as np
 import pyarrow.parquet as pq
 
-from lavin_data.base import base_image, encode_base, view_from_base
+from lavin_data.base import base_frames, base_image, encode_base, is_clip, view_from_base
 from lavin_data.codecs import decode_npy, encode_jpeg, encode_npy, encode_png
-from lavin_data.geometry.view import View
+from lavin_data.geometry.view import ClipView, View, resize_clip, resize_flow
 from lavin_data.labelers import LabelInput
 from lavin_data.registry import TASKS
-from lavin_data.render.tasks import Pair
+from lavin_data.render.tasks import NothingToRender, Pair
 from lavin_data.rng import sample_rng
 from lavin_data.shards import (
     ShardReader,
@@ -33,7 +33,7 @@ from lavin_data.shards import (
     read_stats,
     shard_done,
 )
-from lavin_data.sidecar import decode_sidecar, encode_depth, encode_normals
+from lavin_data.sidecar import decode_sidecar, encode_depth, encode_flow, encode_normals
 from lavin_data.sources import SkipItem, reader_for
 from lavin_data.spec import Spec
 from pipelines.layout import base_tar, label_tar, pair_tar, sample_key, shard_name
@@ -82,51 +82,69 @@ def ingest_shard(spec: Spec, source: str, shard: int, items: list[dict], source_
 
 
 class PairEncoder:
-    """Encodes pairs of one view; the view's own image is encoded once and reused, since
-    most tasks of a sample share it as input or target."""
+    """Encodes the pairs of one view (image or clip). Natural images and frames are JPEG
+    (``input_jpeg_quality``, 4:4:4) as inputs, renderings and every target are PNG; a
+    clip's frames are members ``input_000.jpg``, ``input_001.jpg``, ... The view's own
+    image (or a clip's frames) is encoded once and reused, since most tasks of a sample
+    share it as input or target."""
 
-    def __init__(self, spec: Spec, view: View):
+    def __init__(self, spec: Spec, view: View | ClipView):
         self.spec, self.view = spec, view
-        self._jpeg: bytes | None = None
-        self._png: bytes | None = None
+        self._cache: dict[tuple, bytes] = {}
 
-    def _input(self, p: Pair) -> tuple[str, bytes]:
-        if p.input_natural:
-            if p.input is self.view.image:
-                if self._jpeg is None:
-                    self._jpeg = encode_jpeg(p.input, self.spec.formats.input_jpeg_quality)
-                return "input.jpg", self._jpeg
-            return "input.jpg", encode_jpeg(p.input, self.spec.formats.input_jpeg_quality)
-        return "input.png", encode_png(p.input, self.spec.formats.png_compression)
+    def _encode(self, frame: np.ndarray, jpeg: bool) -> bytes:
+        own = self.view.frames if isinstance(self.view, ClipView) else self.view.image[None]
+        # Frames of the view's own image/clip (or slices of it) are recognised by their memory.
+        base, step = own.__array_interface__["data"][0], own[0].nbytes
+        addr = frame.__array_interface__["data"][0]
+        shared = frame.shape == own.shape[1:] and 0 <= addr - base < own.nbytes and (addr - base) % step == 0
+        key = (jpeg, (addr - base) // step) if shared else None
+        if key is not None and key in self._cache:
+            return self._cache[key]
+        f = self.spec.formats
+        data = encode_jpeg(frame, f.input_jpeg_quality) if jpeg else encode_png(frame, f.png_compression)
+        if key is not None:
+            self._cache[key] = data
+        return data
 
-    def _target(self, p: Pair) -> bytes:
-        if p.target is self.view.image:
-            if self._png is None:
-                self._png = encode_png(p.target, self.spec.formats.png_compression)
-            return self._png
-        return encode_png(p.target, self.spec.formats.png_compression)
+    def _members(self, role: str, arr: np.ndarray, jpeg: bool) -> dict[str, bytes]:
+        ext = "jpg" if jpeg else "png"
+        if arr.ndim == 3:
+            return {f"{role}.{ext}": self._encode(arr, jpeg)}
+        return {f"{role}_{t:03d}.{ext}": self._encode(frame, jpeg) for t, frame in enumerate(arr)}
 
     def encode(self, task: str, key: str, p: Pair, labeler: dict | None = None) -> dict[str, bytes]:
         v = self.view
-        in_name, in_bytes = self._input(p)
-        members = {in_name: in_bytes, "target.png": self._target(p)}
+        inputs, targets = self._members("input", p.input, p.input_natural), self._members("target", p.target, False)
+        members = {**inputs, **targets}
         for name, arr in p.raw.items():
             members[f"{name}.npy"] = encode_npy(arr)
+        clip = p.input.ndim == 4
         meta = {
             "task": task, "source": v.source, "item_id": v.item_id, "base_key": v.key, "variant": p.variant,
-            "width": v.size[1], "height": v.size[0], "frames": 1, "resize": v.resize.as_dict(),
-            "input": in_name, "target": "target.png", "raw": sorted(f"{n}.npy" for n in p.raw),
+            "width": v.size[1], "height": v.size[0], "frames": int(p.input.shape[0]) if clip else 1,
+            "resize": v.resize.as_dict(),
+            "input": sorted(inputs) if clip else next(iter(inputs)),
+            "target": sorted(targets) if clip else "target.png",
+            "raw": sorted(f"{n}.npy" for n in p.raw),
             "input_format": f"jpeg q{self.spec.formats.input_jpeg_quality} 4:4:4" if p.input_natural else "png",
             "licence": v.licence, "labeler": labeler, "params": p.meta,
         }
+        if clip:
+            meta.update(target_frames=int(p.target.shape[0]), frame_indices=v.frame_indices)
         members["json"] = json.dumps(meta, sort_keys=True).encode()
         return members
 
 
-def _with_labels(view: View, side: dict[str, bytes], key: str) -> tuple[View, dict]:
-    """The view with its depth or normals replaced by a labeler's sidecar (resized alike)."""
+def _with_labels(view: View | ClipView, side: dict[str, bytes], key: str) -> tuple[View | ClipView, dict]:
+    """The view with its depth, normals or flow replaced by a labeler's sidecar (resized alike)."""
     what, arr, meta = decode_sidecar(side, key)
-    arr = view.resize.image(arr.astype(np.float32), "nearest")
+    if what == "flow":
+        return dataclasses.replace(view, flow=resize_flow(view.resize, arr)), meta
+    if isinstance(view, ClipView):
+        arr = resize_clip(view.resize, arr.astype(np.float32), "nearest")
+    else:
+        arr = view.resize.image(arr.astype(np.float32), "nearest")
     if what == "depth":
         return dataclasses.replace(view, depth=arr, depth_kind=meta["depth_kind"]), meta
     return dataclasses.replace(view, normals=arr), meta
@@ -184,6 +202,8 @@ def _render_into(spec, source, shard, name, todo, renderers, opts, task_labeler,
                 for k, p in sorted(((sample_key(source, view.item_id, p.variant), p) for p in pairs),
                                    key=lambda kp: kp[0]):
                     writers[task].add(k, enc.encode(task, k, p, lab_meta))
+            except NothingToRender as e:
+                writers[task].skip(key, "render", f"nothing to render for {task}: {e}")
             except Exception as e:  # noqa: BLE001
                 writers[task].fail(key, "render", _short_error(e))
             seconds[task] += time.perf_counter() - t0
@@ -212,26 +232,51 @@ def run_shard_job(spec_json: str, row: dict) -> dict:
     return run_render_job(spec_json, run_ingest_job(spec_json, row))
 
 
-def _label_inputs(depth_side: ShardReader | None, depth_from: str | None):
-    """``decode(key, members) -> LabelInput`` for the base samples of one shard (depth from
-    the ``depth_from`` labeler's sidecar shard when given)."""
+def _label_inputs(depth_side: ShardReader | None, depth_from: str | None, per_clip: bool):
+    """``decode(key, members) -> (list of LabelInput, is_clip)`` for the base samples of one
+    shard: one input per image, one per frame of a clip (or one holding the whole clip for
+    a ``per_clip`` labeler); depth from the ``depth_from`` labeler's sidecar when given."""
 
-    def decode(key: str, m: dict[str, bytes]) -> LabelInput:
-        image, meta = base_image(key, m)
-        x = LabelInput(image, decode_npy(m["depth.npy"]) if "depth.npy" in m else None,
-                       meta.get("depth_kind", "depth"), meta.get("intrinsics"))
+    def decode(key: str, m: dict[str, bytes]) -> tuple[list[LabelInput], bool]:
+        clip = is_clip(m)
+        images, meta = base_frames(key, m) if clip else base_image(key, m)
+        depth = decode_npy(m["depth.npy"]) if "depth.npy" in m else None
+        kind = meta.get("depth_kind", "depth")
         if depth_side is not None:
             if key not in depth_side:
                 raise ValueError(f"labeler {depth_from!r} has no output for {key}")
-            _what, x.depth, dmeta = decode_sidecar(depth_side[key], key)
-            x.depth_kind = dmeta["depth_kind"]
-        return x
+            _what, depth, dmeta = decode_sidecar(depth_side[key], key)
+            kind = dmeta["depth_kind"]
+        intr = meta.get("intrinsics")
+        if not clip:
+            return [LabelInput(images, depth, kind, intr)], False
+        if per_clip:
+            return [LabelInput(images[0], None if depth is None else depth[0], kind, intr, frames=images)], True
+        return [LabelInput(f, None if depth is None else depth[t], kind, intr) for t, f in enumerate(images)], True
 
     return decode
 
 
+def _label_batch(labeler, inputs: list[LabelInput], batch_size: int) -> list:
+    """Outputs for every input, ``batch_size`` per forward; a batch that fails is retried one
+    input at a time, and an input that still fails gives its exception in its place."""
+    outs: list = []
+    for i in range(0, len(inputs), batch_size):
+        chunk = inputs[i:i + batch_size]
+        try:
+            outs += labeler.label(chunk)
+        except Exception:  # noqa: BLE001 - find the input(s) that fail
+            for x in chunk:
+                try:
+                    outs.append(labeler.label([x])[0])
+                except Exception as e1:  # noqa: BLE001
+                    outs.append(e1)
+    return outs
+
+
 def label_shard(spec: Spec, labeler_name: str, source: str, shard: int, labeler) -> dict:
-    """Run one labeler over one base shard into its sidecar shard (same keys).
+    """Run one labeler over one base shard into its sidecar shard (same keys). The frames of
+    clips are labelled like images (batched across frames and clips) and stored per clip.
 
     The next batch is decoded in a background thread while the model labels this one.
     """
@@ -246,28 +291,24 @@ def label_shard(spec: Spec, labeler_name: str, source: str, shard: int, labeler)
     with ShardWriter(path, stage="label") as w, contextlib.ExitStack() as stack:
         depth_side = stack.enter_context(ShardReader(label_tar(spec.output, lab.depth_from, source, shard))) \
             if lab.depth_from else None
-        for ok, failed in prefetch(decoded_batches(samples, _label_inputs(depth_side, lab.depth_from),
-                                                   lab.batch_size)):
+        decode = _label_inputs(depth_side, lab.depth_from, labeler.per_clip)
+        for ok, failed in prefetch(decoded_batches(samples, decode, lab.batch_size)):
             for key, err in failed:
                 w.fail(key, "label", err)
-            if not ok:
-                continue
-            try:
-                outs = labeler.label([x for _k, x in ok])
-            except Exception:  # noqa: BLE001 - a batch that fails is retried sample by sample
-                outs = []
-                for _key, x in ok:
-                    try:
-                        outs.append(labeler.label([x])[0])
-                    except Exception as e1:  # noqa: BLE001
-                        outs.append(e1)
-            for (key, _x), out in zip(ok, outs):
-                if isinstance(out, Exception):
-                    w.fail(key, "label", _short_error(out))
-                elif labeler.output == "depth":
+            outs = iter(_label_batch(labeler, [x for _k, (xs, _c) in ok for x in xs], lab.batch_size))
+            for key, (xs, clip) in ok:
+                mine = [next(outs) for _ in xs]
+                err = next((o for o in mine if isinstance(o, Exception)), None)
+                if err is not None:
+                    w.fail(key, "label", _short_error(err))
+                    continue
+                out = np.stack(mine) if clip and not labeler.per_clip else mine[0]
+                if labeler.output == "depth":
                     w.add(key, encode_depth(out, labeler.depth_kind, info, level))
-                else:
+                elif labeler.output == "normals":
                     w.add(key, encode_normals(out, info, level))
+                else:
+                    w.add(key, encode_flow(out, info))
         _carry_not_ok(base_tar(spec.output, source, shard), w)
         return dict(w.commit({"stage": "label", "labeler": lab.name, "source": source, "spec_hash": spec.spec_hash(),
                               "seconds": round(time.perf_counter() - t0, 3),

@@ -44,6 +44,8 @@ def small_demo_spec(output: Path, num_items: int = 16, shard_size: int = 4):
     data["output"] = str(output)
     data["shard_size"] = shard_size
     data["sources"][0]["num_items"] = num_items
+    for src in data["sources"][1:]:  # the clips: one shard
+        src["num_items"] = min(src["num_items"], shard_size)
     return parse_spec(data, "manifests/demo.yaml (shrunk for tests)")
 
 

@@ -36,20 +36,21 @@ def test_demo_build_writes_every_task_with_index_stats_and_manifest(demo_build):
     spec, manifest = demo_build
     out = Path(spec.output)
     tasks = sorted(p.name for p in (out / "pairs").iterdir())
-    assert len(tasks) >= 19 and set(tasks) == {t.task for t in spec.tasks}
-    n_shards = 4  # 16 items / 4 per shard
-    for t in tasks:
-        for s in range(n_shards):
-            tar = pair_tar(out, t, "synthetic", s)
+    assert len(tasks) == 26 and set(tasks) == {t.task for t in spec.tasks} == set(TASKS) - {
+        "pose_estimation", "pose_to_image", "segmentation_to_image"}  # the COCO-only tasks
+    n_shards = {"synthetic": 4, "synthetic-video": 1}  # 16 items / 4 per shard; 4 clips
+    for t in spec.tasks:
+        for s in range(n_shards[t.source]):
+            tar = pair_tar(out, t.task, t.source, s)
             assert tar.exists() and index_path(tar).exists() and stats_path(tar).exists()
             st = json.loads(stats_path(tar).read_text())
             idx = pq.read_table(index_path(tar)).to_pylist()
             assert st["n_ok"] == sum(r["status"] == "ok" for r in idx) and st["n_error"] == 0
-            assert st["task"] == t
+            assert st["task"] == t.task
     m = json.loads((out / "manifest.json").read_text())
     assert m["spec_hash"] == spec.spec_hash() and m["counts"].keys() == set(tasks)
-    assert m["counts"]["colorization"]["synthetic"] == 16
-    assert all(v["synthetic"] >= 1 for v in m["counts"].values())
+    assert m["counts"]["colorization"]["synthetic"] == 16 and m["counts"]["optical_flow"]["synthetic-video"] == 4
+    assert all(n >= 1 for v in m["counts"].values() for n in v.values())
     assert (out / "report" / "counts.md").exists()
     assert pq.read_table(out / "plan" / "synthetic.parquet").num_rows == 16
 
@@ -57,13 +58,24 @@ def test_demo_build_writes_every_task_with_index_stats_and_manifest(demo_build):
 def test_pair_samples_are_well_formed(demo_build):
     spec, _ = demo_build
     out = Path(spec.output)
-    for task in TASKS:
-        if not (out / "pairs" / task).exists():
-            continue
-        for key, m in iter_tar_samples(pair_tar(out, task, "synthetic", 0)):
-            assert "." not in key and key.startswith("synthetic_")
+    for t in spec.tasks:
+        task = t.task
+        for key, m in iter_tar_samples(pair_tar(out, task, t.source, 0)):
+            assert "." not in key and key.startswith(f"{t.source}_")
             meta = json.loads(m["json"])
-            assert meta["task"] == task and meta["frames"] == 1 and meta["licence"]
+            assert meta["task"] == task and meta["licence"]
+            if TASKS[task].frames == "video":
+                n_in = t.options.get("input_frames", 9)
+                n_out = t.options.get("target_frames", 9)
+                assert meta["frames"] == n_in and meta["target_frames"] == n_out
+                ext = "png" if task in ("depth_to_video", "normal_to_video") else "jpg"  # renderings / photos
+                assert meta["input"] == [f"input_{i:03d}.{ext}" for i in range(n_in)]
+                assert meta["target"] == [f"target_{i:03d}.png" for i in range(n_out)]
+                frames = [decode_image(m[n]) for n in meta["input"] + meta["target"]]
+                assert all(f.shape == (256, 256, 3) for f in frames)
+                assert meta["frame_indices"] == list(range(9))
+                break
+            assert meta["frames"] == 1
             inp = decode_image(m[meta["input"]])
             tgt = decode_image(m["target.png"])
             assert inp.shape == tgt.shape == (256, 256, 3) and tgt.dtype == np.uint8
@@ -191,11 +203,12 @@ def test_bad_samples_are_recorded_and_the_rest_written(demo_build, tmp_path, mon
 def test_preflight_refuses_before_any_work(tmp_path):
     d = {"name": "t", "output": str(tmp_path / "o"), "sources": [{"name": "s", "kind": "synthetic", "num_items": 2}],
          "tasks": [{"task": "frame_prediction", "source": "s"}]}
-    with pytest.raises(BuildError, match="frame_prediction.*no renderer yet"):
+    with pytest.raises(BuildError, match="task 'frame_prediction' works on clips, but source 's' gives images"):
         build(parse_spec(d), **quiet)
     d["sources"] = [{"name": "s", "kind": "video_folder", "root": "/nowhere"}]
     d["tasks"] = [{"task": "colorization", "source": "s"}]
-    with pytest.raises(BuildError, match="source 's'.*video_folder.*not built yet"):
+    with pytest.raises(BuildError, match="(?s)source 's': /nowhere: video folder not found.*task 'colorization' works "
+                                         "on images, but source 's' gives clips"):
         build(parse_spec(d), **quiet)
     assert not (tmp_path / "o").exists()
 

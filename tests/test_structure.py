@@ -88,7 +88,7 @@ def test_third_party_imports_are_declared_where_they_are_used():
 
 def test_loading_a_spec_imports_no_renderer_and_no_opencv():
     code = ("import sys; from lavin_data.spec import load_spec; s = load_spec('manifests/demo.yaml'); "
-            "assert len(s.tasks) == 19; "
+            "assert len(s.tasks) == 26; "
             "print(sorted(m for m in sys.modules if m == 'cv2' or m.startswith(('lavin_data.render', 'numpy'))))")
     out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]", out.stdout

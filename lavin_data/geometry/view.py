@@ -137,3 +137,78 @@ def make_view(
                                         bool(inst.get("iscrowd", 0)), kps))
     v.skeleton = skeleton
     return v
+
+
+@dataclass
+class ClipView:
+    """A base clip at the output resolution (one resize for every frame and annotation).
+
+    frames: (T, R, R, 3) uint8 RGB. depth: (T, R, R) float32, 0 = invalid (``depth_kind``
+    as in :class:`View`). normals: (T, R, R, 3) float32 unit vectors, 0 = invalid.
+    flow: (T-1, R, R, 2) float32 forward flow from frame t to t+1 in output pixels (u right,
+    v down), NaN = unknown. tracks: (T, R, R) int32 object ids, 0 = background, stable
+    across the clip; ``annotated`` (T,) bool says which frames have masks; ``objects``
+    [{id, category_id?, name?}] lists the ids of the source sequence (colours follow their
+    order). ``frame_indices`` and ``pts_seconds`` name the source frames.
+    """
+
+    key: str
+    source: str
+    item_id: str
+    frames: np.ndarray
+    resize: Resize
+    frame_indices: list[int]
+    pts_seconds: list[float] | None = None
+    licence: str | None = None
+    depth: np.ndarray | None = None
+    depth_kind: str = "depth"
+    normals: np.ndarray | None = None
+    flow: np.ndarray | None = None
+    tracks: np.ndarray | None = None
+    annotated: np.ndarray | None = None
+    objects: list[dict] = field(default_factory=list)
+
+    @property
+    def size(self) -> tuple[int, int]:
+        return self.frames.shape[1], self.frames.shape[2]
+
+    @property
+    def n_frames(self) -> int:
+        return self.frames.shape[0]
+
+
+def resize_clip(rz: Resize, arr: np.ndarray, kind: str = "image") -> np.ndarray:
+    """Apply ``rz`` to every frame of a (T, H, W, ...) array."""
+    return np.stack([rz.image(a, kind) for a in arr]) if len(arr) else arr
+
+
+def resize_flow(rz: Resize, flow: np.ndarray) -> np.ndarray:
+    """(T, H, W, 2) flow in source pixels -> output pixels: nearest-neighbour resampling (no
+    invented vectors at motion boundaries), vectors scaled by the resize's x and y scales."""
+    out = resize_clip(rz, flow.astype(np.float32), "nearest")
+    return out * np.array([rz.sx, rz.sy], np.float32)
+
+
+def make_clip_view(
+    key: str, source: str, item_id: str, frames: np.ndarray, resolution: int, policy: str,
+    frame_indices: list[int], pts_seconds: list[float] | None = None, licence: str | None = None,
+    depth: np.ndarray | None = None, depth_kind: str = "depth", normals: np.ndarray | None = None,
+    flow: np.ndarray | None = None, tracks: np.ndarray | None = None, annotated: list[bool] | None = None,
+    objects: list[dict] | None = None,
+) -> ClipView:
+    """Bring a (T, H, W, 3) clip and its per-frame annotations to ``resolution``."""
+    t, h, w = frames.shape[:3]
+    rz = plan_resize(w, h, resolution, policy)
+    v = ClipView(key=key, source=source, item_id=item_id, frames=resize_clip(rz, frames), resize=rz,
+                 frame_indices=list(frame_indices), pts_seconds=pts_seconds, licence=licence, depth_kind=depth_kind,
+                 objects=list(objects or []))
+    if depth is not None:
+        v.depth = resize_clip(rz, depth.astype(np.float32), "nearest")
+    if normals is not None:
+        v.normals = resize_clip(rz, normals.astype(np.float32), "nearest")
+    if flow is not None:
+        v.flow = resize_flow(rz, flow)
+    if tracks is not None:
+        v.tracks = resize_clip(rz, tracks.astype(np.int32), "nearest")
+        v.annotated = np.ones(t, bool) if annotated is None else np.asarray(annotated, bool)
+    return v

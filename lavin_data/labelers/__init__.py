@@ -25,19 +25,24 @@ class LabelInput:
     image: (H, W, 3) uint8 RGB. depth: (H, W) float32, 0 = invalid, or None; its
     ``depth_kind`` is ``"depth"`` (metric, along the optical axis) or ``"disparity"``
     (relative inverse depth, e.g. Depth-Anything's). intrinsics: (fx, fy, cx, cy) in
-    pixels (OpenCV pixel centres) or None.
+    pixels (OpenCV pixel centres) or None. ``frames``: a clip, for labelers that need all of
+    it at once (optical flow).
     """
 
     image: np.ndarray
     depth: np.ndarray | None = None
     depth_kind: str = "depth"
     intrinsics: list[float] | None = None
+    frames: np.ndarray | None = None  # (T, H, W, 3) uint8: the whole clip, for per_clip labelers
 
 
 class Labeler:
-    """Base class. ``output`` is "depth" or "normals"; ``needs_depth`` labelers get depth."""
+    """Base class. ``output`` is "depth", "normals" or "flow"; ``needs_depth`` labelers get
+    depth; a ``per_clip`` labeler gets one input per clip (``frames``), the others one per
+    image or frame, batched across frames and clips."""
 
     output: str = "depth"
+    per_clip: bool = False
     depth_kind: str = "depth"  # of the output: "depth" (metric) or "disparity" (relative inverse depth)
     needs_depth: bool = False
 
@@ -54,7 +59,7 @@ class Labeler:
 
     def label(self, inputs: list[LabelInput]) -> list[np.ndarray]:
         """-> per input (H, W) float32 depth/disparity or (H, W, 3) float32 unit normals
-        (0 = invalid), at the image's own size."""
+        (0 = invalid), at the image's own size; a flow labeler: (T-1, H, W, 2) float32."""
         raise NotImplementedError
 
 
@@ -86,12 +91,13 @@ def group_by_size(images: list[np.ndarray]) -> dict[tuple[int, int], list[int]]:
 
 def labeler_class(kind: str) -> type[Labeler]:
     from lavin_data.labelers.depth_anything import DepthAnythingV2
+    from lavin_data.labelers.dis_flow import DisFlow
     from lavin_data.labelers.marigold import MarigoldNormals
     from lavin_data.labelers.normals_from_depth import NormalsFromDepth
     from lavin_data.labelers.stable_normal import StableNormal
 
     classes = {"normals_from_depth": NormalsFromDepth, "depth_anything_v2": DepthAnythingV2,
-               "marigold_normals": MarigoldNormals, "stable_normal": StableNormal}
+               "marigold_normals": MarigoldNormals, "stable_normal": StableNormal, "dis_flow": DisFlow}
     if kind not in classes:
         raise LabelerError(f"labeler kind {kind!r} is part of the spec format but is not built yet "
                            f"(available: {', '.join(sorted(classes))})")

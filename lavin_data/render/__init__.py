@@ -10,21 +10,26 @@ from lavin_data.render.dense import (
     decode_depth,
     decode_edges,
     decode_normals,
+    flicker_score,
     grey,
     render_depth,
+    render_depth_clip,
     render_edges,
     render_normals,
 )
+from lavin_data.render.flow import decode_flow, end_point_error, render_flow
 from lavin_data.render.masks import (
     decode_foreground,
     decode_instances,
     decode_panoptic,
     decode_semantic,
+    decode_tracks,
     mask_iou,
     render_foreground,
     render_instances,
     render_panoptic,
     render_semantic,
+    render_tracks,
 )
 from lavin_data.render.palette import PALETTE, THING_OFFSET, colour_index
 from lavin_data.render.pose import (
@@ -42,5 +47,7 @@ __all__ = [
     "render_panoptic", "decode_panoptic", "render_foreground", "decode_foreground",
     "render_depth", "decode_depth", "render_normals", "decode_normals",
     "render_edges", "decode_edges", "canny_edges", "grey", "angular_error_deg", "box_iou", "mask_iou",
+    "render_tracks", "decode_tracks", "render_flow", "decode_flow", "end_point_error", "render_depth_clip",
+    "flicker_score",
     "render_pose", "decode_limbs", "decode_keypoints", "point_segment_distance", "COCO_SKELETON",
 ]

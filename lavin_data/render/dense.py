@@ -40,6 +40,50 @@ def render_depth(value: np.ndarray, valid: np.ndarray | None = None, kind: str =
     return np.repeat(g[..., None], 3, axis=2), {"disparity_min": lo, "disparity_max": hi}
 
 
+def render_depth_clip(value: np.ndarray, kind: str = "depth", percentiles: tuple[float, float] = (1.0, 99.0)
+                      ) -> tuple[np.ndarray, dict]:
+    """(T, H, W) depth or disparity -> (T, H, W, 3) uint8 grey, near = bright, with ONE
+    disparity range for the whole clip, so a static scene does not flicker.
+
+    The range is the clip's robust ``percentiles`` of valid disparity (sensor outliers and
+    a few far or near pixels do not stretch it); values outside it are clipped. Invalid
+    (depth <= 0 or non-finite) pixels are black; a valid pixel is at least grey 1, so it
+    never reads as invalid. Returns the rendering and {"disparity_min", "disparity_max",
+    "percentiles", "flicker"}: ``flicker`` is :func:`flicker_score` of the rendering.
+    """
+    v = value.astype(np.float64)
+    valid = np.isfinite(v) & (v > 0) if kind == "depth" else np.isfinite(v)
+    disp = np.zeros_like(v)
+    if kind == "depth":
+        disp[valid] = 1.0 / v[valid]
+    elif kind == "disparity":
+        disp[valid] = v[valid]
+    else:
+        raise ValueError(f"kind must be 'depth' or 'disparity', got {kind!r}")
+    if not valid.any():
+        return np.zeros(v.shape + (3,), np.uint8), {"disparity_min": 0.0, "disparity_max": 0.0,
+                                                   "percentiles": list(percentiles), "flicker": 0.0}
+    lo, hi = (float(x) for x in np.percentile(disp[valid], percentiles))
+    norm = np.clip((disp - lo) / max(hi - lo, 1e-12), 0, 1)
+    g = np.where(valid, np.maximum(np.rint(norm * 255), 1), 0).astype(np.uint8)
+    img = np.repeat(g[..., None], 3, axis=-1)
+    return img, {"disparity_min": lo, "disparity_max": hi, "percentiles": list(percentiles),
+                 "flicker": flicker_score(img, valid)}
+
+
+def flicker_score(rendering: np.ndarray, valid: np.ndarray | None = None) -> float:
+    """Mean absolute change of a (T, H, W, 3) uint8 rendering between consecutive frames, in
+    grey levels of 255, over pixels valid in both frames. On a static scene seen by a static
+    camera it is pure flicker (0 for a clip-level normalisation); with motion it also counts
+    the motion. 0 for a single frame."""
+    if len(rendering) < 2:
+        return 0.0
+    g = rendering[..., 0].astype(np.float64)
+    both = np.ones(g[1:].shape, bool) if valid is None else (valid[1:] & valid[:-1])
+    d = np.abs(g[1:] - g[:-1])[both]
+    return round(float(d.mean()), 4) if d.size else 0.0
+
+
 def decode_depth(img: np.ndarray, disparity_min: float = 0.0, disparity_max: float = 1.0) -> np.ndarray:
     """Grey rendering -> (H, W) float64 disparity (in [0, 1] unless the range is given).
 

@@ -95,3 +95,23 @@ def mask_iou(a: np.ndarray, b: np.ndarray) -> float:
     inter = np.logical_and(a, b).sum()
     union = np.logical_or(a, b).sum()
     return float(inter / union) if union else 1.0
+
+
+def render_tracks(tracks: np.ndarray, object_ids: list[int]) -> np.ndarray:
+    """(T, H, W) int object ids (0 = background) -> (T, H, W, 3) uint8: object ``object_ids[k]``
+    in ``PALETTE[k + 1]`` on every frame, so an object keeps its colour across the clip (and
+    across clips of one sequence, when ``object_ids`` lists the sequence's objects)."""
+    lut = np.zeros(int(max(object_ids, default=0)) + 1, np.int64)
+    for k, oid in enumerate(object_ids):
+        lut[oid] = k + 1
+    ids = tracks.astype(np.int64)
+    if ids.max(initial=0) >= len(lut):
+        raise ValueError(f"object id {int(ids.max())} is not among the sequence's objects {object_ids}")
+    return _paint(lut[ids])
+
+
+def decode_tracks(img: np.ndarray, object_ids: list[int]) -> np.ndarray:
+    """(T, H, W, 3) rendering -> (T, H, W) int32 object ids (0 background, -1 not a palette colour)."""
+    idx = colour_index(img)
+    lut = np.array([0] + list(object_ids), np.int32)
+    return np.where((idx >= 0) & (idx < len(lut)), lut[np.clip(idx, 0, len(lut) - 1)], -1).astype(np.int32)

@@ -15,12 +15,13 @@ from typing import Any
 import numpy as np
 
 from lavin_data import degrade
-from lavin_data.geometry.view import View
+from lavin_data.geometry.view import ClipView, View
 from lavin_data.render import (
     canny_edges,
     grey,
     render_boxes,
     render_depth,
+    render_depth_clip,
     render_edges,
     render_filled_box,
     render_foreground,
@@ -29,12 +30,18 @@ from lavin_data.render import (
     render_panoptic,
     render_pose,
     render_semantic,
+    render_tracks,
 )
+from lavin_data.render.flow import render_flow
+
+
+class NothingToRender(Exception):
+    """A sample with nothing for this task (recorded as skipped, with this reason)."""
 
 
 @dataclass
 class Pair:
-    """One rendered sample. input/target: (R, R, 3) uint8 RGB.
+    """One rendered sample. input/target: (R, R, 3) uint8 RGB, or clips (T, R, R, 3).
 
     ``input_natural``: the input is a photo or a degraded photo (stored as JPEG q>=95);
     otherwise it is a rendering (stored as PNG). ``raw``: measurable values kept beside the
@@ -211,3 +218,82 @@ deblur_motion = _degradation(degrade.motion_blur)
 deblur_glass = _degradation(degrade.glass_blur)
 denoise = _degradation(degrade.gaussian_noise)
 low_light = _degradation(degrade.low_light)
+
+
+
+# --------------------------------------------------------------------------- video
+# Every video renderer takes a ClipView; inputs and targets are clips of 1 or 1+4k frames.
+
+FLOW_LAST_FRAME = "zero flow (white): the clip's last frame has no next frame"
+
+
+def _clip_depth(view: ClipView, task: str) -> tuple[np.ndarray, dict]:
+    depth = _need(view, "depth", task)
+    img, meta = render_depth_clip(depth, kind=view.depth_kind)
+    return img, dict(meta, encoding="grey near=bright, one robust disparity range (percentiles) per clip",
+                     depth_kind=view.depth_kind)
+
+
+def _clip_meta(view: ClipView) -> dict:
+    return {"frame_indices": view.frame_indices, "pts_seconds": view.pts_seconds}
+
+
+def frame_prediction(view: ClipView, rng, o: dict) -> list[Pair]:
+    n_in, n_out = o["input_frames"], o["target_frames"]
+    need = n_in + n_out - 1
+    if view.n_frames < need:
+        raise ValueError(f"frame_prediction with {n_in} -> {n_out} frames needs clips of {need} frames; "
+                         f"{view.key} has {view.n_frames}")
+    return [Pair(view.frames[:n_in], view.frames[n_in - 1:need], meta=dict(
+        _clip_meta(view), input_frames=list(range(n_in)), target_frames=list(range(n_in - 1, need)),
+        split="the target starts at the input's last frame and continues it"))]
+
+
+def video_depth(view: ClipView, rng, o: dict) -> list[Pair]:
+    target, meta = _clip_depth(view, "video_depth")
+    return [Pair(view.frames, target, raw={"target_raw": view.depth.astype(np.float32)},
+                 meta=dict(meta, **_clip_meta(view)))]
+
+
+def depth_to_video(view: ClipView, rng, o: dict) -> list[Pair]:
+    inp, meta = _clip_depth(view, "depth_to_video")
+    return [Pair(inp, view.frames, input_natural=False, meta=dict(meta, **_clip_meta(view)))]
+
+
+def video_normal(view: ClipView, rng, o: dict) -> list[Pair]:
+    n = _need(view, "normals", "video_normal")
+    return [Pair(view.frames, np.stack([render_normals(f) for f in n]), raw={"target_raw": n.astype(np.float16)},
+                 meta=dict(_clip_meta(view), encoding="RGB=(n+1)/2; x right, y up, z towards the camera"))]
+
+
+def normal_to_video(view: ClipView, rng, o: dict) -> list[Pair]:
+    n = _need(view, "normals", "normal_to_video")
+    return [Pair(np.stack([render_normals(f) for f in n]), view.frames, input_natural=False,
+                 meta=dict(_clip_meta(view), encoding="RGB=(n+1)/2; x right, y up, z towards the camera"))]
+
+
+def optical_flow(view: ClipView, rng, o: dict) -> list[Pair]:
+    """Target frame t renders the flow from frame t to t+1 (output pixels), all frames on
+    one scale: the clip's largest magnitude, stored as ``max_magnitude``."""
+    flow = _need(view, "flow", "optical_flow")
+    valid = np.isfinite(flow).all(-1)
+    img, top = render_flow(flow, valid=valid)
+    last = np.full((1,) + img.shape[1:], 255, np.uint8)
+    return [Pair(view.frames, np.concatenate([img, last]), raw={"target_raw": flow.astype(np.float32)},
+                 meta=dict(_clip_meta(view), max_magnitude=top, last_frame=FLOW_LAST_FRAME,
+                           encoding="Middlebury colour wheel, saturation = magnitude / max_magnitude; "
+                                    "invalid black", units="output pixels, u right, v down"))]
+
+
+def video_instance_segmentation(view: ClipView, rng, o: dict) -> list[Pair]:
+    tracks = _need(view, "tracks", "video_instance_segmentation")
+    if not view.annotated.all():
+        missing = [view.frame_indices[t] for t in np.flatnonzero(~view.annotated)]
+        raise NothingToRender(f"frames {missing} of the clip have no mask annotation")
+    ids = [int(ob["id"]) for ob in view.objects]
+    present = sorted({int(i) for i in np.unique(tracks)} - {0})
+    if not present:
+        raise NothingToRender("no annotated object in the clip")
+    return [Pair(view.frames, render_tracks(tracks, ids), meta=dict(
+        _clip_meta(view), objects=[dict(ob, colour_index=k + 1) for k, ob in enumerate(view.objects)],
+        present=present, colours="object ids[k] in PALETTE[k+1] on every frame of its sequence"))]

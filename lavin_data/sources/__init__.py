@@ -5,6 +5,7 @@ A reader has:
 
 - ``check(src)``: raise :class:`SourceError` naming the file if the source cannot be used
   at all (before any work);
+- ``frames(src)``: ``"image"`` or ``"video"`` (its samples are clips);
 - ``provides(src)``: the annotations its samples carry (names from
   :data:`lavin_data.registry.ANNOTATIONS`), so that the build refuses before any work a
   task that consumes something the source lacks and no labeler supplies;
@@ -30,10 +31,18 @@ class SkipItem(Exception):
 
 
 def reader_for(kind: str) -> ModuleType:
-    from lavin_data.sources import coco_reader, hf_dataset_reader, image_folder_reader, nyu_reader, synthetic_reader
+    from lavin_data.sources import (
+        coco_reader,
+        hf_dataset_reader,
+        image_folder_reader,
+        nyu_reader,
+        synthetic_reader,
+        video_folder_reader,
+    )
 
     readers = {"synthetic": synthetic_reader, "coco": coco_reader, "nyu": nyu_reader,
-               "image_folder": image_folder_reader, "hf_dataset": hf_dataset_reader}
+               "image_folder": image_folder_reader, "hf_dataset": hf_dataset_reader,
+               "video_folder": video_folder_reader}
     if kind not in readers:
         raise SourceError(
             f"source kind {kind!r} is part of the spec format but its reader is not built yet "

@@ -106,6 +106,10 @@ def _category_filter(src, cats: dict[int, dict]) -> set[int] | None:
     return keep
 
 
+def frames(src) -> str:
+    return "image"
+
+
 def provides(src) -> frozenset[str]:
     return frozenset({"instances"} | ({"keypoints"} if src.keypoints else set())
                      | ({"segments"} if src.panoptic else set()))

@@ -59,6 +59,10 @@ def check(src) -> None:
     _open(src.path, src.split, src.image_column)
 
 
+def frames(src) -> str:
+    return "image"
+
+
 def provides(src) -> frozenset[str]:
     return frozenset()
 

@@ -31,6 +31,10 @@ def check(src) -> None:
         raise SourceError(f"{src.file_list}: file_list not found")
 
 
+def frames(src) -> str:
+    return "image"
+
+
 def provides(src) -> frozenset[str]:
     return frozenset()
 

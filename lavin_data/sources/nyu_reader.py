@@ -59,6 +59,10 @@ def check(src) -> None:
         raise SourceError(f"{src.normals}: normals folder not found")
 
 
+def frames(src) -> str:
+    return "image"
+
+
 def provides(src) -> frozenset[str]:
     return frozenset({"depth"} | ({"normals"} if src.normals else set()))
 

@@ -1,0 +1,138 @@
+"""Reader for ``kind: video_folder``: video files cut into frame-exact clips (PyAV).
+
+Plan (in the driver, metadata only): every video under ``root`` (or in ``file_list``, a
+CSV / JSON / parquet table with a ``path`` column and optional ``start`` / ``end`` in
+seconds) is probed by demuxing its packets (no decoding; :mod:`lavin_data.video`), and
+``clips_per_video`` clips of ``clip_frames`` frames, ``frame_stride`` apart (or 1/``fps``
+seconds apart), are planned at evenly spaced or seeded random starts. One item per clip,
+its ``item_id`` the video's path with the clip's first frame index (``<video>-f000120``).
+
+A video that cannot be opened (missing, zero-length, truncated, no video stream) becomes
+one failed item whose error names the file; a video shorter than one clip (or than
+``min_frames``) one skipped item with the reason. The rest of the shard is written.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from functools import lru_cache
+from pathlib import Path
+
+from lavin_data.base import BaseSample
+from lavin_data.sources import SkipItem, SourceError
+from lavin_data.video import VideoError, plan_clips, probe, read_frames
+
+
+def check(src) -> None:
+    if not Path(src.root).is_dir():
+        raise SourceError(f"{src.root}: video folder not found")
+    if src.file_list:
+        _listed(src)
+
+
+def provides(src) -> frozenset[str]:
+    return frozenset()
+
+
+def frames(src) -> str:
+    return "video"
+
+
+def _listed(src) -> list[dict]:
+    """Rows {path, start, end} of ``file_list`` (CSV with a header, JSON list, or parquet)."""
+    p = Path(src.file_list)
+    if not p.is_file():
+        raise SourceError(f"{p}: file_list not found")
+    try:
+        if p.suffix == ".parquet":
+            import pyarrow.parquet as pq
+
+            rows = pq.read_table(p).to_pylist()
+        elif p.suffix == ".json":
+            rows = json.loads(p.read_text())
+            rows = [{"path": r} if isinstance(r, str) else r for r in rows]
+        else:
+            import csv
+
+            rows = list(csv.DictReader(p.read_text().splitlines()))
+    except Exception as e:  # noqa: BLE001 - any parse failure is the same user error
+        raise SourceError(f"{p}: cannot read the video list ({type(e).__name__}: {e})") from None
+    out = []
+    for i, r in enumerate(rows):
+        if not isinstance(r, dict) or not r.get("path"):
+            raise SourceError(f"{p}: row {i} has no `path`")
+        rel = Path(str(r["path"]))
+        if rel.is_absolute() or ".." in rel.parts:
+            raise SourceError(f"{p}: row {i}: path {rel} must be relative to root, inside it")
+        to_f = lambda x: float(x) if x not in (None, "") else None  # noqa: E731
+        out.append({"path": str(rel), "start": to_f(r.get("start")), "end": to_f(r.get("end"))})
+    return out
+
+
+def _videos(src) -> list[dict]:
+    if src.file_list:
+        return _listed(src)
+    root = Path(src.root)
+    exts = {e.lower() for e in src.extensions}
+    return [{"path": str(p.relative_to(root)), "start": None, "end": None}
+            for p in sorted(root.rglob("*")) if p.is_file() and p.suffix.lower() in exts]
+
+
+def _video_id(rel: str) -> str:
+    return re.sub(r"[^A-Za-z0-9-]+", "-", str(Path(rel).with_suffix(""))).strip("-") or "video"
+
+
+def plan(src) -> list[dict]:
+    items = []
+    for k, v in enumerate(_videos(src)):
+        vid = _video_id(v["path"])
+        base = {"item_id": vid, "path": v["path"], "frame_indices": "[]", "error": "", "skip": ""}
+        try:
+            info = probe(Path(src.root) / v["path"])
+        except VideoError as e:
+            items.append(dict(base, error=str(e)))
+            continue
+        if info.n_frames < src.min_frames:
+            items.append(dict(base, skip=f"{v['path']}: {info.n_frames} frames < min_frames {src.min_frames}"))
+            continue
+        clips = plan_clips(info, src.clip_frames, src.frame_stride, src.fps, src.clips_per_video, src.clip_starts,
+                           seed=src.seed + k, start_s=v["start"], end_s=v["end"])
+        if not clips:
+            span = f"{src.clip_frames} frames " + (f"at {src.fps} fps" if src.fps else f"{src.frame_stride} apart")
+            items.append(dict(base, skip=f"{v['path']}: {info.n_frames} frames ({info.n_frames / info.fps:.2f} s) "
+                                         f"are shorter than one clip of {span}"))
+            continue
+        items += [dict(base, item_id=f"{vid}-f{c[0]:06d}", frame_indices=json.dumps(c)) for c in clips]
+    ids = [i["item_id"] for i in items]
+    if len(set(ids)) != len(ids):
+        dup = next(i for i in ids if ids.count(i) > 1)
+        raise SourceError(f"{src.root}: two videos map to the item id {dup!r}; rename one")
+    return items
+
+
+def source_meta(src) -> dict:
+    return {}
+
+
+@lru_cache(maxsize=16)
+def _probe(path: str, mtime: float):
+    return probe(path)
+
+
+def read(src, item: dict, seed: int, source_meta: dict) -> BaseSample:
+    if item["error"]:
+        raise ValueError(item["error"])
+    if item["skip"]:
+        raise SkipItem(item["skip"])
+    path = Path(src.root) / item["path"]
+    try:
+        info = _probe(str(path), path.stat().st_mtime)
+    except FileNotFoundError:
+        raise VideoError(f"{path}: video file not found") from None
+    indices = json.loads(item["frame_indices"])
+    clip, pts = read_frames(info, indices)
+    meta = {"source": src.name, "item_id": item["item_id"], "video": item["path"], "frame_indices": indices,
+            "pts_seconds": pts, "fps": info.fps, "width": int(clip.shape[2]), "height": int(clip.shape[1]),
+            "frames": len(indices), "licence": src.licence}
+    return BaseSample(meta, frames=clip)
