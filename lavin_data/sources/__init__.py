@@ -33,6 +33,8 @@ class SkipItem(Exception):
 def reader_for(kind: str) -> ModuleType:
     from lavin_data.sources import (
         coco_reader,
+        davis_reader,
+        flow_reader,
         hf_dataset_reader,
         image_folder_reader,
         nyu_reader,
@@ -42,7 +44,7 @@ def reader_for(kind: str) -> ModuleType:
 
     readers = {"synthetic": synthetic_reader, "coco": coco_reader, "nyu": nyu_reader,
                "image_folder": image_folder_reader, "hf_dataset": hf_dataset_reader,
-               "video_folder": video_folder_reader}
+               "video_folder": video_folder_reader, "davis": davis_reader, "flow": flow_reader}
     if kind not in readers:
         raise SourceError(
             f"source kind {kind!r} is part of the spec format but its reader is not built yet "

@@ -5,7 +5,7 @@ CSV / JSON / parquet table with a ``path`` column and optional ``start`` / ``end
 seconds) is probed by demuxing its packets (no decoding; :mod:`lavin_data.video`), and
 ``clips_per_video`` clips of ``clip_frames`` frames, ``frame_stride`` apart (or 1/``fps``
 seconds apart), are planned at evenly spaced or seeded random starts. One item per clip,
-its ``item_id`` the video's path with the clip's first frame index (``<video>-f000120``).
+its ``item_id`` the video's path with the clip's first frame index (``dir-clip-mp4-f000120``).
 
 A video that cannot be opened (missing, zero-length, truncated, no video stream) becomes
 one failed item whose error names the file; a video shorter than one clip (or than
@@ -80,7 +80,7 @@ def _videos(src) -> list[dict]:
 
 
 def _video_id(rel: str) -> str:
-    return re.sub(r"[^A-Za-z0-9-]+", "-", str(Path(rel).with_suffix(""))).strip("-") or "video"
+    return re.sub(r"[^A-Za-z0-9-]+", "-", rel).strip("-") or "video"  # with the extension: a.mp4 and a.avi differ
 
 
 def plan(src) -> list[dict]:

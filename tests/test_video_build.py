@@ -1,0 +1,291 @@
+"""Video in the pixel build: clip pairs readable by webdataset / Ray / HF datasets, synthetic
+clips whose renderings decode to the exact ground truth, and a build over the real fixture
+videos, DAVIS and flow ground truth that writes every video task frame-exactly."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import av
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+
+from lavin_data.codecs import decode_flo, decode_image, decode_npy
+from lavin_data.geometry import plan_resize
+from lavin_data.render import angular_error_deg, decode_depth, decode_normals, decode_tracks
+from lavin_data.render.flow import decode_flow, end_point_error
+from lavin_data.shards import index_path, iter_tar_samples
+from lavin_data.spec import parse_spec
+from pipelines.build import build
+from pipelines.layout import pair_tar
+from tests.conftest import fixture_path
+
+quiet = dict(echo=lambda *_: None)
+
+
+def frames_of(m: dict, meta: dict, role: str) -> np.ndarray:
+    return np.stack([decode_image(m[n], n) for n in meta[role]])
+
+
+def psnr(a: np.ndarray, b: np.ndarray) -> float:
+    mse = np.mean((a.astype(np.float64) - b.astype(np.float64)) ** 2)
+    return float("inf") if mse == 0 else 10 * np.log10(255 ** 2 / mse)
+
+
+# --------------------------------------------------------------------------- readers
+
+
+def test_clip_pairs_read_with_webdataset_ray_and_hf_datasets(demo_build, tmp_path):
+    import ray
+    import webdataset as wds
+    from datasets import load_dataset
+
+    spec, _ = demo_build
+    url = str(pair_tar(spec.output, "video_depth", "synthetic-video", 0))
+    samples = list(wds.WebDataset(url, shardshuffle=False).decode("rgb8"))
+    assert len(samples) == 4
+    s = samples[0]
+    assert [s[f"input_{t:03d}.jpg"].shape for t in range(9)] == [(256, 256, 3)] * 9
+    assert s["target_008.png"].dtype == np.uint8 and s["target_raw.npy"].shape == (9, 256, 256)
+    assert s["json"]["frame_indices"] == list(range(9))
+    rows = ray.data.read_webdataset([url]).take_all()
+    assert len(rows) == 4 and np.asarray(rows[0]["target_004.png"]).shape == (256, 256, 3)
+    ds = load_dataset("webdataset", data_files={"train": [url]}, split="train", cache_dir=str(tmp_path / "hf"))
+    assert len(ds) == 4 and np.asarray(ds[0]["input_000.jpg"]).shape == (256, 256, 3)
+    assert ds[0]["json"]["task"] == "video_depth"
+
+
+# --------------------------------------------------------------------------- synthetic clips
+
+
+def ground_truth(spec, key: str):
+    """The clip straight from the ray-caster, brought to the output size independently."""
+    from lavin_data.sources import synthetic_reader
+
+    src = spec.source("synthetic-video")
+    s = synthetic_reader.read(src, {"item_id": key.rsplit("_", 1)[1]}, spec.seed, {})
+    rz = plan_resize(s.frames.shape[2], s.frames.shape[1], spec.resolution, spec.resize)
+    near = lambda a: np.stack([rz.image(x, "nearest") for x in a])  # noqa: E731
+    flow = near(s.flow) * np.array([rz.sx, rz.sy], np.float32)
+    depth, normals = near(s.depth.astype(np.float32)), near(s.normals.astype(np.float32))
+    return s, depth, normals, flow, near(s.tracks.astype(np.int32))
+
+
+def test_synthetic_clip_renderings_decode_to_the_exact_ground_truth(demo_build):
+    spec, _ = demo_build
+    out = Path(spec.output)
+    pairs = {t: dict(iter_tar_samples(pair_tar(out, t, "synthetic-video", 0)))
+             for t in ("video_depth", "video_normal", "optical_flow", "video_instance_segmentation")}
+    for key in pairs["video_depth"]:
+        s, depth, normals, flow, tracks = ground_truth(spec, key)
+        # Depth: one disparity range per clip; decoded grey = clipped disparity to half a grey step
+        # (a full step at the far end, where valid pixels are lifted from 0 to grey 1).
+        m = pairs["video_depth"][key]
+        meta = json.loads(m["json"])["params"]
+        lo, hi = meta["disparity_min"], meta["disparity_max"]
+        got = decode_depth(frames_of(m, json.loads(m["json"]), "target"), lo, hi)
+        valid = depth > 0
+        want = np.clip(1 / depth[valid], lo, hi)
+        err, step = np.abs(got[valid] - want), (hi - lo) / 255
+        assert err.max() <= step + 1e-6 and (err[want > lo + step] <= step * 0.51 + 1e-6).all()
+        assert (frames_of(m, json.loads(m["json"]), "target")[~valid] == 0).all()
+        assert np.array_equal(decode_npy(m["target_raw.npy"]), depth)
+        # Normals: (n+1)/2 in 8 bits: < 0.5 degrees.
+        m = pairs["video_normal"][key]
+        n, ok = decode_normals(frames_of(m, json.loads(m["json"]), "target").reshape(-1, 256, 3))
+        n, ok = n.reshape(normals.shape), ok.reshape(normals.shape[:3])
+        assert np.array_equal(ok, np.linalg.norm(normals, axis=-1) > 0.5)
+        assert angular_error_deg(n[ok], normals[ok]).max() < 0.5
+        # Flow: the colour wheel on one scale per clip; EPE against the exact flow.
+        m = pairs["optical_flow"][key]
+        meta = json.loads(m["json"])
+        img = frames_of(m, meta, "target")
+        assert img.shape[0] == 9 and (img[-1] == 255).all()  # the last frame has no next frame: white
+        dec, valid = decode_flow(img[:-1], meta["params"]["max_magnitude"])
+        fin = np.isfinite(flow).all(-1)
+        assert np.array_equal(valid, fin)
+        assert end_point_error(dec[fin], flow[fin]).mean() < 0.05 and end_point_error(dec[fin], flow[fin]).max() < 0.5
+        assert np.allclose(decode_npy(m["target_raw.npy"]), flow, equal_nan=True)
+        # Instances: exact ids, stable colours across frames.
+        m = pairs["video_instance_segmentation"][key]
+        meta = json.loads(m["json"])
+        ids = [o["id"] for o in meta["params"]["objects"]]
+        assert ids == [o["id"] for o in s.meta["objects"]]
+        assert np.array_equal(decode_tracks(frames_of(m, meta, "target"), ids), tracks)
+
+
+def test_synthetic_flow_moves_points_onto_themselves():
+    """The exact flow, checked against the renderer's own next frame: a pixel moved by its
+    flow lands on the same object at the depth the motion predicts (unless occluded)."""
+    from lavin_data.sources.synthetic import render_clip
+
+    c = render_clip(5, 5, 160, 120, max_objects=4, camera_speed=0.08, object_speed=0.06)
+    h, w = c.depth.shape[1:]
+    u0, v0 = np.meshgrid(np.arange(w), np.arange(h))
+    hits = total = 0
+    for t in range(4):
+        f = c.flow[t]
+        ok = np.isfinite(f).all(-1)
+        u1, v1 = np.rint(u0 + f[..., 0]), np.rint(v0 + f[..., 1])
+        inside = ok & (u1 >= 0) & (u1 < w) & (v1 >= 0) & (v1 < h)
+        same = c.segments[t + 1][v1[inside].astype(int), u1[inside].astype(int)] == c.segments[t][inside]
+        hits, total = hits + same.sum(), total + inside.sum()
+        assert np.abs(f[ok]).max() > 0.5  # it moves
+    assert hits / total > 0.97
+
+
+# --------------------------------------------------------------------------- real fixtures
+
+
+@pytest.fixture(scope="module")
+def fixture_build(ray_session, tmp_path_factory):
+    from lavin_data.testing import tiny_depth_anything
+
+    tmp = tmp_path_factory.mktemp("videos")
+    model = tmp / "da"
+    tiny_depth_anything(model)
+    videos, davis, flow = (str(fixture_path(p)) for p in ("videos", "davis", "flow"))
+    spec = parse_spec({
+        "name": "fixtures", "output": str(tmp / "out"), "resolution": 256, "resize": "crop", "shard_size": 4,
+        "sources": [
+            {"name": "videos", "kind": "video_folder", "root": videos, "clip_frames": 9, "frame_stride": 2,
+             "clips_per_video": 2},
+            {"name": "davis", "kind": "davis", "root": davis, "clip_frames": 9},
+            {"name": "davis-masks", "kind": "davis", "root": davis, "clip_frames": 1, "clips_per_sequence": 8,
+             "missing_annotations": "annotated_only"},
+            {"name": "chairs", "kind": "flow", "root": flow},
+        ],
+        "labelers": [
+            {"name": "da", "kind": "depth_anything_v2", "source": "videos", "model": str(model), "batch_size": 8},
+            {"name": "geo", "kind": "normals_from_depth", "source": "videos", "depth_from": "da"},
+            {"name": "dis", "kind": "dis_flow", "source": "videos"},
+            {"name": "dis-davis", "kind": "dis_flow", "source": "davis"},
+        ],
+        "tasks": [
+            {"task": "frame_prediction", "source": "videos", "options": {"input_frames": 5, "target_frames": 5}},
+            {"task": "video_depth", "source": "videos", "labeler": "da"},
+            {"task": "depth_to_video", "source": "videos", "labeler": "da"},
+            {"task": "video_normal", "source": "videos", "labeler": "geo"},
+            {"task": "normal_to_video", "source": "videos", "labeler": "geo"},
+            {"task": "optical_flow", "source": "videos", "labeler": "dis"},
+            {"task": "frame_prediction", "source": "davis", "options": {"input_frames": 5, "target_frames": 5}},
+            {"task": "optical_flow", "source": "davis", "labeler": "dis-davis"},
+            {"task": "video_instance_segmentation", "source": "davis-masks"},
+            {"task": "video_instance_segmentation", "source": "davis"},
+            {"task": "optical_flow", "source": "chairs"},
+        ],
+    })
+    return spec, build(spec, **quiet)
+
+
+def test_fixture_build_writes_every_video_task(fixture_build):
+    spec, manifest = fixture_build
+    c = manifest["counts"]
+    assert set(c) == {"frame_prediction", "video_depth", "depth_to_video", "video_normal", "normal_to_video",
+                      "optical_flow", "video_instance_segmentation"}
+    assert c["frame_prediction"] == {"videos": 6, "davis": 1}  # 3 videos x 2 clips; judo (bike is too short)
+    assert all(c[t]["videos"] == 6 for t in ("video_depth", "depth_to_video", "video_normal", "normal_to_video"))
+    assert c["optical_flow"] == {"videos": 6, "davis": 1, "chairs": 2}
+    # 5 annotated frames; on two of them (judo 8 and 13: x 753-828 and 0-93 of 854) the only
+    # annotated object lies outside the centre crop.
+    assert c["video_instance_segmentation"] == {"davis-masks": 3, "davis": 0}
+    assert manifest["skipped"]["video_instance_segmentation"]["davis-masks"] == 2
+    assert sum(sum(v.values()) for v in manifest["failures"].values()) == 0
+    # DAVIS clips of consecutive frames lack masks on most frames: skipped, saying which.
+    idx = pq.read_table(index_path(pair_tar(spec.output, "video_instance_segmentation", "davis", 0))).to_pylist()
+    assert {r["status"] for r in idx} == {"skipped"}
+    judo = next(r for r in idx if r["key"].startswith("davis_judo"))
+    assert "frames [1, 2, 3, 4, 6, 7] of the clip have no mask annotation" in judo["error"]
+    bike = next(r for r in idx if r["key"] == "davis_bike")
+    assert "bike: 4 frames are fewer than one clip of 9 frames" in bike["error"]
+
+
+def test_fixture_clips_are_pyavs_frames_in_order(fixture_build):
+    """Every stored frame is PyAV's own decode of the planned frame, resized: targets (PNG)
+    exactly, inputs (JPEG q95 4:4:4; benchmarks/bench_clip_storage.py: >= 42.9 dB at 256^2
+    on these videos) at >= 40 dB and closer to their own frame than to the frames next to
+    it; counts and order exact."""
+    spec, _ = fixture_build
+    decoded: dict[str, list[np.ndarray]] = {}
+    for s in range(2):
+        for key, m in iter_tar_samples(pair_tar(spec.output, "frame_prediction", "videos", s)):
+            meta = json.loads(m["json"])
+            base = json.loads(m["json"])["base_key"]
+            video = fixture_path("videos") / next(p.name for p in fixture_path("videos").iterdir()
+                                                  if base.startswith("videos_" + p.name.replace(".", "-")))
+            if str(video) not in decoded:
+                with av.open(str(video)) as c:
+                    decoded[str(video)] = [f.to_ndarray(format="rgb24") for f in c.decode(video=0)]
+            every = decoded[str(video)]
+            idx = meta["frame_indices"]
+            assert len(idx) == 9 and idx == sorted(idx) and np.all(np.diff(idx) == 2)
+            rz = plan_resize(every[0].shape[1], every[0].shape[0], 256, "crop")
+            want = [rz.image(every[i]) for i in idx]
+            inp, tgt = frames_of(m, meta, "input"), frames_of(m, meta, "target")
+            assert len(inp) == 5 and len(tgt) == 5
+            for k in range(5):
+                assert np.array_equal(tgt[k], want[4 + k]), (key, k)  # the target starts at the input's last frame
+                p_own = psnr(inp[k], want[k])
+                assert p_own >= 40, (key, k, p_own)
+                for other in (k - 1, k + 1):
+                    if 0 <= other < 9 and psnr(want[other], want[k]) < 60:  # the neighbour differs
+                        assert p_own > psnr(inp[k], want[other]), (key, k, other)
+
+
+def test_flow_ground_truth_survives_the_build(fixture_build):
+    """Chairs pairs: the target's first frame decodes to the .flo ground truth resized to the
+    output (nearest, vectors scaled) with mean EPE <= 0.5 px; held frames have zero flow."""
+    spec, _ = fixture_build
+    samples = dict(iter_tar_samples(pair_tar(spec.output, "optical_flow", "chairs", 0)))
+    assert len(samples) == 2
+    for key, m in samples.items():
+        meta = json.loads(m["json"])
+        name = {"chairs_00001": "00001_flow.flo", "chairs_0000000": "0000000-flow_01.flo"}[key]
+        gt = decode_flo((fixture_path("flow") / name).read_bytes())
+        rz = plan_resize(50, 50, 256, "crop")
+        want = rz.image(gt, "nearest") * np.array([rz.sx, rz.sy], np.float32)
+        raw = decode_npy(m["target_raw.npy"])
+        assert np.allclose(raw[0], want) and not raw[1:].any()
+        img = frames_of(m, meta, "target")
+        dec, valid = decode_flow(img[0], meta["params"]["max_magnitude"])
+        assert valid.all() and end_point_error(dec, want).mean() <= 0.5
+        assert json.loads(m["json"])["frame_indices"] == [0, 1, 1, 1, 1]
+
+
+def test_broken_videos_are_recorded_and_the_rest_written(ray_session, tmp_path):
+    root = tmp_path / "videos"
+    root.mkdir()
+    good = fixture_path("videos", "test.mp4").read_bytes()
+    (root / "good.mp4").write_bytes(good)
+    (root / "truncated.mp4").write_bytes(good[: len(good) // 3])
+    (root / "empty.mp4").write_bytes(b"")
+    with av.open(str(root / "noise.mp4"), "w") as c:  # an audio stream only
+        a = c.add_stream("aac", rate=8000)
+        af = av.AudioFrame.from_ndarray(np.zeros((1, 4000), np.float32), format="fltp", layout="mono")
+        af.sample_rate = 8000
+        for p in list(a.encode(af)) + list(a.encode()):
+            c.mux(p)
+    with av.open(str(root / "short.mp4"), "w") as c:
+        s = c.add_stream("libx264", rate=25)
+        s.width, s.height, s.pix_fmt = 32, 32, "yuv420p"
+        for i in range(5):
+            for p in s.encode(av.VideoFrame.from_ndarray(np.full((32, 32, 3), 9 * i, np.uint8), format="rgb24")):
+                c.mux(p)
+        for p in s.encode():
+            c.mux(p)
+    spec = parse_spec({"name": "bad", "output": str(tmp_path / "out"), "resolution": 32, "shard_size": 8,
+                       "sources": [{"name": "v", "kind": "video_folder", "root": str(root), "clip_frames": 9}],
+                       "tasks": [{"task": "frame_prediction", "source": "v",
+                                  "options": {"input_frames": 5, "target_frames": 5}}]})
+    m = build(spec, **quiet)
+    assert m["counts"]["frame_prediction"]["v"] == 1
+    index = pq.read_table(index_path(pair_tar(spec.output, "frame_prediction", "v", 0))).to_pylist()
+    rows = {r["key"]: r for r in index}
+    assert rows["v_good-mp4-f000000"]["status"] == "ok"
+    for key, status, words in (("v_truncated-mp4", "error", "truncated.mp4"),
+                               ("v_empty-mp4", "error", "empty.mp4: not a readable video"),
+                               ("v_noise-mp4", "error", "noise.mp4: no video stream (streams: audio)"),
+                               ("v_short-mp4", "skipped", "short.mp4: 5 frames")):
+        assert rows[key]["status"] == status and words in rows[key]["error"], rows[key]
