@@ -184,6 +184,39 @@ class DavisSource(_SourceBase):
         return _clip_frames(v)
 
 
+class YouTubeVisSource(_SourceBase):
+    """YouTube-VIS: JPEG frames and the official json (per-frame RLE or polygons)."""
+
+    kind: Literal["youtube_vis"]
+    images: str = Field(description="the JPEGImages folder the json's file_names are relative to")
+    annotations: str = Field(description="instances.json")
+    clip_frames: int = Field(9, description="frames per clip (annotated frames): 1 or 1+4k")
+    frame_stride: int = Field(1, ge=1, description="annotated frames between clip frames")
+    clips_per_video: int = Field(1, ge=1)
+    licence: str | None = "YouTube-VIS: CC BY 4.0 annotations; videos: YouTube terms"
+
+    @field_validator("clip_frames")
+    @classmethod
+    def _clip(cls, v: int) -> int:
+        return _clip_frames(v)
+
+
+class SavSource(_SourceBase):
+    """SA-V manual masklets: sav_*.mp4 beside sav_*_manual.json."""
+
+    kind: Literal["sav"]
+    root: str
+    annotation_fps: float = Field(6.0, gt=0, description="rate of the annotated frames (SA-V: 6, videos 24)")
+    clip_frames: int = Field(9, description="frames per clip (annotated frames): 1 or 1+4k")
+    clips_per_video: int = Field(1, ge=1)
+    licence: str | None = "SA-V: CC BY 4.0"
+
+    @field_validator("clip_frames")
+    @classmethod
+    def _clip(cls, v: int) -> int:
+        return _clip_frames(v)
+
+
 class FlowSource(_SourceBase):
     """Optical-flow ground truth: FlyingChairs, Sintel, or plain image pairs with .flo files."""
 
@@ -203,7 +236,7 @@ class FlowSource(_SourceBase):
 
 Source = Annotated[
     SyntheticSource | CocoSource | NyuSource | ImageFolderSource | HFDatasetSource
-    | VideoFolderSource | DavisSource | FlowSource,
+    | VideoFolderSource | DavisSource | YouTubeVisSource | SavSource | FlowSource,
     Field(discriminator="kind"),
 ]
 

@@ -128,6 +128,16 @@ def plan_clips(info: VideoInfo, clip_frames: int, stride: int = 1, fps: float | 
     return [c for c in clips if len(set(c)) == len(c)]  # fps above the source's would repeat frames
 
 
+def spaced_clips(n: int, clip_frames: int, stride: int, clips: int) -> list[list[int]]:
+    """Up to ``clips`` clips of ``clip_frames`` positions ``stride`` apart in range(n), starts
+    evenly spaced from the first to the last possible one (for annotated-frame lists)."""
+    span = (clip_frames - 1) * stride
+    if n - span <= 0:
+        return []
+    starts = np.unique(np.round(np.linspace(0, n - span - 1, min(clips, n - span))).astype(int))
+    return [[int(s) + k * stride for k in range(clip_frames)] for s in starts]
+
+
 def _upright(frame) -> np.ndarray:
     """A decoded frame as (H, W, 3) uint8 RGB, turned by its display matrix's rotation
     (counter-clockwise degrees, as PyAV's ``VideoFrame.rotation`` and FFmpeg's autorotate)."""

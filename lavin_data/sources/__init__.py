@@ -38,13 +38,16 @@ def reader_for(kind: str) -> ModuleType:
         hf_dataset_reader,
         image_folder_reader,
         nyu_reader,
+        sav_reader,
         synthetic_reader,
         video_folder_reader,
+        youtube_vis_reader,
     )
 
     readers = {"synthetic": synthetic_reader, "coco": coco_reader, "nyu": nyu_reader,
                "image_folder": image_folder_reader, "hf_dataset": hf_dataset_reader,
-               "video_folder": video_folder_reader, "davis": davis_reader, "flow": flow_reader}
+               "video_folder": video_folder_reader, "davis": davis_reader, "flow": flow_reader,
+               "youtube_vis": youtube_vis_reader, "sav": sav_reader}
     if kind not in readers:
         raise SourceError(
             f"source kind {kind!r} is part of the spec format but its reader is not built yet "

@@ -31,6 +31,7 @@ import numpy as np
 from lavin_data.base import BaseSample
 from lavin_data.sources import SkipItem, SourceError
 from lavin_data.sources.image_folder_reader import load_rgb
+from lavin_data.video import spaced_clips
 
 
 def _dirs(src) -> tuple[Path, Path]:
@@ -98,16 +99,14 @@ def plan(src) -> list[dict]:
             continue
         pool = [i for i, a in enumerate(annotated) if a] if src.missing_annotations == "annotated_only" \
             else list(range(len(names)))
-        span = (src.clip_frames - 1) * src.frame_stride
-        starts = list(range(0, len(pool) - span))
-        if not starts:
+        clips = spaced_clips(len(pool), src.clip_frames, src.frame_stride, src.clips_per_sequence)
+        if not clips:
             what = "annotated frames" if src.missing_annotations == "annotated_only" else "frames"
             items.append(dict(base, skip=f"{seq}: {len(pool)} {what} are fewer than one clip of "
                                          f"{src.clip_frames} frames {src.frame_stride} apart"))
             continue
-        k = min(src.clips_per_sequence, len(starts))
-        for j in np.unique(np.round(np.linspace(0, len(starts) - 1, k)).astype(int)):
-            idx = [pool[starts[j] + m * src.frame_stride] for m in range(src.clip_frames)]
+        for positions in clips:
+            idx = [pool[p] for p in positions]
             items.append(dict(base, item_id=f"{seq}-f{idx[0]:05d}", names=json.dumps([names[i] for i in idx]),
                               frame_indices=json.dumps(idx), annotated=json.dumps([annotated[i] for i in idx]),
                               objects=json.dumps(ids)))

@@ -1,0 +1,73 @@
+"""``python -m benchmarks.bench_video [--videos DIR] [--frames 17] [--resolution 256] [--clips-per-video 8]``
+
+Clip throughput of the pixel build on one core: the ingest stage (PyAV seek + decode of the
+planned frames, lossless base frames, tar) then the render stage for frame_prediction
+(decode, resize, JPEG/PNG encode of input and target clips, tar), both through
+:mod:`pipelines.stages` as a build worker runs them, against the floor: PyAV decoding the
+same planned frames alone, in a tight loop. Prints clips/s for each and the ratio, and the
+worker's peak RSS. The default task splits a 17-frame clip into 9 -> 9 frames.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import shutil
+import tempfile
+import time
+from pathlib import Path
+
+from lavin_data.spec import parse_spec
+from lavin_data.video import probe, read_frames
+from pipelines.build import shard_jobs
+from pipelines.stages import ingest_shard, render_shard
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m benchmarks.bench_video")
+    ap.add_argument("--videos", default="../shared/fixtures/videos")
+    ap.add_argument("--frames", type=int, default=17)
+    ap.add_argument("--resolution", type=int, default=256)
+    ap.add_argument("--clips-per-video", type=int, default=8)
+    ap.add_argument("--repeat", type=int, default=3)
+    args = ap.parse_args(argv)
+    import cv2
+
+    cv2.setNumThreads(1)
+    half = (args.frames + 1) // 2
+    with tempfile.TemporaryDirectory() as tmp:
+        spec = parse_spec({
+            "name": "bench", "output": tmp, "resolution": args.resolution, "shard_size": 1000,
+            "sources": [{"name": "v", "kind": "video_folder", "root": str(Path(args.videos).resolve()),
+                         "clip_frames": args.frames, "clips_per_video": args.clips_per_video}],
+            "tasks": [{"task": "frame_prediction", "source": "v",
+                       "options": {"input_frames": half, "target_frames": args.frames - half + 1}}]})
+        jobs, _ = shard_jobs(spec)
+        items = [it for j in jobs for it in json.loads(j["items"]) if not it["error"] and not it["skip"]]
+        root = Path(spec.sources[0].root)
+        infos = {it["path"]: probe(root / it["path"]) for it in items}
+        best_floor = best_stage = 0.0
+        for _ in range(args.repeat):
+            t0 = time.perf_counter()
+            for it in items:
+                read_frames(infos[it["path"]], json.loads(it["frame_indices"]))
+            best_floor = max(best_floor, len(items) / (time.perf_counter() - t0))
+            for d in ("base", "pairs"):
+                shutil.rmtree(Path(tmp) / d, ignore_errors=True)
+            t0 = time.perf_counter()
+            for j in jobs:
+                ingest_shard(spec, "v", j["shard"], json.loads(j["items"]), {})
+                render_shard(spec, "v", j["shard"], ["frame_prediction"])
+            best_stage = max(best_stage, len(items) / (time.perf_counter() - t0))
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    print(f"{len(items)} clips of {args.frames} frames at {args.resolution}^2, one core, best of {args.repeat}:")
+    print(f"floor, PyAV decode of the planned frames alone: {best_floor:7.2f} clips/s")
+    print(f"ingest + render (frame_prediction):           {best_stage:7.2f} clips/s  -> {best_stage / best_floor:.2f} "
+          f"of the floor (target >= 0.7)")
+    print(f"peak RSS of this process: {peak:.0f} MiB")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
