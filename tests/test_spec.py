@@ -8,7 +8,8 @@ from lavin_data.spec import SpecError, load_spec, parse_spec
 ROOT = Path(__file__).resolve().parents[1]
 
 UVD_ENV = {v: f"/data/{v.lower()}" for v in [
-    "COCO_ROOT", "NYU_ROOT", "IMAGENET_ROOT", "VIDEO_ROOT", "DAVIS_ROOT", "FLOW_ROOT", "HF_DATASET_DIR",
+    "COCO_ROOT", "NYU_ROOT", "IMAGENET_ROOT", "VIDEO_ROOT", "DAVIS_ROOT", "FLOW_ROOT", "YTVIS_ROOT", "SAV_ROOT",
+    "HF_DATASET_DIR",
     "DEPTH_ANYTHING_DIR", "STABLE_NORMAL_DIR", "MARIGOLD_DIR", "UVD_OUT",
 ]}
 
@@ -35,6 +36,14 @@ def test_uvd_spec_validates_and_covers_every_task(monkeypatch):
     assert {t.task for t in spec.tasks} == set(TASKS), set(TASKS) - {t.task for t in spec.tasks}
     coco = next(s for s in spec.sources if s.kind == "coco")
     assert coco.images.startswith("/data/coco_root")
+    assert {s.kind for s in spec.sources} >= {"video_folder", "davis", "youtube_vis", "sav", "flow"}
+    from pipelines.build import BuildError, preflight
+
+    with pytest.raises(BuildError) as e:  # the folders are not there; everything else holds
+        preflight(spec)
+    problems = str(e.value).splitlines()[1:]
+    assert problems and all("not found" in p or "no weights" in p or "torchvision" in p or "no StableNormal" in p
+                            or "no flow/ folder" in p for p in problems), problems
 
 
 def test_output_override_and_env_default(monkeypatch):
