@@ -21,7 +21,9 @@ Members of a base sample ``<key>.<ext>`` (all optional but the image and the jso
   mask (COCO compressed RLE {size, counts}) or null, keypoints [[x, y, v], ...] or null})
   and source-specific parameters. Without ``instances``, the thing segments are the objects.
 
-A *clip* (video sources) has ``frame_000.png|jpg`` ... instead of the image, arrays with a
+A *clip* (video sources) has ``frame_000.png|jpg`` ... instead of the image (or
+``video.mp4``: the source's own compressed packets for the clip, copied without
+re-encoding, with ``segment_pts`` and ``frame_pts`` in the json), arrays with a
 leading frame axis (``depth.npy`` (T, H, W), ``normals.npy`` (T, H, W, 3), ``flow.npy``
 (T-1, H, W, 2) float32 forward flow in source pixels, NaN = unknown), ``tracks_000.png`` ...
 (uint16 object ids per frame, 0 = background) and in the json ``frame_indices`` (source
@@ -69,6 +71,7 @@ class BaseSample:
     instances: list[dict] | None = None
     frames: np.ndarray | None = None
     frame_files: list[tuple[str, bytes]] | None = None
+    video_segment: bytes | None = None  # see lavin_data.video.cut_segment; meta: segment_pts, frame_pts
     flow: np.ndarray | None = None
     tracks: np.ndarray | None = None
 
@@ -76,7 +79,9 @@ class BaseSample:
 def encode_base(sample: BaseSample, png_level: int = 1) -> dict[str, bytes]:
     """A reader's sample -> tar members (PNG at zlib ``png_level`` where we encode)."""
     members: dict[str, bytes] = {}
-    if sample.frame_files is not None:
+    if sample.video_segment is not None:
+        members["video.mp4"] = sample.video_segment
+    elif sample.frame_files is not None:
         for t, (ext, data) in enumerate(sample.frame_files):
             members[f"frame_{t:03d}.{ext}"] = data
     elif sample.frames is not None:
@@ -129,13 +134,19 @@ def base_image(key: str, members: dict[str, bytes]) -> tuple[np.ndarray, dict]:
 
 
 def is_clip(members: dict[str, bytes]) -> bool:
-    return any(m.startswith("frame_") for m in members)
+    return "video.mp4" in members or any(m.startswith("frame_") for m in members)
 
 
 def base_frames(key: str, members: dict[str, bytes]) -> tuple[np.ndarray, dict]:
     """A base clip's (T, H, W, 3) uint8 RGB frames and its json."""
     if "json" not in members:
         raise ValueError(f"base sample {key} has no json member (has {sorted(members)})")
+    if "video.mp4" in members:
+        from lavin_data.video import decode_segment
+
+        meta = json.loads(members["json"])
+        return decode_segment(members["video.mp4"], meta["segment_pts"], meta["frame_pts"],
+                              f"{key}.video.mp4"), meta
     names = sorted(m for m in members if m.startswith("frame_"))
     if not names:
         raise ValueError(f"base sample {key} has no frame members (has {sorted(members)})")

@@ -187,3 +187,89 @@ def read_frames(info: VideoInfo, frame_indices: list[int]) -> tuple[np.ndarray, 
                          "the file may be truncated")
     frames = np.stack([got[i] for i in frame_indices])
     return frames, [round(info.seconds(i), 6) for i in frame_indices]
+
+
+def cut_segment(info: VideoInfo, frame_indices: list[int]) -> tuple[bytes, list[int]]:
+    """The compressed packets a clip needs, copied without re-encoding into a small MP4.
+
+    From the keyframe at or before the first planned frame, packets are copied in decode
+    order until every planned frame's packet is in (their references come before them);
+    leading pictures of an open GOP (pts before the keyframe's) are left out. Returns the
+    MP4 bytes and the source pts of the copied frames in presentation order: decoding the
+    MP4 yields exactly those frames, in that order (the muxer may shift time stamps, so
+    frames are matched by position). Raises :class:`VideoError` for ``sequential`` files.
+    """
+    import io
+
+    import av
+
+    if info.sequential:
+        raise VideoError(f"{info.path}: time stamps do not identify frames; cannot cut a segment")
+    want = {info.pts[i] for i in frame_indices}
+    buf = io.BytesIO()
+    copied: list[int] = []
+    with _open(info.path) as c, av.open(buf, "w", format="mp4") as out:
+        s = c.streams.video[0]
+        o = out.add_stream_from_template(s)
+        c.seek(info.pts[min(frame_indices)], stream=s, backward=True, any_frame=False)
+        key_pts = None
+        try:
+            for pkt in c.demux(s):
+                if not pkt.size or pkt.pts is None:
+                    continue
+                if key_pts is None:
+                    if not pkt.is_keyframe:
+                        raise VideoError(f"{info.path}: seeking did not land on a keyframe")
+                    key_pts = pkt.pts
+                if pkt.pts < key_pts:
+                    continue  # a leading picture of an open GOP: not decodable from here
+                pts = pkt.pts
+                pkt.stream = o
+                out.mux(pkt)
+                copied.append(pts)
+                want.discard(pts)
+                if not want:
+                    break
+        except av.error.FFmpegError as e:
+            raise VideoError(f"{info.path}: cannot copy the clip's packets ({type(e).__name__}: {e})") from None
+    if want:
+        raise VideoError(f"{info.path}: {len(want)} planned frame(s) have no packet (truncated file?)")
+    return buf.getvalue(), sorted(copied)
+
+
+def decode_segment(data: bytes, segment_pts: list[int], wanted_pts: list[int], what: str = "segment") -> np.ndarray:
+    """Frames of a :func:`cut_segment` MP4 -> (T, H, W, 3) uint8 RGB, upright, for
+    ``wanted_pts`` (source pts, in that order)."""
+    import io
+
+    import av
+
+    wanted = set(wanted_pts)
+    got: dict[int, np.ndarray] = {}
+    n = 0
+    try:
+        with av.open(io.BytesIO(data)) as c:
+            s = c.streams.video[0]
+            s.thread_type = "AUTO"
+            shift = None
+            for n, f in enumerate(c.decode(s), 1):
+                if n > len(segment_pts):
+                    break
+                pts = segment_pts[n - 1]
+                # The muxer may shift every time stamp by one constant; a frame the decoder
+                # dropped would change the difference, and frames would be misnamed.
+                if f.pts is not None:
+                    shift = f.pts - pts if shift is None else shift
+                    if f.pts - pts != shift:
+                        raise VideoError(f"{what}: frame {n} has pts {f.pts}, expected {pts + shift}: "
+                                         "the decoder dropped a frame")
+                if pts in wanted:  # only the planned frames become arrays
+                    got[pts] = _upright(f)
+                    if len(got) == len(wanted):
+                        break
+    except av.error.FFmpegError as e:
+        raise VideoError(f"{what}: cannot decode ({type(e).__name__}: {e})") from None
+    if len(got) != len(wanted):
+        raise VideoError(f"{what}: decoded {n} of the segment's {len(segment_pts)} frames; "
+                         f"{len(wanted) - len(got)} planned frame(s) missing")
+    return np.stack([got[p] for p in wanted_pts])

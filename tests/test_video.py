@@ -158,3 +158,28 @@ def test_flo_codec_rejects_bad_files():
         decode_flo(data[:-8], "y.flo")
     with pytest.raises(ValueError, match="shorter than its 12-byte header"):
         decode_flo(data[:7], "z.flo")
+
+
+def test_cut_segments_decode_to_exactly_the_planned_frames(tmp_path):
+    """Base clips keep the source's packets (stream copy into a small MP4): decoding the
+    segment gives PyAV's own frames for the plan, B-frames, long GOPs, VFR and rotation
+    included; AVI (no usable time stamps) is refused, so the reader decodes it instead."""
+    from lavin_data.video import cut_segment, decode_segment
+
+    write_video(tmp_path / "vfr.mp4", 24, pts_ms=[i * 40 for i in range(12)] + [440 + 120 * i for i in range(1, 13)],
+                rotation=90)
+    cases = [fixture_path("videos", "test.mp4"), fixture_path("videos", "demo.mp4"), tmp_path / "vfr.mp4"]
+    for path in cases:
+        info = probe(path)
+        every = pyav_frames(path)
+        for clip in plan_clips(info, 9, stride=2, clips_per_video=5):
+            data, segment_pts = cut_segment(info, clip)
+            frames = decode_segment(data, segment_pts, [info.pts[i] for i in clip])
+            reference, _ = read_frames(info, clip)
+            assert np.array_equal(frames, reference), (path.name, clip[0])
+            if path.name != "vfr.mp4":
+                assert all(np.array_equal(frames[k], every[i]) for k, i in enumerate(clip))
+            else:
+                assert [frame_number(f) for f in frames] == clip and frames.shape[1:3] == (64, 48)
+    with pytest.raises(VideoError, match="cannot cut a segment"):
+        cut_segment(probe(fixture_path("videos", "test.avi")), [0, 1])

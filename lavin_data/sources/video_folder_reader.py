@@ -7,6 +7,11 @@ seconds) is probed by demuxing its packets (no decoding; :mod:`lavin_data.video`
 seconds apart), are planned at evenly spaced or seeded random starts. One item per clip,
 its ``item_id`` the video's path with the clip's first frame index (``dir-clip-mp4-f000120``).
 
+Base clips keep the source's own compressed packets (``video.mp4``: from the keyframe
+before the clip to its last frame, copied without re-encoding; :func:`lavin_data.video.cut_segment`),
+so ingest decodes nothing and a later decode yields exactly the planned frames; containers
+without presentation time stamps (AVI) are decoded at ingest and kept as lossless frames.
+
 A video that cannot be opened (missing, zero-length, truncated, no video stream) becomes
 one failed item whose error names the file; a video shorter than one clip (or than
 ``min_frames``) one skipped item with the reason. The rest of the shard is written.
@@ -21,7 +26,7 @@ from pathlib import Path
 
 from lavin_data.base import BaseSample
 from lavin_data.sources import SkipItem, SourceError
-from lavin_data.video import VideoError, plan_clips, probe, read_frames
+from lavin_data.video import VideoError, cut_segment, plan_clips, probe, read_frames
 
 
 def check(src) -> None:
@@ -131,8 +136,15 @@ def read(src, item: dict, seed: int, source_meta: dict) -> BaseSample:
     except FileNotFoundError:
         raise VideoError(f"{path}: video file not found") from None
     indices = json.loads(item["frame_indices"])
-    clip, pts = read_frames(info, indices)
     meta = {"source": src.name, "item_id": item["item_id"], "video": item["path"], "frame_indices": indices,
-            "pts_seconds": pts, "fps": info.fps, "width": int(clip.shape[2]), "height": int(clip.shape[1]),
-            "frames": len(indices), "licence": src.licence}
-    return BaseSample(meta, frames=clip)
+            "pts_seconds": [round(info.seconds(i), 6) for i in indices], "fps": info.fps, "frames": len(indices),
+            "coded_size": [info.width, info.height], "licence": src.licence}
+    if not info.sequential:
+        try:
+            segment, segment_pts = cut_segment(info, indices)
+            return BaseSample(dict(meta, segment_pts=segment_pts, frame_pts=[info.pts[i] for i in indices]),
+                              video_segment=segment)
+        except VideoError:
+            pass  # a codec the MP4 muxer does not take: decode here and keep lossless frames
+    clip, pts = read_frames(info, indices)
+    return BaseSample(dict(meta, pts_seconds=pts), frames=clip)
