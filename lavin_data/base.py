@@ -23,7 +23,7 @@ Members of a base sample ``<key>.<ext>`` (all optional but the image and the jso
 
 A *clip* (video sources) has ``frame_000.png|jpg`` ... instead of the image (or
 ``video.mp4``: the source's own compressed packets for the clip, copied without
-re-encoding, with ``segment_pts`` and ``frame_pts`` in the json), arrays with a
+re-encoding, with ``segment_pts``, ``frame_pts`` and ``time_base`` in the json), arrays with a
 leading frame axis (``depth.npy`` (T, H, W), ``normals.npy`` (T, H, W, 3), ``flow.npy``
 (T-1, H, W, 2) float32 forward flow in source pixels, NaN = unknown), ``tracks_000.png`` ...
 (uint16 object ids per frame, 0 = background) and in the json ``frame_indices`` (source
@@ -145,7 +145,7 @@ def base_frames(key: str, members: dict[str, bytes]) -> tuple[np.ndarray, dict]:
         from lavin_data.video import decode_segment
 
         meta = json.loads(members["json"])
-        return decode_segment(members["video.mp4"], meta["segment_pts"], meta["frame_pts"],
+        return decode_segment(members["video.mp4"], meta["segment_pts"], meta["frame_pts"], meta["time_base"],
                               f"{key}.video.mp4"), meta
     names = sorted(m for m in members if m.startswith("frame_"))
     if not names:

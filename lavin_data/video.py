@@ -39,6 +39,7 @@ class VideoInfo:
     height: int
     fps: float  # average frame rate (frames / second)
     time_base: float  # seconds per pts unit
+    time_base_fraction: str  # the same, exactly, "num/den"
     pts: tuple[int, ...]  # presentation time stamps of frames 0..n-1 (sequential: packet order)
     sequential: bool  # decode from the start: time stamps do not identify frames
     has_audio: bool
@@ -69,7 +70,8 @@ def probe(path: str) -> VideoInfo:
         s = c.streams.video[0]
         fmt = c.format.name.split(",")
         try:
-            packets = [(p.pts, p.dts) for p in c.demux(s) if p.size]
+            # Packets an edit list discards are decoded (as references) but never shown: not frames.
+            packets = [(p.pts, p.dts) for p in c.demux(s) if p.size and not p.is_discard]
         except av.error.FFmpegError as e:
             raise VideoError(f"{path}: cannot demux the video stream ({type(e).__name__}: {e})") from None
         if not packets:
@@ -82,7 +84,7 @@ def probe(path: str) -> VideoInfo:
             raise VideoError(f"{path}: the video stream states no frame rate")
         return VideoInfo(
             path=str(path), n_frames=len(packets), width=s.codec_context.width, height=s.codec_context.height,
-            fps=fps, time_base=float(s.time_base), sequential=sequential,
+            fps=fps, time_base=float(s.time_base), time_base_fraction=str(s.time_base), sequential=sequential,
             pts=tuple(range(len(packets))) if sequential else tuple(sorted(stamps)),
             has_audio=bool(c.streams.audio),
         )
@@ -100,8 +102,11 @@ def plan_clips(info: VideoInfo, clip_frames: int, stride: int = 1, fps: float | 
     """
     n = info.n_frames
     times = np.array([info.seconds(i) for i in range(n)])
+    times = times - times[0]  # start/end count from the first frame
     lo = 0 if start_s is None else int(np.searchsorted(times, start_s - 1e-9))
     hi = n if end_s is None else int(np.searchsorted(times, end_s - 1e-9))
+    if hi - lo < clip_frames:
+        return []
     if fps is not None:
         span_s = (clip_frames - 1) / fps
         candidates = [i for i in range(lo, hi) if times[i] + span_s <= times[hi - 1] + 0.5 / info.fps]
@@ -208,15 +213,19 @@ def cut_segment(info: VideoInfo, frame_indices: list[int]) -> tuple[bytes, list[
     want = {info.pts[i] for i in frame_indices}
     buf = io.BytesIO()
     copied: list[int] = []
-    with _open(info.path) as c, av.open(buf, "w", format="mp4") as out:
-        s = c.streams.video[0]
-        o = out.add_stream_from_template(s)
-        c.seek(info.pts[min(frame_indices)], stream=s, backward=True, any_frame=False)
-        key_pts = None
-        try:
+    den = str(info.time_base_fraction).split("/")[-1]
+    try:
+        # The source's timescale for the MP4 track, so time stamps keep their units.
+        with _open(info.path) as c, av.open(buf, "w", format="mp4", options={"video_track_timescale": den}) as out:
+            s = c.streams.video[0]
+            o = out.add_stream_from_template(s)
+            c.seek(info.pts[min(frame_indices)], stream=s, backward=True, any_frame=False)
+            key_pts = None
             for pkt in c.demux(s):
                 if not pkt.size or pkt.pts is None:
                     continue
+                if pkt.is_discard:
+                    raise VideoError(f"{info.path}: the clip starts inside an edit list's discarded frames")
                 if key_pts is None:
                     if not pkt.is_keyframe:
                         raise VideoError(f"{info.path}: seeking did not land on a keyframe")
@@ -230,20 +239,23 @@ def cut_segment(info: VideoInfo, frame_indices: list[int]) -> tuple[bytes, list[
                 want.discard(pts)
                 if not want:
                     break
-        except av.error.FFmpegError as e:
-            raise VideoError(f"{info.path}: cannot copy the clip's packets ({type(e).__name__}: {e})") from None
+    except av.error.FFmpegError as e:
+        raise VideoError(f"{info.path}: cannot copy the clip's packets ({type(e).__name__}: {e})") from None
     if want:
         raise VideoError(f"{info.path}: {len(want)} planned frame(s) have no packet (truncated file?)")
     return buf.getvalue(), sorted(copied)
 
 
-def decode_segment(data: bytes, segment_pts: list[int], wanted_pts: list[int], what: str = "segment") -> np.ndarray:
+def decode_segment(data: bytes, segment_pts: list[int], wanted_pts: list[int], time_base: str,
+                   what: str = "segment") -> np.ndarray:
     """Frames of a :func:`cut_segment` MP4 -> (T, H, W, 3) uint8 RGB, upright, for
-    ``wanted_pts`` (source pts, in that order)."""
+    ``wanted_pts`` (source pts in the source's ``time_base`` "num/den", in that order)."""
     import io
+    from fractions import Fraction
 
     import av
 
+    src_tb = Fraction(time_base)
     wanted = set(wanted_pts)
     got: dict[int, np.ndarray] = {}
     n = 0
@@ -259,9 +271,10 @@ def decode_segment(data: bytes, segment_pts: list[int], wanted_pts: list[int], w
                 # The muxer may shift every time stamp by one constant; a frame the decoder
                 # dropped would change the difference, and frames would be misnamed.
                 if f.pts is not None:
-                    shift = f.pts - pts if shift is None else shift
-                    if f.pts - pts != shift:
-                        raise VideoError(f"{what}: frame {n} has pts {f.pts}, expected {pts + shift}: "
+                    here = round(Fraction(f.pts) * Fraction(s.time_base) / src_tb)  # in source units
+                    shift = here - pts if shift is None else shift
+                    if abs(here - pts - shift) > 1:
+                        raise VideoError(f"{what}: frame {n} has pts {here}, expected {pts + shift}: "
                                          "the decoder dropped a frame")
                 if pts in wanted:  # only the planned frames become arrays
                     got[pts] = _upright(f)

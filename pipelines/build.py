@@ -80,6 +80,14 @@ def preflight(spec: Spec) -> None:
             problems.append(f"tasks[{i}]: task {t.task!r} works on {what[TASKS[t.task].frames]}, but source "
                             f"{t.source!r} gives {what[frames[t.source]]}")
             continue
+        clip = getattr(spec.source(t.source), "clip_frames", None)
+        if t.task == "frame_prediction" and clip is not None:
+            need = t.options["input_frames"] + t.options["target_frames"] - 1
+            if clip < need:
+                problems.append(f"tasks[{i}]: frame_prediction {t.options['input_frames']} -> "
+                                f"{t.options['target_frames']} frames needs clips of {need} frames; source "
+                                f"{t.source!r} cuts {clip} (set its clip_frames, or the task's input_frames and "
+                                f"target_frames)")
         if t.source in provides:
             lacking = TASKS[t.task].consumes - provides[t.source] - ({wants} if t.labeler else set())
             if lacking:

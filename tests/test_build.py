@@ -205,6 +205,10 @@ def test_preflight_refuses_before_any_work(tmp_path):
          "tasks": [{"task": "frame_prediction", "source": "s"}]}
     with pytest.raises(BuildError, match="task 'frame_prediction' works on clips, but source 's' gives images"):
         build(parse_spec(d), **quiet)
+    d["sources"] = [{"name": "s", "kind": "synthetic", "num_items": 2, "clip_frames": 9}]
+    with pytest.raises(BuildError, match=r"frame_prediction 9 -> 13 frames needs clips of 21 frames; source 's' "
+                                         r"cuts 9"):
+        build(parse_spec(d), **quiet)
     d["sources"] = [{"name": "s", "kind": "video_folder", "root": "/nowhere"}]
     d["tasks"] = [{"task": "colorization", "source": "s"}]
     with pytest.raises(BuildError, match="(?s)source 's': /nowhere: video folder not found.*task 'colorization' works "

@@ -42,3 +42,18 @@ def test_policies_shapes():
         plan_resize(10, 10, 8, "stretch")
     with pytest.raises(ValueError, match="expected a 320x240"):
         rz.image(np.zeros((10, 10), np.uint8))
+
+
+def test_flow_follows_the_resize_and_padding_is_unknown():
+    """Flow vectors scale with the resize (x by sx, y by sy); padded pixels are NaN, not zero
+    motion (zero would render white and train as 'static')."""
+    from lavin_data.geometry.view import resize_flow
+
+    flow = np.zeros((1, 40, 80, 2), np.float32)
+    flow[..., 0], flow[..., 1] = 3.0, -2.0
+    rz = plan_resize(80, 40, 64, "pad")  # 80x40 -> 64x32, centred on 64x64
+    out = resize_flow(rz, flow)
+    assert out.shape == (1, 64, 64, 2)
+    inner = out[0, 16:48]
+    assert np.allclose(inner[..., 0], 3.0 * 64 / 80) and np.allclose(inner[..., 1], -2.0 * 32 / 40)
+    assert np.isnan(out[0, :16]).all() and np.isnan(out[0, 48:]).all()

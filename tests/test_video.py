@@ -40,11 +40,11 @@ def test_planned_clips_are_exactly_pyavs_frames(name):
 
 
 def write_video(path, n: int, pts_ms: list[int] | None = None, audio: bool = False, rotation: int = 0,
-                size=(64, 48)) -> None:
+                size=(64, 48), fmt: str | None = None, options: dict | None = None) -> None:
     """A small h264 video (B-frames on) whose frame i is flat grey 30 + 7 i, so a decoded
     frame names its own index; ``pts_ms`` gives variable frame times."""
     w, h = size
-    with av.open(str(path), "w") as c:
+    with av.open(str(path), "w", format=fmt, options=options or {}) as c:
         s = c.add_stream("libx264", rate=25, options={"bf": "2", "g": "8", "qp": "0"})
         s.width, s.height, s.pix_fmt = w, h, "yuv444p"
         if rotation:
@@ -168,18 +168,22 @@ def test_cut_segments_decode_to_exactly_the_planned_frames(tmp_path):
 
     write_video(tmp_path / "vfr.mp4", 24, pts_ms=[i * 40 for i in range(12)] + [440 + 120 * i for i in range(1, 13)],
                 rotation=90)
-    cases = [fixture_path("videos", "test.mp4"), fixture_path("videos", "demo.mp4"), tmp_path / "vfr.mp4"]
+    # Matroska (time base 1/1000) and QuickTime with a 600 timescale: the MP4 keeps the units.
+    write_video(tmp_path / "a.mkv", 30, fmt="matroska")
+    write_video(tmp_path / "b.mov", 30, fmt="mov", options={"video_track_timescale": "600"})
+    cases = [fixture_path("videos", "test.mp4"), fixture_path("videos", "demo.mp4"), tmp_path / "vfr.mp4",
+             tmp_path / "a.mkv", tmp_path / "b.mov"]
     for path in cases:
         info = probe(path)
         every = pyav_frames(path)
         for clip in plan_clips(info, 9, stride=2, clips_per_video=5):
             data, segment_pts = cut_segment(info, clip)
-            frames = decode_segment(data, segment_pts, [info.pts[i] for i in clip])
+            frames = decode_segment(data, segment_pts, [info.pts[i] for i in clip], info.time_base_fraction)
             reference, _ = read_frames(info, clip)
             assert np.array_equal(frames, reference), (path.name, clip[0])
-            if path.name != "vfr.mp4":
-                assert all(np.array_equal(frames[k], every[i]) for k, i in enumerate(clip))
-            else:
+            if path.name == "vfr.mp4":  # rotated: upright frames, PyAV's raw ones are not
                 assert [frame_number(f) for f in frames] == clip and frames.shape[1:3] == (64, 48)
+            else:
+                assert all(np.array_equal(frames[k], every[i]) for k, i in enumerate(clip))
     with pytest.raises(VideoError, match="cannot cut a segment"):
         cut_segment(probe(fixture_path("videos", "test.avi")), [0, 1])

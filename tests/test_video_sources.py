@@ -52,6 +52,11 @@ def test_youtube_vis_json_gives_per_frame_tracks(tmp_path):
         assert (got[judo0 & ~rect] == (3 if i % 2 == 0 else 0)).all()
         assert abs(int((got == 9).sum()) - rect.sum()) < 0.03 * rect.sum()  # polygon rasterisation
     assert len(s.frame_files) == 5 and s.frame_files[0][0] == "jpg"
+    ann["videos"][0]["file_names"][0] = "../../nyu_v2/rgb/rgb_00050.jpg"  # out of the images folder
+    (tmp_path / "escape.json").write_text(json.dumps(ann))
+    src = source(kind="youtube_vis", images=str(images), annotations=str(tmp_path / "escape.json"), clip_frames=5)
+    with pytest.raises(ValueError, match=r"escape.json: path '\.\./\.\./nyu_v2.*must be relative to .*inside it"):
+        youtube_vis_reader.read(src, youtube_vis_reader.plan(src)[0], 0, {})
     (tmp_path / "bad.json").write_text('{"videos": []}')
     with pytest.raises(Exception, match="bad.json: not a YouTube-VIS file: missing or invalid 'annotations'"):
         youtube_vis_reader.check(source(kind="youtube_vis", images=str(images), annotations=str(tmp_path / "bad.json")))

@@ -185,8 +185,10 @@ def resize_clip(rz: Resize, arr: np.ndarray, kind: str = "image") -> np.ndarray:
 def resize_flow(rz: Resize, flow: np.ndarray) -> np.ndarray:
     """(T, H, W, 2) flow in source pixels -> output pixels: nearest-neighbour resampling (no
     invented vectors at motion boundaries), vectors scaled by the resize's x and y scales."""
-    out = resize_clip(rz, flow.astype(np.float32), "nearest")
-    return out * np.array([rz.sx, rz.sy], np.float32)
+    out = resize_clip(rz, flow.astype(np.float32), "nearest") * np.array([rz.sx, rz.sy], np.float32)
+    covered = rz.image(np.ones((rz.src_h, rz.src_w), np.uint8), "nearest").astype(bool)
+    out[:, ~covered] = np.nan  # padding (resize: pad) has no motion to tell: unknown, not zero
+    return out
 
 
 def make_clip_view(

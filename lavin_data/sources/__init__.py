@@ -19,6 +19,7 @@ A reader has:
 
 from __future__ import annotations
 
+from pathlib import Path
 from types import ModuleType
 
 
@@ -28,6 +29,15 @@ class SourceError(ValueError):
 
 class SkipItem(Exception):
     """An item deliberately left out (e.g. no annotations); recorded as skipped, not failed."""
+
+
+def inside(root: str | Path, rel: str, what: str) -> Path:
+    """``root / rel`` for a path read from data, refused (naming ``what``) if it is absolute
+    or climbs out of ``root``."""
+    p = Path(rel)
+    if p.is_absolute() or ".." in p.parts:
+        raise ValueError(f"{what}: path {rel!r} must be relative to {root}, inside it")
+    return Path(root) / p
 
 
 def reader_for(kind: str) -> ModuleType:

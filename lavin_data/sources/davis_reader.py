@@ -29,7 +29,7 @@ from pathlib import Path
 import numpy as np
 
 from lavin_data.base import BaseSample
-from lavin_data.sources import SkipItem, SourceError
+from lavin_data.sources import SkipItem, SourceError, inside
 from lavin_data.sources.image_folder_reader import load_rgb
 from lavin_data.video import spaced_clips
 
@@ -61,39 +61,55 @@ def provides(src) -> frozenset[str]:
     return frozenset({"tracks"})
 
 
-def read_mask(path: Path) -> np.ndarray:
-    """A DAVIS mask PNG -> (H, W) uint16 object ids (2016 binary 255 -> 1; 2017 void 255 -> 0)."""
+def mask_values(path: Path) -> np.ndarray:
+    """A DAVIS mask PNG's raw (H, W) values (palette indices or grey levels)."""
     from PIL import Image
 
     with Image.open(path) as im:
         a = np.asarray(im)
     if a.ndim == 3:
         raise ValueError(f"{path}: an RGB mask; DAVIS masks are palette or grey PNGs of object ids")
-    values = set(np.unique(a).tolist())
-    if values <= {0, 255}:
-        return (a == 255).astype(np.uint16)  # DAVIS 2016: one object
+    return a
+
+
+def read_mask(path: Path, binary: bool | None = None) -> np.ndarray:
+    """A DAVIS mask PNG -> (H, W) uint16 object ids. ``binary`` (DAVIS 2016: 255 is the one
+    object) or not (2017: values are ids, 255 void -> background) is decided per sequence
+    by the plan; None decides from this mask alone."""
+    a = mask_values(path)
+    if binary is None:
+        binary = set(np.unique(a).tolist()) <= {0, 255}
+    if binary:
+        return (a == 255).astype(np.uint16)
     return np.where(a == 255, 0, a).astype(np.uint16)
 
 
 def plan(src) -> list[dict]:
     images, masks = _dirs(src)
     if src.split:
-        seqs = [s.split()[0] for s in (Path(src.root) / "ImageSets" / f"{src.split}.txt").read_text().split("\n")
-                if s.strip()]
+        listing = Path(src.root) / "ImageSets" / f"{src.split}.txt"
+        seqs = [s.split()[0] for s in listing.read_text().split("\n") if s.strip()]
+        for seq in seqs:
+            try:
+                inside(images, seq, str(listing))
+            except ValueError as e:
+                raise SourceError(str(e)) from None
     else:
         seqs = sorted(p.name for p in images.iterdir() if p.is_dir())
     items = []
     for seq in seqs:
         names = sorted(p.stem for p in (images / seq).glob("*.jpg"))
         base = {"item_id": seq, "seq": seq, "names": "[]", "frame_indices": "[]", "annotated": "[]",
-                "objects": "[]", "error": "", "skip": ""}
+                "objects": "[]", "binary": False, "error": "", "skip": ""}
         if not names:
             items.append(dict(base, error=f"{images / seq}: no JPEG frames"))
             continue
         annotated = [(masks / seq / f"{n}.png").is_file() for n in names]
         try:
-            ids = sorted(set().union(*(set(np.unique(read_mask(masks / seq / f"{n}.png")).tolist())
-                                       for n, a in zip(names, annotated) if a)) - {0})
+            values = set().union(*(set(np.unique(mask_values(masks / seq / f"{n}.png")).tolist())
+                                   for n, a in zip(names, annotated) if a))
+            binary = values <= {0, 255}  # the whole sequence: DAVIS 2016 (one object at 255) or 2017 ids
+            ids = [1] if binary and 255 in values else sorted(values - {0, 255})
         except Exception as e:  # noqa: BLE001 - a broken mask fails its sequence, named
             items.append(dict(base, error=f"{masks / seq}: {type(e).__name__}: {e}"))
             continue
@@ -109,7 +125,7 @@ def plan(src) -> list[dict]:
             idx = [pool[p] for p in positions]
             items.append(dict(base, item_id=f"{seq}-f{idx[0]:05d}", names=json.dumps([names[i] for i in idx]),
                               frame_indices=json.dumps(idx), annotated=json.dumps([annotated[i] for i in idx]),
-                              objects=json.dumps(ids)))
+                              objects=json.dumps(ids), binary=binary))
     return items
 
 
@@ -133,7 +149,7 @@ def read(src, item: dict, seed: int, source_meta: dict) -> BaseSample:
         if not plain:
             raise ValueError(f"{path}: not a plain RGB JPEG")
         files.append(("jpg", data))
-        mask = read_mask(masks / seq / f"{n}.png") if ann else np.zeros(rgb.shape[:2], np.uint16)
+        mask = read_mask(masks / seq / f"{n}.png", item["binary"]) if ann else np.zeros(rgb.shape[:2], np.uint16)
         if mask.shape != rgb.shape[:2]:
             (h, w), (mh, mw) = rgb.shape[:2], mask.shape
             if abs(h - mh) > 2 or abs(w - mw) > 2:

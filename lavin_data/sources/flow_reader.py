@@ -25,8 +25,9 @@ from pathlib import Path
 import numpy as np
 
 from lavin_data.base import BaseSample
-from lavin_data.codecs import decode_flo, decode_image
+from lavin_data.codecs import decode_flo
 from lavin_data.sources import SkipItem, SourceError
+from lavin_data.sources.image_folder_reader import load_rgb
 
 _PAIRS = {  # format -> [(first image glob, second image name, flow name)] per naming scheme
     "flyingchairs": [("*_img1.ppm", "{id}_img2.ppm", "{id}_flow.flo", "_img1"),
@@ -42,6 +43,8 @@ def check(src) -> None:
         raise SourceError(f"{root}: flow folder not found")
     if src.format == "sintel" and not (root / "flow").is_dir():
         raise SourceError(f"{root}: no flow/ folder: give Sintel's training folder as root")
+    if src.format == "sintel" and not (root / src.pass_).is_dir():
+        raise SourceError(f"{root / src.pass_}: no {src.pass_!r} pass folder in Sintel's training folder")
 
 
 def frames(src) -> str:
@@ -101,7 +104,7 @@ def read(src, item: dict, seed: int, source_meta: dict) -> BaseSample:
     for rel in images:
         path = root / rel
         try:
-            frames.append(decode_image(path.read_bytes(), str(path)))
+            frames.append(load_rgb(path.read_bytes(), str(path))[0])  # grey / 16-bit / palette -> RGB uint8
         except FileNotFoundError:
             raise FileNotFoundError(f"image file not found: {path}") from None
     flow = []

@@ -142,8 +142,8 @@ def read(src, item: dict, seed: int, source_meta: dict) -> BaseSample:
     if not info.sequential:
         try:
             segment, segment_pts = cut_segment(info, indices)
-            return BaseSample(dict(meta, segment_pts=segment_pts, frame_pts=[info.pts[i] for i in indices]),
-                              video_segment=segment)
+            return BaseSample(dict(meta, segment_pts=segment_pts, frame_pts=[info.pts[i] for i in indices],
+                                   time_base=info.time_base_fraction), video_segment=segment)
         except VideoError:
             pass  # a codec the MP4 muxer does not take: decode here and keep lossless frames
     clip, pts = read_frames(info, indices)

@@ -19,7 +19,7 @@ import numpy as np
 
 from lavin_data.base import BaseSample
 from lavin_data.codecs import decode_rle, encode_png
-from lavin_data.sources import SkipItem, SourceError
+from lavin_data.sources import SkipItem, SourceError, inside
 from lavin_data.sources.coco import ann_rle
 from lavin_data.sources.image_folder_reader import load_rgb
 from lavin_data.video import spaced_clips
@@ -99,7 +99,7 @@ def read(src, item: dict, seed: int, source_meta: dict) -> BaseSample:
     h, w = item["height"], item["width"]
     frame_files = []
     for rel in files:
-        path = Path(src.images) / rel
+        path = inside(src.images, rel, str(src.annotations))
         try:
             data = path.read_bytes()
         except FileNotFoundError:
