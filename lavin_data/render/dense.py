@@ -13,15 +13,9 @@ def grey(img: np.ndarray) -> np.ndarray:
     return np.repeat(y[..., None], 3, axis=2)
 
 
-def render_depth(value: np.ndarray, valid: np.ndarray | None = None, kind: str = "depth") -> tuple[np.ndarray, dict]:
-    """Depth or disparity -> grey image, near = bright, per-image min-max of disparity.
-
-    value: (H, W) float; ``kind="depth"`` (metres or any positive unit, 0 = invalid) is
-    inverted to disparity first, ``kind="disparity"`` (relative inverse depth, e.g.
-    Depth-Anything output) is used as is. Invalid pixels are black.
-    Returns ((H, W, 3) uint8, {"disparity_min", "disparity_max"}) so the rendering can be
-    mapped back to disparity.
-    """
+def to_disparity(value: np.ndarray, kind: str, valid: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Depth (``kind="depth"``: > 0 valid, inverted) or disparity (as is) -> (float64
+    disparity, 0 where invalid; bool valid)."""
     value = value.astype(np.float64)
     if valid is None:
         valid = np.isfinite(value) & (value > 0) if kind == "depth" else np.isfinite(value)
@@ -32,6 +26,19 @@ def render_depth(value: np.ndarray, valid: np.ndarray | None = None, kind: str =
         disp[valid] = value[valid]
     else:
         raise ValueError(f"kind must be 'depth' or 'disparity', got {kind!r}")
+    return disp, valid
+
+
+def render_depth(value: np.ndarray, valid: np.ndarray | None = None, kind: str = "depth") -> tuple[np.ndarray, dict]:
+    """Depth or disparity -> grey image, near = bright, per-image min-max of disparity.
+
+    value: (H, W) float; ``kind="depth"`` (metres or any positive unit, 0 = invalid) is
+    inverted to disparity first, ``kind="disparity"`` (relative inverse depth, e.g.
+    Depth-Anything output) is used as is. Invalid pixels are black.
+    Returns ((H, W, 3) uint8, {"disparity_min", "disparity_max"}) so the rendering can be
+    mapped back to disparity.
+    """
+    disp, valid = to_disparity(value, kind, valid)
     if not valid.any():
         return np.zeros(value.shape + (3,), np.uint8), {"disparity_min": 0.0, "disparity_max": 0.0}
     lo, hi = float(disp[valid].min()), float(disp[valid].max())
@@ -51,17 +58,9 @@ def render_depth_clip(value: np.ndarray, kind: str = "depth", percentiles: tuple
     never reads as invalid. Returns the rendering and {"disparity_min", "disparity_max",
     "percentiles", "flicker"}: ``flicker`` is :func:`flicker_score` of the rendering.
     """
-    v = value.astype(np.float64)
-    valid = np.isfinite(v) & (v > 0) if kind == "depth" else np.isfinite(v)
-    disp = np.zeros_like(v)
-    if kind == "depth":
-        disp[valid] = 1.0 / v[valid]
-    elif kind == "disparity":
-        disp[valid] = v[valid]
-    else:
-        raise ValueError(f"kind must be 'depth' or 'disparity', got {kind!r}")
+    disp, valid = to_disparity(value, kind)
     if not valid.any():
-        return np.zeros(v.shape + (3,), np.uint8), {"disparity_min": 0.0, "disparity_max": 0.0,
+        return np.zeros(value.shape + (3,), np.uint8), {"disparity_min": 0.0, "disparity_max": 0.0,
                                                    "percentiles": list(percentiles), "flicker": 0.0}
     lo, hi = (float(x) for x in np.percentile(disp[valid], percentiles))
     norm = np.clip((disp - lo) / max(hi - lo, 1e-12), 0, 1)

@@ -31,6 +31,15 @@ class SkipItem(Exception):
     """An item deliberately left out (e.g. no annotations); recorded as skipped, not failed."""
 
 
+def planned_problem(item: dict) -> None:
+    """Raise what the plan found wrong with an item: its ``error`` (a failed sample) or its
+    ``skip`` reason (a skipped one); nothing if it has neither."""
+    if item.get("error"):
+        raise ValueError(item["error"])
+    if item.get("skip"):
+        raise SkipItem(item["skip"])
+
+
 def inside(root: str | Path, rel: str, what: str) -> Path:
     """``root / rel`` for a path read from data, refused (naming ``what``) if it is absolute
     or climbs out of ``root``."""

@@ -28,7 +28,7 @@ from pathlib import Path
 
 from lavin_data.base import BaseSample
 from lavin_data.codecs import decode_image
-from lavin_data.sources import SkipItem, SourceError
+from lavin_data.sources import SourceError, planned_problem
 from lavin_data.sources.coco import ann_instance, panoptic_segments
 
 
@@ -217,10 +217,7 @@ def source_meta(src) -> dict:
 
 
 def read(src, item: dict, seed: int, source_meta: dict) -> BaseSample:
-    if item["error"]:
-        raise ValueError(item["error"])
-    if item["skip"]:
-        raise SkipItem(item["skip"])
+    planned_problem(item)
     path = Path(src.images) / item["file_name"]
     try:
         data = path.read_bytes()

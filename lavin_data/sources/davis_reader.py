@@ -29,7 +29,7 @@ from pathlib import Path
 import numpy as np
 
 from lavin_data.base import BaseSample
-from lavin_data.sources import SkipItem, SourceError, inside
+from lavin_data.sources import SourceError, inside, planned_problem
 from lavin_data.sources.image_folder_reader import load_rgb
 from lavin_data.video import spaced_clips
 
@@ -134,10 +134,7 @@ def source_meta(src) -> dict:
 
 
 def read(src, item: dict, seed: int, source_meta: dict) -> BaseSample:
-    if item["error"]:
-        raise ValueError(item["error"])
-    if item["skip"]:
-        raise SkipItem(item["skip"])
+    planned_problem(item)
     images, masks = _dirs(src)
     seq, names = item["seq"], json.loads(item["names"])
     annotated = json.loads(item["annotated"])

@@ -26,7 +26,7 @@ import numpy as np
 
 from lavin_data.base import BaseSample
 from lavin_data.codecs import decode_flo
-from lavin_data.sources import SkipItem, SourceError
+from lavin_data.sources import SourceError, planned_problem
 from lavin_data.sources.image_folder_reader import load_rgb
 
 _PAIRS = {  # format -> [(first image glob, second image name, flow name)] per naming scheme
@@ -96,8 +96,7 @@ def source_meta(src) -> dict:
 
 
 def read(src, item: dict, seed: int, source_meta: dict) -> BaseSample:
-    if item["skip"]:
-        raise SkipItem(item["skip"])
+    planned_problem(item)
     root = Path(src.root)
     images, flows = json.loads(item["images"]), json.loads(item["flows"])
     frames = []

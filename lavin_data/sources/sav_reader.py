@@ -17,7 +17,7 @@ import numpy as np
 
 from lavin_data.base import BaseSample
 from lavin_data.codecs import decode_rle
-from lavin_data.sources import SkipItem, SourceError
+from lavin_data.sources import SourceError, planned_problem
 from lavin_data.video import VideoError, probe, read_frames, spaced_clips
 
 
@@ -80,10 +80,7 @@ def source_meta(src) -> dict:
 
 
 def read(src, item: dict, seed: int, source_meta: dict) -> BaseSample:
-    if item["error"]:
-        raise ValueError(item["error"])
-    if item["skip"]:
-        raise SkipItem(item["skip"])
+    planned_problem(item)
     root = Path(src.root)
     info = probe(root / item["video"])
     idx = json.loads(item["frame_indices"])

@@ -25,7 +25,7 @@ from functools import lru_cache
 from pathlib import Path
 
 from lavin_data.base import BaseSample
-from lavin_data.sources import SkipItem, SourceError
+from lavin_data.sources import SourceError, planned_problem
 from lavin_data.video import VideoError, cut_segment, plan_clips, probe, read_frames
 
 
@@ -126,10 +126,7 @@ def _probe(path: str, mtime: float):
 
 
 def read(src, item: dict, seed: int, source_meta: dict) -> BaseSample:
-    if item["error"]:
-        raise ValueError(item["error"])
-    if item["skip"]:
-        raise SkipItem(item["skip"])
+    planned_problem(item)
     path = Path(src.root) / item["path"]
     try:
         info = _probe(str(path), path.stat().st_mtime)

@@ -19,7 +19,7 @@ import numpy as np
 
 from lavin_data.base import BaseSample
 from lavin_data.codecs import decode_rle, encode_png
-from lavin_data.sources import SkipItem, SourceError, inside
+from lavin_data.sources import SourceError, inside, planned_problem
 from lavin_data.sources.coco import ann_rle
 from lavin_data.sources.image_folder_reader import load_rgb
 from lavin_data.video import spaced_clips
@@ -93,8 +93,7 @@ def source_meta(src) -> dict:
 
 
 def read(src, item: dict, seed: int, source_meta: dict) -> BaseSample:
-    if item["skip"]:
-        raise SkipItem(item["skip"])
+    planned_problem(item)
     idx, files = json.loads(item["frame_indices"]), json.loads(item["files"])
     h, w = item["height"], item["width"]
     frame_files = []
