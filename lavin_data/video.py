@@ -20,7 +20,9 @@ Rotation side data (the display matrix) is applied, so frames are upright.
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
+from functools import lru_cache
 
 import numpy as np
 
@@ -88,6 +90,21 @@ def probe(path: str) -> VideoInfo:
             pts=tuple(range(len(packets))) if sequential else tuple(sorted(stamps)),
             has_audio=bool(c.streams.audio),
         )
+
+
+def probe_cached(path: str | os.PathLike) -> VideoInfo:
+    """:func:`probe`, once per file version per process: readers read several clips of one
+    video, and probing demuxes the whole file."""
+    try:
+        mtime = os.stat(path).st_mtime_ns
+    except FileNotFoundError:
+        raise VideoError(f"{path}: video file not found") from None
+    return _probe_version(str(path), mtime)
+
+
+@lru_cache(maxsize=16)
+def _probe_version(path: str, mtime: int) -> VideoInfo:
+    return probe(path)
 
 
 def plan_clips(info: VideoInfo, clip_frames: int, stride: int = 1, fps: float | None = None,
@@ -159,7 +176,8 @@ def read_frames(info: VideoInfo, frame_indices: list[int]) -> tuple[np.ndarray, 
     """
     import av
 
-    want = sorted(set(frame_indices))
+    wanted = set(frame_indices)
+    want = sorted(wanted)
     if not want or want[0] < 0 or want[-1] >= info.n_frames:
         raise VideoError(f"{info.path}: frame indices {frame_indices[:3]}... outside 0..{info.n_frames - 1}")
     got: dict[int, np.ndarray] = {}
@@ -169,7 +187,7 @@ def read_frames(info: VideoInfo, frame_indices: list[int]) -> tuple[np.ndarray, 
         try:
             if info.sequential:
                 for i, fr in enumerate(c.decode(s)):
-                    if i in frame_indices:
+                    if i in wanted:
                         got[i] = _upright(fr)
                     if i >= want[-1]:
                         break
@@ -180,7 +198,7 @@ def read_frames(info: VideoInfo, frame_indices: list[int]) -> tuple[np.ndarray, 
                     if fr.pts is None:
                         continue
                     i = index_of.get(fr.pts)
-                    if i is not None and i in frame_indices:
+                    if i is not None and i in wanted:
                         got[i] = _upright(fr)
                     if fr.pts >= info.pts[want[-1]]:
                         break

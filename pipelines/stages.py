@@ -91,14 +91,16 @@ class PairEncoder:
     def __init__(self, spec: Spec, view: View | ClipView):
         self.spec, self.view = spec, view
         self._cache: dict[tuple, bytes] = {}
+        # Frames of the view's own image/clip (or slices of it) are recognised by their memory.
+        own = view.frames if isinstance(view, ClipView) else view.image[None]
+        self._own_layout, self._own_nbytes = (own.shape[1:], own.strides[1:], own.dtype), own.nbytes
+        self._base, self._step = own.__array_interface__["data"][0], own[0].nbytes
 
     def _encode(self, frame: np.ndarray, jpeg: bool) -> bytes:
-        own = self.view.frames if isinstance(self.view, ClipView) else self.view.image[None]
-        # Frames of the view's own image/clip (or slices of it) are recognised by their memory.
-        base, step = own.__array_interface__["data"][0], own[0].nbytes
-        addr = frame.__array_interface__["data"][0]
-        shared = frame.shape == own.shape[1:] and 0 <= addr - base < own.nbytes and (addr - base) % step == 0
-        key = (jpeg, (addr - base) // step) if shared else None
+        offset = frame.__array_interface__["data"][0] - self._base
+        shared = (frame.shape, frame.strides, frame.dtype) == self._own_layout and 0 <= offset < self._own_nbytes \
+            and offset % self._step == 0
+        key = (jpeg, offset // self._step) if shared else None
         if key is not None and key in self._cache:
             return self._cache[key]
         f = self.spec.formats

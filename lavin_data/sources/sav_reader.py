@@ -18,7 +18,7 @@ import numpy as np
 from lavin_data.base import BaseSample
 from lavin_data.codecs import decode_rle
 from lavin_data.sources import SourceError, planned_problem
-from lavin_data.video import VideoError, probe, read_frames, spaced_clips
+from lavin_data.video import VideoError, probe, probe_cached, read_frames, spaced_clips
 
 
 def check(src) -> None:
@@ -82,7 +82,7 @@ def source_meta(src) -> dict:
 def read(src, item: dict, seed: int, source_meta: dict) -> BaseSample:
     planned_problem(item)
     root = Path(src.root)
-    info = probe(root / item["video"])
+    info = probe_cached(root / item["video"])
     idx = json.loads(item["frame_indices"])
     clip, pts = read_frames(info, idx)
     ann = _annotation(root / item["annotation"])

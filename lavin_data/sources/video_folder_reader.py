@@ -21,12 +21,11 @@ from __future__ import annotations
 
 import json
 import re
-from functools import lru_cache
 from pathlib import Path
 
 from lavin_data.base import BaseSample
 from lavin_data.sources import SourceError, planned_problem
-from lavin_data.video import VideoError, cut_segment, plan_clips, probe, read_frames
+from lavin_data.video import VideoError, cut_segment, plan_clips, probe, probe_cached, read_frames
 
 
 def check(src) -> None:
@@ -120,18 +119,9 @@ def source_meta(src) -> dict:
     return {}
 
 
-@lru_cache(maxsize=16)
-def _probe(path: str, mtime: float):
-    return probe(path)
-
-
 def read(src, item: dict, seed: int, source_meta: dict) -> BaseSample:
     planned_problem(item)
-    path = Path(src.root) / item["path"]
-    try:
-        info = _probe(str(path), path.stat().st_mtime)
-    except FileNotFoundError:
-        raise VideoError(f"{path}: video file not found") from None
+    info = probe_cached(Path(src.root) / item["path"])
     indices = json.loads(item["frame_indices"])
     meta = {"source": src.name, "item_id": item["item_id"], "video": item["path"], "frame_indices": indices,
             "pts_seconds": [round(info.seconds(i), 6) for i in indices], "fps": info.fps, "frames": len(indices),
