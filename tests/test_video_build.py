@@ -289,3 +289,23 @@ def test_broken_videos_are_recorded_and_the_rest_written(ray_session, tmp_path):
                                ("v_noise-mp4", "error", "noise.mp4: no video stream (streams: audio)"),
                                ("v_short-mp4", "skipped", "short.mp4: 5 frames")):
         assert rows[key]["status"] == status and words in rows[key]["error"], rows[key]
+
+
+def test_clips_with_nothing_measured_are_skipped_not_ok():
+    """A clip whose depth, normals or flow is invalid everywhere has an empty target: the
+    renderers skip it with that reason instead of writing a black pair."""
+    from lavin_data.geometry.view import make_clip_view
+    from lavin_data.registry import TASKS
+    from lavin_data.render.tasks import NothingToRender
+
+    t, h, w = 5, 24, 32
+    view = make_clip_view("s_x", "s", "x", np.full((t, h, w, 3), 90, np.uint8), 16, "crop", list(range(t)),
+                          depth=np.zeros((t, h, w), np.float32), normals=np.zeros((t, h, w, 3), np.float32),
+                          flow=np.full((t - 1, h, w, 2), np.nan, np.float32))
+    for task, words in (("video_depth", "no valid depth"), ("depth_to_video", "no valid depth"),
+                        ("video_normal", "no valid normals"), ("normal_to_video", "no valid normals"),
+                        ("optical_flow", "no valid flow")):
+        with pytest.raises(NothingToRender, match=words):
+            TASKS[task].render_fn()(view, None, {})
+    view.depth[0, 3, 3] = 2.0  # one valid pixel is something to render
+    assert TASKS["video_depth"].render_fn()(view, None, {})[0].target.any()

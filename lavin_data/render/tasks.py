@@ -230,6 +230,8 @@ FLOW_LAST_FRAME = "zero flow (white): the clip's last frame has no next frame"
 def _clip_depth(view: ClipView, task: str) -> tuple[np.ndarray, dict]:
     depth = _need(view, "depth", task)
     img, meta = render_depth_clip(depth, kind=view.depth_kind)
+    if not img.any():
+        raise NothingToRender("no valid depth in the clip")
     return img, dict(meta, encoding="grey near=bright, one robust disparity range (percentiles) per clip",
                      depth_kind=view.depth_kind)
 
@@ -260,16 +262,22 @@ def depth_to_video(view: ClipView, rng, o: dict) -> list[Pair]:
     return [Pair(inp, view.frames, input_natural=False, meta=dict(meta, **_clip_meta(view)))]
 
 
+def _clip_normals(view: ClipView, task: str) -> tuple[np.ndarray, np.ndarray, dict]:
+    n = _need(view, "normals", task)
+    img = np.stack([render_normals(f) for f in n])
+    if not img.any():
+        raise NothingToRender("no valid normals in the clip")
+    return n, img, dict(_clip_meta(view), encoding="RGB=(n+1)/2; x right, y up, z towards the camera")
+
+
 def video_normal(view: ClipView, rng, o: dict) -> list[Pair]:
-    n = _need(view, "normals", "video_normal")
-    return [Pair(view.frames, np.stack([render_normals(f) for f in n]), raw={"target_raw": n.astype(np.float16)},
-                 meta=dict(_clip_meta(view), encoding="RGB=(n+1)/2; x right, y up, z towards the camera"))]
+    n, img, meta = _clip_normals(view, "video_normal")
+    return [Pair(view.frames, img, raw={"target_raw": n.astype(np.float16)}, meta=meta)]
 
 
 def normal_to_video(view: ClipView, rng, o: dict) -> list[Pair]:
-    n = _need(view, "normals", "normal_to_video")
-    return [Pair(np.stack([render_normals(f) for f in n]), view.frames, input_natural=False,
-                 meta=dict(_clip_meta(view), encoding="RGB=(n+1)/2; x right, y up, z towards the camera"))]
+    _n, img, meta = _clip_normals(view, "normal_to_video")
+    return [Pair(img, view.frames, input_natural=False, meta=meta)]
 
 
 def optical_flow(view: ClipView, rng, o: dict) -> list[Pair]:
@@ -277,6 +285,8 @@ def optical_flow(view: ClipView, rng, o: dict) -> list[Pair]:
     one scale: the clip's largest magnitude, stored as ``max_magnitude``."""
     flow = _need(view, "flow", "optical_flow")
     valid = np.isfinite(flow).all(-1)
+    if not valid.any():
+        raise NothingToRender("no valid flow in the clip")
     img, top = render_flow(flow, valid=valid)
     last = np.full((1,) + img.shape[1:], 255, np.uint8)
     return [Pair(view.frames, np.concatenate([img, last]), raw={"target_raw": flow.astype(np.float32)},
