@@ -1,8 +1,8 @@
 """``python -m benchmarks.bench_video [--videos DIR] [--frames 17] [--resolution 256] [--clips-per-video 8]``
 
-Clip throughput of the pixel build on one core: the ingest stage (PyAV seek + decode of the
-planned frames, lossless base frames, tar) then the render stage for frame_prediction
-(decode, resize, JPEG/PNG encode of input and target clips, tar), both through
+Clip throughput of the pixel build on one core (the process is pinned to one): the ingest
+stage (the clip's packets copied without re-encoding into the base tar) then the render
+stage for frame_prediction (decode, resize, JPEG encode of input and target clips, tar), both through
 :mod:`pipelines.stages` as a build worker runs them, against the floor: PyAV decoding the
 same planned frames alone, in a tight loop. Prints clips/s for each and the ratio, and the
 worker's peak RSS. The default task splits a 17-frame clip into 9 -> 9 frames.
@@ -59,9 +59,13 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--repeat", type=int, default=3)
     ap.add_argument("--source-size", help="WxH: re-encode the videos at this size first (e.g. 1280x720)")
     args = ap.parse_args(argv)
+    import os
+
     import cv2
 
     cv2.setNumThreads(1)
+    if hasattr(os, "sched_setaffinity"):  # one core, as a build worker gets: decoder threads share it
+        os.sched_setaffinity(0, {min(os.sched_getaffinity(0))})
     half = (args.frames + 1) // 2
     with tempfile.TemporaryDirectory() as tmp:
         videos = Path(args.videos).resolve()

@@ -21,9 +21,11 @@ Members of a base sample ``<key>.<ext>`` (all optional but the image and the jso
   mask (COCO compressed RLE {size, counts}) or null, keypoints [[x, y, v], ...] or null})
   and source-specific parameters. Without ``instances``, the thing segments are the objects.
 
-A *clip* (video sources) has ``frame_000.png|jpg`` ... instead of the image (or
-``video.mp4``: the source's own compressed packets for the clip, copied without
-re-encoding, with ``segment_pts``, ``frame_pts`` and ``time_base`` in the json), arrays with a
+A *clip* (video sources) has ``frame_000.png|jpg`` ... instead of the image, or the
+source's own compressed packets for the clip, copied without re-encoding: ``video.mp4``
+(with ``segment_pts``, ``frame_pts`` and ``time_base`` in the json;
+:func:`lavin_data.video.cut_segment`) or, for a file whose frames can only be counted
+from the start, ``video.<container>`` (:func:`lavin_data.video.cut_prefix`); arrays with a
 leading frame axis (``depth.npy`` (T, H, W), ``normals.npy`` (T, H, W, 3), ``flow.npy``
 (T-1, H, W, 2) float32 forward flow in source pixels, NaN = unknown), ``tracks_000.png`` ...
 (uint16 object ids per frame, 0 = background) and in the json ``frame_indices`` (source
@@ -72,6 +74,7 @@ class BaseSample:
     frames: np.ndarray | None = None
     frame_files: list[tuple[str, bytes]] | None = None
     video_segment: bytes | None = None  # see lavin_data.video.cut_segment; meta: segment_pts, frame_pts
+    video_format: str = "mp4"  # the segment's container; other than mp4: a cut_prefix copy
     flow: np.ndarray | None = None
     tracks: np.ndarray | None = None
 
@@ -80,7 +83,7 @@ def encode_base(sample: BaseSample, png_level: int = 1) -> dict[str, bytes]:
     """A reader's sample -> tar members (PNG at zlib ``png_level`` where we encode)."""
     members: dict[str, bytes] = {}
     if sample.video_segment is not None:
-        members["video.mp4"] = sample.video_segment
+        members[f"video.{sample.video_format}"] = sample.video_segment
     elif sample.frame_files is not None:
         for t, (ext, data) in enumerate(sample.frame_files):
             members[f"frame_{t:03d}.{ext}"] = data
@@ -134,19 +137,22 @@ def base_image(key: str, members: dict[str, bytes]) -> tuple[np.ndarray, dict]:
 
 
 def is_clip(members: dict[str, bytes]) -> bool:
-    return "video.mp4" in members or any(m.startswith("frame_") for m in members)
+    return any(m.startswith(("frame_", "video.")) for m in members)
 
 
 def base_frames(key: str, members: dict[str, bytes]) -> tuple[np.ndarray, dict]:
     """A base clip's (T, H, W, 3) uint8 RGB frames and its json."""
     if "json" not in members:
         raise ValueError(f"base sample {key} has no json member (has {sorted(members)})")
-    if "video.mp4" in members:
-        from lavin_data.video import decode_segment
+    video = [m for m in members if m.startswith("video.")]
+    if video:
+        from lavin_data.video import decode_prefix, decode_segment
 
-        meta = json.loads(members["json"])
-        return decode_segment(members["video.mp4"], meta["segment_pts"], meta["frame_pts"], meta["time_base"],
-                              f"{key}.video.mp4"), meta
+        meta, name = json.loads(members["json"]), video[0]
+        if name == "video.mp4":
+            return decode_segment(members[name], meta["segment_pts"], meta["frame_pts"], meta["time_base"],
+                                  f"{key}.{name}"), meta
+        return decode_prefix(members[name], meta["frame_indices"], f"{key}.{name}"), meta
     names = sorted(m for m in members if m.startswith("frame_"))
     if not names:
         raise ValueError(f"base sample {key} has no frame members (has {sorted(members)})")

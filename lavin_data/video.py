@@ -15,6 +15,11 @@ and samples name frames by index (``frame_indices``) and record their time stamp
   forward and keeps the frames whose pts are planned (``sequential`` files are decoded
   from the start, counting frames). A clip comes back whole, in order, or not at all.
 
+- :func:`cut_segment` copies the packets a clip needs into a small MP4 without
+  re-encoding (:func:`decode_segment` turns it back into the planned frames);
+  :func:`cut_prefix` / :func:`decode_prefix` do the same for ``sequential`` files, whose
+  frames can only be counted from the start.
+
 Rotation side data (the display matrix) is applied, so frames are upright.
 """
 
@@ -27,6 +32,12 @@ from functools import lru_cache
 import numpy as np
 
 SEQUENTIAL_FORMATS = ("avi",)  # containers whose packet time stamps are not presentation times
+# Packets copied past a sequential clip's last planned frame: the decoder hands a frame out
+# only after the packets of the frames it reorders with (at most 16 in H.264 and MPEG-4).
+SEQUENTIAL_MARGIN = 16
+# A sequential clip's prefix (every packet from the start) is stored only up to this many
+# packets; later clips are decoded at ingest and kept as lossless frames instead.
+SEQUENTIAL_PREFIX_LIMIT = 1500
 
 
 class VideoError(ValueError):
@@ -281,7 +292,7 @@ def decode_segment(data: bytes, segment_pts: list[int], wanted_pts: list[int], t
         with av.open(io.BytesIO(data)) as c:
             s = c.streams.video[0]
             s.thread_type = "AUTO"
-            shift = None
+            shift, to_source = None, Fraction(s.time_base) / src_tb
             for n, f in enumerate(c.decode(s), 1):
                 if n > len(segment_pts):
                     break
@@ -289,7 +300,7 @@ def decode_segment(data: bytes, segment_pts: list[int], wanted_pts: list[int], t
                 # The muxer may shift every time stamp by one constant; a frame the decoder
                 # dropped would change the difference, and frames would be misnamed.
                 if f.pts is not None:
-                    here = round(Fraction(f.pts) * Fraction(s.time_base) / src_tb)  # in source units
+                    here = round(f.pts * to_source)  # in source units
                     shift = here - pts if shift is None else shift
                     if abs(here - pts - shift) > 1:
                         raise VideoError(f"{what}: frame {n} has pts {here}, expected {pts + shift}: "
@@ -304,3 +315,64 @@ def decode_segment(data: bytes, segment_pts: list[int], wanted_pts: list[int], t
         raise VideoError(f"{what}: decoded {n} of the segment's {len(segment_pts)} frames; "
                          f"{len(wanted) - len(got)} planned frame(s) missing")
     return np.stack([got[p] for p in wanted_pts])
+
+
+def cut_prefix(info: VideoInfo, frame_indices: list[int]) -> tuple[bytes, str]:
+    """A ``sequential`` file's packets from the first to :data:`SEQUENTIAL_MARGIN` past the
+    clip's last planned frame, copied without re-encoding into the same container format.
+
+    Decoding them from the start hands out frames 0, 1, ... exactly as decoding the whole
+    file does (the margin covers the decoder's reordering; frames after it may differ).
+    Returns the bytes and the container format's name (``avi``, say). Raises
+    :class:`VideoError` when the prefix exceeds :data:`SEQUENTIAL_PREFIX_LIMIT` packets.
+    """
+    import io
+
+    import av
+
+    last = max(frame_indices) + SEQUENTIAL_MARGIN
+    if last >= SEQUENTIAL_PREFIX_LIMIT:
+        raise VideoError(f"{info.path}: the clip ends {max(frame_indices)} frames into a file decoded from the start")
+    buf = io.BytesIO()
+    try:
+        with _open(info.path) as c:
+            fmt = c.format.name.split(",")[0]
+            with av.open(buf, "w", format=fmt) as out:
+                s = c.streams.video[0]
+                o = out.add_stream_from_template(s)
+                for k, pkt in enumerate(c.demux(s)):
+                    if k > last:
+                        break
+                    if pkt.dts is None and not pkt.size:
+                        continue  # the demuxer's end-of-stream marker
+                    pkt.stream = o
+                    out.mux(pkt)
+    except av.error.FFmpegError as e:
+        raise VideoError(f"{info.path}: cannot copy the clip's packets ({type(e).__name__}: {e})") from None
+    return buf.getvalue(), fmt
+
+
+def decode_prefix(data: bytes, frame_indices: list[int], what: str = "prefix") -> np.ndarray:
+    """Frames of a :func:`cut_prefix` copy -> (T, H, W, 3) uint8 RGB, upright, for
+    ``frame_indices`` (counted from the start, in that order)."""
+    import io
+
+    import av
+
+    wanted, last = set(frame_indices), max(frame_indices)
+    got: dict[int, np.ndarray] = {}
+    i = -1
+    try:
+        with av.open(io.BytesIO(data)) as c:
+            s = c.streams.video[0]
+            s.thread_type = "AUTO"
+            for i, f in enumerate(c.decode(s)):
+                if i in wanted:
+                    got[i] = _upright(f)
+                if i >= last:
+                    break
+    except av.error.FFmpegError as e:
+        raise VideoError(f"{what}: cannot decode ({type(e).__name__}: {e})") from None
+    if len(got) != len(wanted):
+        raise VideoError(f"{what}: decoded {i + 1} frames, the clip needs frame {last}")
+    return np.stack([got[i] for i in frame_indices])

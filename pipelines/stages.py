@@ -83,8 +83,10 @@ def ingest_shard(spec: Spec, source: str, shard: int, items: list[dict], source_
 
 class PairEncoder:
     """Encodes the pairs of one view (image or clip). Natural images and frames are JPEG
-    (``input_jpeg_quality``, 4:4:4) as inputs, renderings and every target are PNG; a
-    clip's frames are members ``input_000.jpg``, ``input_001.jpg``, ... The view's own
+    (``input_jpeg_quality``, 4:4:4) as inputs, and so are the video frames of a clip
+    target (``Pair.target_natural``: the clip storage measured in
+    ``benchmarks/bench_clip_storage.py``); renderings and image targets are PNG. A clip's
+    frames are members ``input_000.jpg``, ``input_001.jpg``, ... The view's own
     image (or a clip's frames) is encoded once and reused, since most tasks of a sample
     share it as input or target."""
 
@@ -109,6 +111,9 @@ class PairEncoder:
             self._cache[key] = data
         return data
 
+    def _format(self, jpeg: bool) -> str:
+        return f"jpeg q{self.spec.formats.input_jpeg_quality} 4:4:4" if jpeg else "png"
+
     def _members(self, role: str, arr: np.ndarray, jpeg: bool) -> dict[str, bytes]:
         ext = "jpg" if jpeg else "png"
         if arr.ndim == 3:
@@ -117,11 +122,12 @@ class PairEncoder:
 
     def encode(self, task: str, key: str, p: Pair, labeler: dict | None = None) -> dict[str, bytes]:
         v = self.view
-        inputs, targets = self._members("input", p.input, p.input_natural), self._members("target", p.target, False)
+        clip = p.input.ndim == 4
+        inputs = self._members("input", p.input, p.input_natural)
+        targets = self._members("target", p.target, p.target_natural and clip)
         members = {**inputs, **targets}
         for name, arr in p.raw.items():
             members[f"{name}.npy"] = encode_npy(arr)
-        clip = p.input.ndim == 4
         meta = {
             "task": task, "source": v.source, "item_id": v.item_id, "base_key": v.key, "variant": p.variant,
             "width": v.size[1], "height": v.size[0], "frames": int(p.input.shape[0]) if clip else 1,
@@ -129,7 +135,8 @@ class PairEncoder:
             "input": sorted(inputs) if clip else next(iter(inputs)),
             "target": sorted(targets) if clip else "target.png",
             "raw": sorted(f"{n}.npy" for n in p.raw),
-            "input_format": f"jpeg q{self.spec.formats.input_jpeg_quality} 4:4:4" if p.input_natural else "png",
+            "input_format": self._format(p.input_natural),
+            "target_format": self._format(p.target_natural and clip),
             "licence": v.licence, "labeler": labeler, "params": p.meta,
         }
         if clip:

@@ -68,9 +68,11 @@ def test_pair_samples_are_well_formed(demo_build):
                 n_in = t.options.get("input_frames", 9)
                 n_out = t.options.get("target_frames", 9)
                 assert meta["frames"] == n_in and meta["target_frames"] == n_out
+                frames_out = task in ("frame_prediction", "depth_to_video", "normal_to_video")
                 ext = "png" if task in ("depth_to_video", "normal_to_video") else "jpg"  # renderings / photos
                 assert meta["input"] == [f"input_{i:03d}.{ext}" for i in range(n_in)]
-                assert meta["target"] == [f"target_{i:03d}.png" for i in range(n_out)]
+                ext = "jpg" if frames_out else "png"  # video frames / renderings
+                assert meta["target"] == [f"target_{i:03d}.{ext}" for i in range(n_out)]
                 frames = [decode_image(m[n]) for n in meta["input"] + meta["target"]]
                 assert all(f.shape == (256, 256, 3) for f in frames)
                 assert meta["frame_indices"] == list(range(9))

@@ -163,7 +163,7 @@ def test_flo_codec_rejects_bad_files():
 def test_cut_segments_decode_to_exactly_the_planned_frames(tmp_path):
     """Base clips keep the source's packets (stream copy into a small MP4): decoding the
     segment gives PyAV's own frames for the plan, B-frames, long GOPs, VFR and rotation
-    included; AVI (no usable time stamps) is refused, so the reader decodes it instead."""
+    included; AVI (no usable time stamps) is refused: it is cut as a prefix instead."""
     from lavin_data.video import cut_segment, decode_segment
 
     write_video(tmp_path / "vfr.mp4", 24, pts_ms=[i * 40 for i in range(12)] + [440 + 120 * i for i in range(1, 13)],
@@ -187,3 +187,31 @@ def test_cut_segments_decode_to_exactly_the_planned_frames(tmp_path):
                 assert all(np.array_equal(frames[k], every[i]) for k, i in enumerate(clip))
     with pytest.raises(VideoError, match="cannot cut a segment"):
         cut_segment(probe(fixture_path("videos", "test.avi")), [0, 1])
+
+
+def test_prefix_cuts_of_sequential_files_decode_to_exactly_the_planned_frames(monkeypatch):
+    """AVI (MPEG-4 ASP with B-frames and audio, one keyframe): the packets from the start to
+    SEQUENTIAL_MARGIN past the clip decode to PyAV's own whole-file decode of the planned
+    frames, at every start (the last frames of a cut prefix differ, which the margin
+    covers); past SEQUENTIAL_PREFIX_LIMIT the cut is refused so the reader decodes instead."""
+    from lavin_data import video
+    from lavin_data.video import cut_prefix, decode_prefix
+
+    path = fixture_path("videos", "test.avi")
+    info = probe(path)
+    every = pyav_frames(path)
+    assert info.sequential and len(every) >= 150
+    for start in range(0, len(every) - 16, 7):
+        clip = list(range(start, start + 17))
+        data, fmt = cut_prefix(info, clip)
+        assert fmt == "avi" and len(data) < path.stat().st_size
+        frames = decode_prefix(data, clip)
+        assert all(np.array_equal(frames[k], every[i]) for k, i in enumerate(clip)), start
+    # The whole file's last frames: there is no margin left, the prefix is the file.
+    tail = list(range(len(every) - 9, len(every)))
+    assert all(np.array_equal(f, every[i]) for f, i in zip(decode_prefix(cut_prefix(info, tail)[0], tail), tail))
+    monkeypatch.setattr(video, "SEQUENTIAL_PREFIX_LIMIT", 40)
+    with pytest.raises(VideoError, match="decoded from the start"):
+        cut_prefix(info, list(range(20, 29)))
+    with pytest.raises(VideoError, match="the clip needs frame"):
+        decode_prefix(cut_prefix(info, [0, 1])[0], [0, 60], "x.video.avi")

@@ -19,7 +19,7 @@ from lavin_data.render.flow import decode_flow, end_point_error
 from lavin_data.shards import index_path, iter_tar_samples
 from lavin_data.spec import parse_spec
 from pipelines.build import build
-from pipelines.layout import pair_tar
+from pipelines.layout import base_tar, pair_tar
 from tests.conftest import fixture_path
 
 quiet = dict(echo=lambda *_: None)
@@ -55,6 +55,11 @@ def test_clip_pairs_read_with_webdataset_ray_and_hf_datasets(demo_build, tmp_pat
     ds = load_dataset("webdataset", data_files={"train": [url]}, split="train", cache_dir=str(tmp_path / "hf"))
     assert len(ds) == 4 and np.asarray(ds[0]["input_000.jpg"]).shape == (256, 256, 3)
     assert ds[0]["json"]["task"] == "video_depth"
+    # Video-frame targets are JPEG members, read alike.
+    url = str(pair_tar(spec.output, "frame_prediction", "synthetic-video", 0))
+    s = next(iter(wds.WebDataset(url, shardshuffle=False).decode("rgb8")))
+    assert s["target_000.jpg"].shape == (256, 256, 3) and s["json"]["target_format"] == "jpeg q95 4:4:4"
+    assert np.asarray(ray.data.read_webdataset([url]).take(1)[0]["target_004.jpg"]).shape == (256, 256, 3)
 
 
 # --------------------------------------------------------------------------- synthetic clips
@@ -200,13 +205,17 @@ def test_fixture_build_writes_every_video_task(fixture_build):
     assert "frames [1, 2, 3, 4, 6, 7] of the clip have no mask annotation" in judo["error"]
     bike = next(r for r in idx if r["key"] == "davis_bike")
     assert "bike: 4 frames are fewer than one clip of 9 frames" in bike["error"]
+    # Base clips keep the source's packets: a segment of each mp4, a prefix of the AVI.
+    members = {k: sorted(m) for s in range(2) for k, m in iter_tar_samples(base_tar(spec.output, "videos", s))}
+    assert len(members) == 6 and all(m == ["json", "video.avi" if "-avi-" in k else "video.mp4"]
+                                     for k, m in members.items()), members
 
 
 def test_fixture_clips_are_pyavs_frames_in_order(fixture_build):
-    """Every stored frame is PyAV's own decode of the planned frame, resized: targets (PNG)
-    exactly, inputs (JPEG q95 4:4:4; benchmarks/bench_clip_storage.py: >= 42.9 dB at 256^2
-    on these videos) at >= 40 dB and closer to their own frame than to the frames next to
-    it; counts and order exact."""
+    """Every stored frame is PyAV's own decode of the planned frame, resized: inputs and
+    targets (JPEG q95 4:4:4; benchmarks/bench_clip_storage.py: >= 42.9 dB at 256^2 on these
+    videos) at >= 40 dB and closer to their own frame than to the frames next to it; counts
+    and order exact."""
     spec, _ = fixture_build
     decoded: dict[str, list[np.ndarray]] = {}
     for s in range(2):
@@ -225,13 +234,16 @@ def test_fixture_clips_are_pyavs_frames_in_order(fixture_build):
             want = [rz.image(every[i]) for i in idx]
             inp, tgt = frames_of(m, meta, "input"), frames_of(m, meta, "target")
             assert len(inp) == 5 and len(tgt) == 5
-            for k in range(5):
-                assert np.array_equal(tgt[k], want[4 + k]), (key, k)  # the target starts at the input's last frame
-                p_own = psnr(inp[k], want[k])
-                assert p_own >= 40, (key, k, p_own)
-                for other in (k - 1, k + 1):
-                    if 0 <= other < 9 and psnr(want[other], want[k]) < 60:  # the neighbour differs
-                        assert p_own > psnr(inp[k], want[other]), (key, k, other)
+            assert meta["input_format"] == meta["target_format"] == "jpeg q95 4:4:4"
+            # The target starts at the input's last frame.
+            for got, first in ((inp, 0), (tgt, 4)):
+                for k in range(5):
+                    i = first + k
+                    p_own = psnr(got[k], want[i])
+                    assert p_own >= 40, (key, i, p_own)
+                    for other in (i - 1, i + 1):
+                        if 0 <= other < 9 and psnr(want[other], want[i]) < 60:  # the neighbour differs
+                            assert p_own > psnr(got[k], want[other]), (key, i, other)
 
 
 def test_flow_ground_truth_survives_the_build(fixture_build):

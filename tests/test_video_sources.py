@@ -139,3 +139,27 @@ def test_video_list_with_start_and_end_seconds(tmp_path):
     (tmp_path / "bad.json").write_text(json.dumps([{"path": "../etc/passwd"}]))
     with pytest.raises(Exception, match="must be relative to root, inside it"):
         video_folder_reader.check(source(kind="video_folder", root=str(videos), file_list=str(tmp_path / "bad.json")))
+
+
+def test_avi_clips_keep_a_prefix_or_fall_back_to_lossless_frames(monkeypatch):
+    """An AVI clip's base sample is the packets from the start (``video.avi``); a clip ending
+    past SEQUENTIAL_PREFIX_LIMIT is decoded at ingest into PNG frames instead. Both decode
+    to PyAV's own frames for the plan."""
+    from lavin_data import video
+    from lavin_data.base import base_frames, encode_base
+
+    videos = fixture_path("videos")
+    with av.open(str(videos / "test.avi")) as c:
+        every = [f.to_ndarray(format="rgb24") for f in c.decode(video=0)]
+    src = source(kind="video_folder", root=str(videos), clip_frames=9, clips_per_video=2)
+    items = [i for i in video_folder_reader.plan(src) if i["path"] == "test.avi"]
+    assert len(items) == 2
+    kinds = []
+    for limit in (video.SEQUENTIAL_PREFIX_LIMIT, 60):
+        monkeypatch.setattr(video, "SEQUENTIAL_PREFIX_LIMIT", limit)
+        for it in items:
+            members = encode_base(video_folder_reader.read(src, it, 0, {}))
+            kinds.append(sorted(m for m in members if m != "json")[0])
+            frames, meta = base_frames(it["item_id"], members)
+            assert all(np.array_equal(f, every[i]) for f, i in zip(frames, meta["frame_indices"], strict=True))
+    assert kinds == ["video.avi", "video.avi", "video.avi", "frame_000.png"]  # the 2nd clip ends past 60

@@ -44,13 +44,16 @@ class Pair:
     """One rendered sample. input/target: (R, R, 3) uint8 RGB, or clips (T, R, R, 3).
 
     ``input_natural``: the input is a photo or a degraded photo (stored as JPEG q>=95);
-    otherwise it is a rendering (stored as PNG). ``raw``: measurable values kept beside the
+    otherwise it is a rendering (stored as PNG). ``target_natural``: the target is a clip of
+    video frames (stored as JPEG like natural inputs; image targets and renderings are
+    always PNG). ``raw``: measurable values kept beside the
     rendering, name -> array (written as ``<key>.<name>.npy``). ``meta`` goes into the json.
     """
 
     input: np.ndarray
     target: np.ndarray
     input_natural: bool = True
+    target_natural: bool = False
     raw: dict[str, np.ndarray] = field(default_factory=dict)
     meta: dict[str, Any] = field(default_factory=dict)
     variant: str | None = None
@@ -246,7 +249,7 @@ def frame_prediction(view: ClipView, rng, o: dict) -> list[Pair]:
     if view.n_frames < need:
         raise ValueError(f"frame_prediction with {n_in} -> {n_out} frames needs clips of {need} frames; "
                          f"{view.key} has {view.n_frames}")
-    return [Pair(view.frames[:n_in], view.frames[n_in - 1:need], meta=dict(
+    return [Pair(view.frames[:n_in], view.frames[n_in - 1:need], target_natural=True, meta=dict(
         _clip_meta(view), input_frames=list(range(n_in)), target_frames=list(range(n_in - 1, need)),
         split="the target starts at the input's last frame and continues it"))]
 
@@ -259,7 +262,7 @@ def video_depth(view: ClipView, rng, o: dict) -> list[Pair]:
 
 def depth_to_video(view: ClipView, rng, o: dict) -> list[Pair]:
     inp, meta = _clip_depth(view, "depth_to_video")
-    return [Pair(inp, view.frames, input_natural=False, meta=dict(meta, **_clip_meta(view)))]
+    return [Pair(inp, view.frames, input_natural=False, target_natural=True, meta=dict(meta, **_clip_meta(view)))]
 
 
 def _clip_normals(view: ClipView, task: str) -> tuple[np.ndarray, np.ndarray, dict]:
@@ -277,7 +280,7 @@ def video_normal(view: ClipView, rng, o: dict) -> list[Pair]:
 
 def normal_to_video(view: ClipView, rng, o: dict) -> list[Pair]:
     _n, img, meta = _clip_normals(view, "normal_to_video")
-    return [Pair(img, view.frames, input_natural=False, meta=meta)]
+    return [Pair(img, view.frames, input_natural=False, target_natural=True, meta=meta)]
 
 
 def optical_flow(view: ClipView, rng, o: dict) -> list[Pair]:

@@ -9,8 +9,11 @@ its ``item_id`` the video's path with the clip's first frame index (``dir-clip-m
 
 Base clips keep the source's own compressed packets (``video.mp4``: from the keyframe
 before the clip to its last frame, copied without re-encoding; :func:`lavin_data.video.cut_segment`),
-so ingest decodes nothing and a later decode yields exactly the planned frames; containers
-without presentation time stamps (AVI) are decoded at ingest and kept as lossless frames.
+so ingest decodes nothing and a later decode yields exactly the planned frames. Containers
+without presentation time stamps (AVI) keep every packet from the start to just past the
+clip (``video.avi``; :func:`lavin_data.video.cut_prefix`), since their frames can only be
+counted from the start; a clip ending beyond ``SEQUENTIAL_PREFIX_LIMIT`` frames, or a codec
+the muxer refuses, is decoded at ingest and kept as lossless PNG frames.
 
 A video that cannot be opened (missing, zero-length, truncated, no video stream) becomes
 one failed item whose error names the file; a video shorter than one clip (or than
@@ -25,7 +28,7 @@ from pathlib import Path
 
 from lavin_data.base import BaseSample
 from lavin_data.sources import SourceError, planned_problem
-from lavin_data.video import VideoError, cut_segment, plan_clips, probe, probe_cached, read_frames
+from lavin_data.video import VideoError, cut_prefix, cut_segment, plan_clips, probe, probe_cached, read_frames
 
 
 def check(src) -> None:
@@ -126,12 +129,14 @@ def read(src, item: dict, seed: int, source_meta: dict) -> BaseSample:
     meta = {"source": src.name, "item_id": item["item_id"], "video": item["path"], "frame_indices": indices,
             "pts_seconds": [round(info.seconds(i), 6) for i in indices], "fps": info.fps, "frames": len(indices),
             "coded_size": [info.width, info.height], "licence": src.licence}
-    if not info.sequential:
-        try:
-            segment, segment_pts = cut_segment(info, indices)
-            return BaseSample(dict(meta, segment_pts=segment_pts, frame_pts=[info.pts[i] for i in indices],
-                                   time_base=info.time_base_fraction), video_segment=segment)
-        except VideoError:
-            pass  # a codec the MP4 muxer does not take: decode here and keep lossless frames
+    try:
+        if info.sequential:
+            prefix, fmt = cut_prefix(info, indices)
+            return BaseSample(meta, video_segment=prefix, video_format=fmt)
+        segment, segment_pts = cut_segment(info, indices)
+        return BaseSample(dict(meta, segment_pts=segment_pts, frame_pts=[info.pts[i] for i in indices],
+                               time_base=info.time_base_fraction), video_segment=segment)
+    except VideoError:
+        pass  # a codec the muxer does not take, or a long prefix: decode here and keep lossless frames
     clip, pts = read_frames(info, indices)
     return BaseSample(dict(meta, pts_seconds=pts), frames=clip)
