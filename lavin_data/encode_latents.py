@@ -28,12 +28,14 @@ import numpy as np
 
 from lavin_data.codecs import decode_image, encode_npy
 from lavin_data.geometry import plan_resize
+from lavin_data.output_lock import OutputLock, OutputLockError
 from lavin_data.shards import (
     ShardWriter,
     decoded_batches,
     iter_tar_samples,
     prefetch,
     read_stats,
+    remove_temporaries,
     shard_done,
 )
 
@@ -105,8 +107,8 @@ class Encoder:
                     w.add(key, {"input_moments.npy": encode_npy(mom[i]),
                                 "target_moments.npy": encode_npy(mom[n + i]),
                                 "json": json.dumps(info, sort_keys=True).encode()})
-            return dict(w.commit({"stage": "encode_latents", "source_shard": str(src), "resolution": res,
-                                  "seconds": round(time.perf_counter() - t0, 3)}), skipped=False)
+            return dict(w.commit({"stage": "encode_latents", "source_shard": str(src), "resolution": res},
+                                 {"seconds": round(time.perf_counter() - t0, 3)}), skipped=False)
 
 
 class EncodeWorker:
@@ -210,6 +212,20 @@ def main(argv: list[str] | None = None) -> int:
         if not torch.cuda.is_available():
             print(f"error: --num-gpus {args.num_gpus} but no CUDA device is visible to torch", file=sys.stderr)
             return 2
+    try:
+        with OutputLock(out):
+            remove_temporaries(out)  # of killed runs; this run is the only writer now
+            return _encode(args, pixels, out, vae_config)
+    except OutputLockError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    except OSError as e:  # a full disk, a read-only or foreign folder
+        print(f"error: cannot write {e.filename or out}: {e.strerror or e} (a re-run keeps the finished shards)",
+              file=sys.stderr)
+        return 2
+
+
+def _encode(args, pixels: Path, out: Path, vae_config: dict | None) -> int:
     rows = shard_pairs(pixels, out, args.tasks.split(",") if args.tasks else None)
     todo = [r for r in rows if not shard_done(r["dst"])]
     print(f"[encode] {len(rows)} pair shards, {len(rows) - len(todo)} already done, {len(todo)} to do -> {out}")

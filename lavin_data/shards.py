@@ -1,8 +1,10 @@
 """The shard format: a deterministic tar, a parquet index and a stats file written last.
 
 One shard is one unit of work, of resume and of commit (DESIGN.md §2). The tar is
-streamed to a temporary name as samples come and renamed into place; the index and then
-the stats file follow, so a shard whose stats file exists is complete and a re-run skips it.
+streamed to a temporary name as samples come and renamed into place; the index, the
+timing file and then the stats file follow, so a shard whose stats file exists is complete
+and a re-run skips it. Tar, index and stats are the same bytes on every run (error texts
+lose object addresses); only ``<shard>.timing.json`` differs.
 
 Tars are byte-reproducible: members sorted by (key, extension), mtime 0, uid/gid 0,
 no user names, mode 0644.
@@ -13,6 +15,7 @@ from __future__ import annotations
 import io
 import json
 import os
+import re
 import socket
 import tarfile
 import uuid
@@ -42,6 +45,11 @@ def stats_path(tar_path: str | os.PathLike) -> Path:
     return p.with_name(p.name.removesuffix(".tar") + ".stats.json")
 
 
+def timing_path(tar_path: str | os.PathLike) -> Path:
+    p = Path(tar_path)
+    return p.with_name(p.name.removesuffix(".tar") + ".timing.json")
+
+
 def index_path(tar_path: str | os.PathLike) -> Path:
     p = Path(tar_path)
     return p.with_name(p.name.removesuffix(".tar") + ".parquet")
@@ -55,11 +63,36 @@ def read_stats(tar_path: str | os.PathLike) -> dict:
     return json.loads(stats_path(tar_path).read_text())
 
 
-def _atomic_write(path: Path, data: bytes) -> None:
+def atomic_write(path: str | os.PathLike, data: bytes) -> None:
+    """Write ``path`` whole or not at all (a temporary beside it, then a rename); the
+    temporary is removed if the write fails (a full disk, say)."""
+    path = Path(path)
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    with open(tmp, "wb") as f:
-        f.write(data)
-    os.replace(tmp, path)
+    try:
+        with open(tmp, "wb") as f:
+            f.write(data)
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
+def remove_temporaries(root: str | os.PathLike) -> list[Path]:
+    """Delete the temporary files that killed or failed runs left under ``root`` (names
+    ``.<file>.tmp-...``); call it only while holding the output's lock. Returns them."""
+    gone = [p for p in Path(root).rglob(".*.tmp-*") if p.is_file()]
+    for p in gone:
+        p.unlink(missing_ok=True)
+    return gone
+
+
+_ADDRESS = re.compile(r" at 0x[0-9a-fA-F]+")
+
+
+def reproducible_error(text: str) -> str:
+    """An error message without object addresses (``<_io.BytesIO object at 0x7f...>``), so that
+    the same input gives the same index bytes on every run."""
+    return _ADDRESS.sub("", text)
 
 
 def _tar_info(name: str, size: int) -> tarfile.TarInfo:
@@ -137,10 +170,10 @@ class ShardWriter:
         self._last = key
 
     def fail(self, key: str, stage: str, error: str) -> None:
-        self.failures[key] = (stage, error)
+        self.failures[key] = (stage, reproducible_error(error))
 
     def skip(self, key: str, stage: str, reason: str) -> None:
-        self.skipped[key] = (stage, reason)
+        self.skipped[key] = (stage, reproducible_error(reason))
 
     def _finish_tar(self) -> None:
         """Close the streamed tar; rewrite it in sorted key order if samples came unsorted."""
@@ -165,8 +198,9 @@ class ShardWriter:
             self._file.close()
             self._tmp.unlink(missing_ok=True)
 
-    def commit(self, stats: dict) -> dict:
-        """Move the tar into place, then write the index and (last) the stats; returns the stats."""
+    def commit(self, stats: dict, timing: dict | None = None) -> dict:
+        """Move the tar into place, then write the index, ``timing`` (``<shard>.timing.json``:
+        what differs between runs) and, last, the stats; returns the stats."""
         self._finish_tar()
         os.replace(self._tmp, self.path)
         self._committed = True
@@ -180,10 +214,12 @@ class ShardWriter:
         table = pa.Table.from_pylist(rows, schema=INDEX_SCHEMA)
         sink = pa.BufferOutputStream()
         pq.write_table(table, sink)
-        _atomic_write(index_path(self.path), sink.getvalue().to_pybytes())
+        atomic_write(index_path(self.path), sink.getvalue().to_pybytes())
         stats = dict(stats, shard=self.path.name, n_ok=len(self._bytes), n_error=len(self.failures),
                      n_skipped=len(self.skipped), bytes=os.path.getsize(self.path))
-        _atomic_write(stats_path(self.path), (json.dumps(stats, indent=1, sort_keys=True) + "\n").encode())
+        if timing is not None:
+            atomic_write(timing_path(self.path), (json.dumps(timing, indent=1, sort_keys=True) + "\n").encode())
+        atomic_write(stats_path(self.path), (json.dumps(stats, indent=1, sort_keys=True) + "\n").encode())
         return stats
 
 

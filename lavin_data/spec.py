@@ -35,10 +35,17 @@ class _Strict(BaseModel):
 # --------------------------------------------------------------------------- sources
 
 
+MAX_IMAGE_PIXELS = 64_000_000  # a 64 MP photo (9238x6928); ~8K video frames are 33 MP
+
+
 class _SourceBase(_Strict):
     name: str = Field(pattern=NAME_RE, description="used in sample keys and output paths")
     limit: int | None = Field(None, ge=1, description="keep the first N planned items")
     licence: str | None = None
+    max_image_pixels: int = Field(
+        MAX_IMAGE_PIXELS, ge=1,
+        description="images (and video frames) larger than this many pixels are recorded as failures before "
+                    "they are decoded: one decoded 12000x12000 image takes 2 GB")
 
 
 def _clip_frames(v: int) -> int:
@@ -349,9 +356,14 @@ class Spec(_Strict):
         return next(lab for lab in self.labelers if lab.name == name)
 
     def canonical_json(self) -> str:
-        return json.dumps(self.model_dump(mode="json"), sort_keys=True, separators=(",", ":"))
+        """The spec's content in one form: through JSON and back first, so that a value typed
+        alike in every spec (80 -> 80.0 for a float option) hashes alike; the output folder
+        is where the build is, not what it is, and is left out."""
+        again = type(self).model_validate_json(self.model_dump_json())
+        return json.dumps(again.model_dump(mode="json", exclude={"output"}), sort_keys=True, separators=(",", ":"))
 
     def spec_hash(self) -> str:
+        """sha256 of :meth:`canonical_json`: equal for a build moved elsewhere, and in every worker."""
         return hashlib.sha256(self.canonical_json().encode()).hexdigest()
 
 
@@ -412,7 +424,9 @@ def load_spec(path: str | os.PathLike, output: str | None = None) -> Spec:
     except OSError as e:
         raise SpecError(f"{path}: cannot read spec: {e.strerror}") from None
     try:
-        data = yaml.safe_load(text)
+        from lavin_data.safe_yaml import safe_load  # safe_load that also refuses duplicate keys, alias bombs
+
+        data = safe_load(text)
     except yaml.YAMLError as e:
         raise SpecError(f"{path}: not valid YAML: {e}") from None
     if output is not None and isinstance(data, dict):

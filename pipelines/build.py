@@ -11,6 +11,7 @@ folder must then be on storage every node sees).
 from __future__ import annotations
 
 import argparse
+import errno
 import json
 import logging
 import os
@@ -25,9 +26,10 @@ import pyarrow.parquet as pq
 from lavin_data import __version__
 from lavin_data.base import BASE_FORMAT
 from lavin_data.labelers import LabelerError, labeler_class
+from lavin_data.output_lock import OutputLock, OutputLockError
 from lavin_data.ray_session import ensure_ray
 from lavin_data.registry import TASKS, label_input
-from lavin_data.shards import read_stats, shard_done
+from lavin_data.shards import atomic_write, read_stats, remove_temporaries, shard_done
 from lavin_data.sources import SourceError, reader_for
 from lavin_data.spec import Spec, SpecError, load_spec
 from pipelines.layout import base_tar, label_tar, pair_tar, plan_path
@@ -94,13 +96,31 @@ def preflight(spec: Spec) -> None:
                 hint = f"; give it a `labeler:` that makes {wants}" if wants in lacking else ""
                 problems.append(f"tasks[{i}]: task {t.task!r} needs {', '.join(sorted(lacking))}, which source "
                                 f"{t.source!r} ({spec.source(t.source).kind}) does not provide{hint}")
+    out = Path(spec.output).resolve()
+    for src in spec.sources:
+        for field, value in src.model_dump().items():
+            if isinstance(value, str) and field != "name" and Path(value).is_dir() and \
+                    out.is_relative_to(root := Path(value).resolve()):
+                problems.append(f"output {out} is inside source {src.name!r} ({field} {root}): the build would read "
+                                "its own files back as data; choose an output outside it")
     if problems:
         raise BuildError("cannot build this spec:\n  " + "\n  ".join(problems))
+
+
+def check_output(spec: Spec) -> None:
+    """Refuse an output folder that holds another spec's build (call it holding the lock)."""
     out = Path(spec.output)
     lock = out / "spec.json"
     if lock.exists():
-        held = json.loads(lock.read_text())
-        old = held.get("spec_hash")
+        try:
+            held = json.loads(lock.read_text())
+            if not isinstance(held, dict) or not isinstance(held.get("spec_hash", ""), str):
+                raise ValueError(f"expected a JSON object with a spec_hash, got {type(held).__name__}")
+        except (ValueError, UnicodeDecodeError) as e:
+            raise BuildError(f"{lock} is unreadable ({type(e).__name__}: {e}); it records which spec this folder "
+                             "holds. Delete the folder (or just spec.json, if you know it holds this spec's "
+                             "build), or use another --output.") from None
+        old = held.get("spec_hash") or ""
         if held.get("base_format", 1) != BASE_FORMAT:
             raise BuildError(
                 f"{out} holds a build in base-sample format {held.get('base_format', 1)}, and this version writes "
@@ -219,12 +239,27 @@ def pipeline(spec: Spec, jobs: list[dict]):
 
 
 def build(spec: Spec, num_cpus: int | None = None, echo=print) -> dict:
-    """Run (or resume) the whole build; returns the manifest. Raises BuildError on failure."""
+    """Run (or resume) the whole build; returns the manifest. Raises BuildError on failure,
+    OSError where the output cannot be written."""
     preflight(spec)
+    try:
+        with OutputLock(spec.output) as lock:
+            if lock.stale_holder:
+                echo(f"[build] the last run into {spec.output} ({lock.stale_holder}) ended without finishing; resuming")
+            return _build_locked(spec, num_cpus, echo)
+    except OutputLockError as e:
+        raise BuildError(str(e)) from None
+
+
+def _build_locked(spec: Spec, num_cpus: int | None, echo) -> dict:
+    check_output(spec)
     out = Path(spec.output)
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "spec.json").write_text(json.dumps({"spec_hash": spec.spec_hash(), "base_format": BASE_FORMAT,
-                                               "spec": spec.model_dump(mode="json")}, indent=1, sort_keys=True) + "\n")
+    atomic_write(out / "spec.json", (json.dumps({"spec_hash": spec.spec_hash(), "base_format": BASE_FORMAT,
+                                                 "spec": spec.model_dump(mode="json")}, indent=1, sort_keys=True)
+                                     + "\n").encode())
+    gone = remove_temporaries(out)  # left by killed or failed runs; ours is the only writer now
+    if gone:
+        echo(f"[build] removed {len(gone)} temporary file(s) of an earlier run")
     t0 = time.perf_counter()
     jobs, total = shard_jobs(spec)
     echo(f"[build] {spec.name}: {total} source shards, {total - len(jobs)} already done, {len(jobs)} to do "
@@ -243,6 +278,7 @@ def build(spec: Spec, num_cpus: int | None = None, echo=print) -> dict:
             timeline.append((row["pid"], row["t_start"] - t_wall0, row["t_end"] - t_wall0))
             if row["error"]:
                 errors.append(row["error"])
+                echo(f"[build] shard failed: {row['error']}")
             renders = [st for st in json.loads(row["render"]) if not st.get("skipped")]
             n_pairs += sum(st["n_ok"] for st in renders)
             n_fail += sum(st["n_error"] for st in renders)
@@ -251,17 +287,19 @@ def build(spec: Spec, num_cpus: int | None = None, echo=print) -> dict:
                  f"{n_pairs / max(el, 1e-9):.1f} pairs/s | {el:.1f}s"
                  + (f" | ERROR in {row['source']} shard {row['shard']}" if row["error"] else ""))
         t_work = time.perf_counter() - tw
-    manifest = write_manifest(spec, time.perf_counter() - t0)
+    manifest = write_manifest(spec)
     manifest["run"] = {"pairs_written": n_pairs, "pairs_failed": n_fail, "work_seconds": round(t_work, 3),
                        "pairs_per_second": round(n_pairs / t_work, 2) if t_work else None,
-                       "timeline": timeline}
+                       "seconds": round(time.perf_counter() - t0, 3), "timeline": timeline}
     if errors:
         raise BuildError(f"{len(errors)} shard(s) failed; the others are committed and a re-run retries only "
                          "these:\n" + "\n".join(errors))
     return manifest
 
 
-def write_manifest(spec: Spec, seconds: float) -> dict:
+def write_manifest(spec: Spec) -> dict:
+    """``manifest.json`` (counts, shards, versions: the same bytes for the same build) and
+    ``report/counts.md``, each written whole or not at all."""
     import numpy
     import ray
 
@@ -297,16 +335,27 @@ def write_manifest(spec: Spec, seconds: float) -> dict:
         "versions": {"lavin_data": __version__, "python": platform.python_version(), "numpy": numpy.__version__,
                      "opencv": cv2.__version__, "pyarrow": pa.__version__, "ray": ray.__version__},
         "counts": counts, "failures": failures, "skipped": skipped, "labels": labels,
-        "shards": shards, "seconds": round(seconds, 3),
+        "shards": shards,
     }
-    (out / "manifest.json").write_text(json.dumps(manifest, indent=1, sort_keys=True) + "\n")
+    atomic_write(out / "manifest.json", (json.dumps(manifest, indent=1, sort_keys=True) + "\n").encode())
     lines = ["| task | source | pairs | failed | skipped (nothing to render) |", "|---|---|---:|---:|---:|"]
     for t in sorted(counts):
         for s in sorted(counts[t]):
             lines.append(f"| {t} | {s} | {counts[t][s]} | {failures[t][s]} | {skipped[t][s]} |")
     (out / "report").mkdir(exist_ok=True)
-    (out / "report" / "counts.md").write_text("\n".join(lines) + "\n")
+    atomic_write(out / "report" / "counts.md", ("\n".join(lines) + "\n").encode())
     return manifest
+
+
+def os_problem(e: OSError, output: str | None) -> str:
+    """What a user reads for an OSError: the path, what the system said, what to do."""
+    path = e.filename or output or "?"
+    writing = output is not None and Path(str(path)).resolve().is_relative_to(Path(output).resolve())
+    hint = {errno.ENOSPC: "free some space", errno.EDQUOT: "free some space",
+            errno.EROFS: "choose a writable --output", errno.EACCES: "check its permissions",
+            errno.EPERM: "check its permissions"}.get(e.errno, "check the path")
+    return (f"cannot {'write' if writing else 'read'} {path}: {e.strerror or e} ({hint}; a re-run keeps "
+            "the shards already finished)")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -316,16 +365,20 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--num-cpus", type=int, help="CPUs for a local Ray (default: all); ignored with RAY_ADDRESS")
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
+    spec = None
     try:
         spec = load_spec(args.spec, output=args.output)
         manifest = build(spec, args.num_cpus)
-    except (SpecError, BuildError) as e:
+    except (SpecError, BuildError, SourceError) as e:
         print(f"error: {e}", file=sys.stderr)
+        return 2
+    except OSError as e:  # the machine said no: a full disk, a read-only or foreign folder
+        print(f"error: {os_problem(e, spec.output if spec else None)}", file=sys.stderr)
         return 2
     total = sum(sum(v.values()) for v in manifest["counts"].values())
     failed = sum(sum(v.values()) for v in manifest["failures"].values())
     print(f"[build] done: {total} pairs in {len(manifest['counts'])} tasks, {failed} failed, "
-          f"{manifest['seconds']:.1f}s -> {Path(spec.output) / 'manifest.json'}")
+          f"{manifest['run']['seconds']:.1f}s -> {Path(spec.output) / 'manifest.json'}")
     return 0
 
 

@@ -58,6 +58,13 @@ def _short_error(e: BaseException) -> str:
     return f"{type(e).__name__}: {e}"
 
 
+def _shard_error(row: dict, e: BaseException, what: str = "") -> str:
+    """A failed shard's message; with the traceback unless the machine refused (a full disk,
+    a permission): that is not ours to debug, and the message says all."""
+    head = f"{shard_name(row['source'], int(row['shard']))}{what}: {_short_error(e)}"
+    return head if isinstance(e, OSError) else f"{head}\n{traceback.format_exc()}"
+
+
 def ingest_shard(spec: Spec, source: str, shard: int, items: list[dict], source_meta: dict | None = None) -> dict:
     """Read the planned items of one shard into a base shard. Skips a done shard."""
     path = base_tar(spec.output, source, shard)
@@ -77,8 +84,8 @@ def ingest_shard(spec: Spec, source: str, shard: int, items: list[dict], source_
                 w.skip(key, "ingest", str(e))
             except Exception as e:  # noqa: BLE001 - a bad item is recorded, the shard goes on
                 w.fail(key, "ingest", _short_error(e))
-        return dict(w.commit({"stage": "ingest", "source": source, "spec_hash": spec.spec_hash(),
-                              "seconds": round(time.perf_counter() - t0, 3)}), skipped=False)
+        return dict(w.commit({"stage": "ingest", "source": source, "spec_hash": spec.spec_hash()},
+                             {"seconds": round(time.perf_counter() - t0, 3)}), skipped=False)
 
 
 class PairEncoder:
@@ -220,8 +227,8 @@ def _render_into(spec, source, shard, name, todo, renderers, opts, task_labeler,
     out = []
     for task, w in writers.items():
         _carry_not_ok(base, w)
-        out.append(dict(w.commit({"stage": "render", "task": task, "source": source, "spec_hash": spec.spec_hash(),
-                                  "seconds": round(seconds[task], 3)}), skipped=False))
+        out.append(dict(w.commit({"stage": "render", "task": task, "source": source, "spec_hash": spec.spec_hash()},
+                                 {"seconds": round(seconds[task], 3)}), skipped=False))
     return out
 
 
@@ -320,8 +327,8 @@ def label_shard(spec: Spec, labeler_name: str, source: str, shard: int, labeler)
                     w.add(key, encode_flow(out, info))
         _carry_not_ok(base_tar(spec.output, source, shard), w)
         return dict(w.commit({"stage": "label", "labeler": lab.name, "source": source, "spec_hash": spec.spec_hash(),
-                              "seconds": round(time.perf_counter() - t0, 3),
-                              **{k: v for k, v in info.items() if k in ("model", "weight_hash")}}), skipped=False)
+                              **{k: v for k, v in info.items() if k in ("model", "weight_hash")}},
+                             {"seconds": round(time.perf_counter() - t0, 3)}), skipped=False)
 
 
 def run_ingest_job(spec_json: str, row: dict) -> dict:
@@ -336,7 +343,7 @@ def run_ingest_job(spec_json: str, row: dict) -> dict:
         st = ingest_shard(spec, row["source"], int(row["shard"]), items, json.loads(row["source_meta"]))
         out["ingest"] = json.dumps(st)
     except Exception as e:  # noqa: BLE001
-        out["error"] = f"{shard_name(row['source'], int(row['shard']))}: {_short_error(e)}\n{traceback.format_exc()}"
+        out["error"] = _shard_error(row, e)
     return out
 
 
@@ -348,8 +355,7 @@ def run_label_job(spec_json: str, row: dict, labeler_name: str, labeler) -> dict
         st = label_shard(spec, labeler_name, row["source"], int(row["shard"]), labeler)
         row["labels"] = json.dumps(json.loads(row["labels"]) + [st])
     except Exception as e:  # noqa: BLE001
-        row["error"] = f"{shard_name(row['source'], int(row['shard']))} ({labeler_name}): {_short_error(e)}\n" \
-                       f"{traceback.format_exc()}"
+        row["error"] = _shard_error(row, e, f" ({labeler_name})")
     return row
 
 
@@ -362,7 +368,6 @@ def run_render_job(spec_json: str, row: dict) -> dict:
             if tasks:
                 row["render"] = json.dumps(render_shard(spec, row["source"], int(row["shard"]), tasks))
         except Exception as e:  # noqa: BLE001
-            row["error"] = f"{shard_name(row['source'], int(row['shard']))}: {_short_error(e)}\n" \
-                           f"{traceback.format_exc()}"
+            row["error"] = _shard_error(row, e)
     row["t_end"] = time.time()
     return row

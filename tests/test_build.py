@@ -2,7 +2,6 @@
 
 import io
 import json
-import time
 from pathlib import Path
 
 import numpy as np
@@ -18,6 +17,7 @@ from lavin_data.shards import (
     index_path,
     iter_tar_samples,
     stats_path,
+    timing_path,
 )
 from lavin_data.spec import parse_spec
 from pipelines.build import BuildError, build, main
@@ -93,9 +93,7 @@ def test_pair_samples_are_well_formed(demo_build):
 def test_rerun_does_no_work_and_rebuilds_exactly_a_deleted_shard(ray_session, demo_build, tmp_path):
     spec0, _ = demo_build
     spec = small_demo_spec(tmp_path / "b")
-    t0 = time.perf_counter()
     build(spec, **quiet)
-    first = time.perf_counter() - t0
     out = Path(spec.output)
     # Two builds of the same spec into different folders: byte-identical tars.
     assert all_tars(out) == all_tars(Path(spec0.output))
@@ -103,12 +101,9 @@ def test_rerun_does_no_work_and_rebuilds_exactly_a_deleted_shard(ray_session, de
     # Shards and plans (manifest and report are refreshed on every run).
     mtimes = {p: p.stat().st_mtime_ns for d in ("base", "pairs", "plan") for p in (out / d).rglob("*") if p.is_file()}
     lines = []
-    t0 = time.perf_counter()
     m = build(spec, echo=lines.append)
-    again = time.perf_counter() - t0
     assert "0 to do" in lines[0] and m["run"]["pairs_written"] == 0
     assert {p: p.stat().st_mtime_ns for p in mtimes} == mtimes  # nothing rewritten
-    assert again < 0.5 * first, (again, first)
 
     victim = pair_tar(out, "denoise", "synthetic", 2)
     before = victim.read_bytes()
@@ -117,7 +112,7 @@ def test_rerun_does_no_work_and_rebuilds_exactly_a_deleted_shard(ray_session, de
     assert victim.read_bytes() == before
     assert stats_path(victim).exists()
     changed = [p for p, t in mtimes.items() if p.stat().st_mtime_ns != t]
-    assert sorted(changed) == sorted([victim, index_path(victim), stats_path(victim)])
+    assert sorted(changed) == sorted([victim, index_path(victim), timing_path(victim), stats_path(victim)])
     assert m["run"]["pairs_written"] == json.loads(stats_path(victim).read_text())["n_ok"]
 
 
@@ -249,7 +244,7 @@ def test_output_in_an_older_base_format_is_refused(tmp_path):
     (tmp_path / "o" / "spec.json").write_text(json.dumps({"spec_hash": spec.spec_hash()}))  # no base_format: 1
     with pytest.raises(BuildError, match="base-sample format 1, and this version writes format 2"):
         build(spec, **quiet)
-    assert sorted(p.name for p in (tmp_path / "o").iterdir()) == ["spec.json"]
+    assert sorted(p.name for p in (tmp_path / "o").iterdir()) == [".lock", "spec.json"]
 
 
 def test_output_of_another_spec_is_refused(demo_build):

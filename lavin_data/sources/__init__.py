@@ -19,6 +19,7 @@ A reader has:
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from types import ModuleType
 
@@ -41,12 +42,23 @@ def planned_problem(item: dict) -> None:
 
 
 def inside(root: str | Path, rel: str, what: str) -> Path:
-    """``root / rel`` for a path read from data, refused (naming ``what``) if it is absolute
-    or climbs out of ``root``."""
+    """``root / rel`` for a path read from data, refused (naming ``what``) if it climbs out of
+    ``root`` (``..``) or is absolute outside it. Lexical: a symlink a user put under root is
+    theirs to follow."""
     p = Path(rel)
-    if p.is_absolute() or ".." in p.parts:
-        raise ValueError(f"{what}: path {rel!r} must be relative to {root}, inside it")
-    return Path(root) / p
+    if p.is_absolute():
+        if ".." not in p.parts and Path(os.path.normpath(p)).is_relative_to(os.path.normpath(os.path.abspath(root))):
+            return p
+    elif ".." not in p.parts:
+        return Path(root) / p
+    raise ValueError(f"{what}: path {rel!r} must be relative to {root}, inside it")
+
+
+def check_pixels(width: int, height: int, max_pixels: int, what: str) -> None:
+    """Refuse (before decoding) an image over the source's ``max_image_pixels``."""
+    if width * height > max_pixels:
+        raise ValueError(f"{what}: image is {width}x{height} = {width * height} pixels, over max_image_pixels "
+                         f"{max_pixels} (raise the source's max_image_pixels to read it)")
 
 
 def reader_for(kind: str) -> ModuleType:

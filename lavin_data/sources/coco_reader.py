@@ -28,7 +28,7 @@ from pathlib import Path
 
 from lavin_data.base import BaseSample
 from lavin_data.codecs import decode_image
-from lavin_data.sources import SourceError, planned_problem
+from lavin_data.sources import SourceError, check_pixels, inside, planned_problem
 from lavin_data.sources.coco import ann_instance, panoptic_segments
 
 
@@ -196,15 +196,20 @@ def plan(src) -> list[dict]:
     return items
 
 
-def _check_image(data: bytes, path: Path, width: int, height: int) -> None:
+def _check_image(data: bytes, path: Path, width: int, height: int, max_pixels: int) -> None:
     from PIL import Image
 
     try:
-        with Image.open(io.BytesIO(data)) as im:
-            im.load()  # a full decode: OpenCV only warns on a truncated JPEG, PIL raises
-            size = im.size
+        im = Image.open(io.BytesIO(data))
     except Exception as e:  # noqa: BLE001
-        raise ValueError(f"image file {path} is unreadable or truncated: {e}") from None
+        raise ValueError(f"image file {path} is unreadable: {e}") from None
+    with im:
+        check_pixels(*im.size, max_pixels, f"image file {path}")  # from the header, before decoding
+        try:
+            im.load()  # a full decode: OpenCV only warns on a truncated JPEG, PIL raises
+        except Exception as e:  # noqa: BLE001
+            raise ValueError(f"image file {path} is unreadable or truncated: {e}") from None
+        size = im.size
     if size != (width, height):
         raise ValueError(f"image file {path} is {size[0]}x{size[1]}, but its record says {width}x{height}")
 
@@ -218,17 +223,17 @@ def source_meta(src) -> dict:
 
 def read(src, item: dict, seed: int, source_meta: dict) -> BaseSample:
     planned_problem(item)
-    path = Path(src.images) / item["file_name"]
+    path = inside(src.images, item["file_name"], f"image {item['item_id']} file_name")
     try:
         data = path.read_bytes()
     except FileNotFoundError:
         raise FileNotFoundError(f"image file not found: {path}") from None
-    _check_image(data, path, item["width"], item["height"])
+    _check_image(data, path, item["width"], item["height"], src.max_image_pixels)
     h, w = item["height"], item["width"]
     segments = segments_info = None
     pan = json.loads(item["panoptic"]) if item["panoptic"] else None
     if pan is not None:
-        png = _masks_dir(src) / pan["file_name"]
+        png = inside(_masks_dir(src), pan["file_name"], f"panoptic mask of image {item['item_id']}")
         try:
             rgb = decode_image(png.read_bytes(), str(png))
         except FileNotFoundError:

@@ -142,7 +142,7 @@ def read(src, item: dict, seed: int, source_meta: dict) -> BaseSample:
     for n, ann in zip(names, annotated):
         path = images / seq / f"{n}.jpg"
         data = path.read_bytes()
-        rgb, plain = load_rgb(data, str(path))
+        rgb, plain = load_rgb(data, str(path), src.max_image_pixels)
         if not plain:
             raise ValueError(f"{path}: not a plain RGB JPEG")
         files.append(("jpg", data))

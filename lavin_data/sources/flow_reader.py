@@ -103,7 +103,8 @@ def read(src, item: dict, seed: int, source_meta: dict) -> BaseSample:
     for rel in images:
         path = root / rel
         try:
-            frames.append(load_rgb(path.read_bytes(), str(path))[0])  # grey / 16-bit / palette -> RGB uint8
+            # grey / 16-bit / palette -> RGB uint8
+            frames.append(load_rgb(path.read_bytes(), str(path), src.max_image_pixels)[0])
         except FileNotFoundError:
             raise FileNotFoundError(f"image file not found: {path}") from None
     flow = []

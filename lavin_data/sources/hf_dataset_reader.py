@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 
 from lavin_data.base import BaseSample
-from lavin_data.sources import SourceError
+from lavin_data.sources import SourceError, inside
 from lavin_data.sources.image_folder_reader import load_rgb
 
 
@@ -82,14 +82,15 @@ def source_meta(src) -> dict:
 def read(src, item: dict, seed: int, source_meta: dict) -> BaseSample:
     value = _open(src.path, src.split, src.image_column)[int(item["row"])][src.image_column]
     if isinstance(value, dict):  # datasets.Image(decode=False): {"bytes", "path"}
-        data = value.get("bytes") or (Path(value["path"]).read_bytes() if value.get("path") else None)
+        data = value.get("bytes") or (inside(src.path, value["path"], f"{src.path} row {item['row']}").read_bytes()
+                                      if value.get("path") else None)
     elif isinstance(value, (bytes, bytearray)):
         data = bytes(value)
     else:
         raise ValueError(f"row {item['row']}: column {src.image_column!r} holds {type(value).__name__}, not an image")
     if not data:
         raise ValueError(f"row {item['row']}: empty image")
-    rgb, plain = load_rgb(data, f"{src.path} row {item['row']}")
+    rgb, plain = load_rgb(data, f"{src.path} row {item['row']}", src.max_image_pixels)
     meta = {"source": src.name, "item_id": item["item_id"], "row": int(item["row"]), "width": rgb.shape[1],
             "height": rgb.shape[0], "licence": src.licence}
     return BaseSample(meta, image=rgb, image_file=("jpg", data) if plain else None)

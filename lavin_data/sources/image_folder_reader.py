@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 
 from lavin_data.base import BaseSample
-from lavin_data.sources import SourceError
+from lavin_data.sources import SourceError, check_pixels, inside, planned_problem
 
 EXTENSIONS = {".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff", ".jpe"}
 
@@ -56,16 +56,27 @@ def plan(src) -> list[dict]:
             raise SourceError(f"{root}: two files map to the item id {item_id!r} (e.g. {rel}); rename one")
         seen.add(item_id)
         parts = Path(rel).parts
-        items.append({"item_id": item_id, "path": rel, "class_name": parts[0] if len(parts) > 1 else ""})
+        try:
+            inside(root, rel, str(src.file_list or root))
+            error = None
+        except ValueError as e:  # a listed path outside root: that item fails, the others go on
+            error = str(e)
+        items.append({"item_id": item_id, "path": rel, "class_name": parts[0] if len(parts) > 1 else "",
+                      "error": error})
     return items
 
 
-def load_rgb(data: bytes, name: str) -> tuple[np.ndarray, bool]:
-    """Image bytes -> ((H, W, 3) uint8 RGB, whether the bytes are already a plain upright RGB JPEG)."""
+def load_rgb(data: bytes, name: str, max_pixels: int) -> tuple[np.ndarray, bool]:
+    """Image bytes -> ((H, W, 3) uint8 RGB, whether the bytes are already a plain upright RGB JPEG).
+    An image over ``max_pixels`` is refused from its header, before decoding."""
     from PIL import Image, ImageOps
 
     try:
         im = Image.open(io.BytesIO(data))
+    except Exception as e:  # noqa: BLE001
+        raise ValueError(f"image file {name} is unreadable: {e}") from None
+    check_pixels(*im.size, max_pixels, f"image file {name}")
+    try:
         im.load()
     except Exception as e:  # noqa: BLE001
         raise ValueError(f"image file {name} is unreadable or truncated: {e}") from None
@@ -89,12 +100,13 @@ def source_meta(src) -> dict:
 
 
 def read(src, item: dict, seed: int, source_meta: dict) -> BaseSample:
-    path = Path(src.root) / item["path"]
+    planned_problem(item)
+    path = inside(src.root, item["path"], str(src.file_list or src.root))
     try:
         data = path.read_bytes()
     except FileNotFoundError:
         raise FileNotFoundError(f"image file not found: {path}") from None
-    rgb, plain = load_rgb(data, str(path))
+    rgb, plain = load_rgb(data, str(path), src.max_image_pixels)
     meta = {"source": src.name, "item_id": item["item_id"], "file": item["path"], "class_name": item["class_name"],
             "width": rgb.shape[1], "height": rgb.shape[0], "licence": src.licence}
     return BaseSample(meta, image=rgb, image_file=("jpg", data) if plain else None)

@@ -17,7 +17,7 @@ import numpy as np
 
 from lavin_data.base import BaseSample
 from lavin_data.codecs import decode_rle
-from lavin_data.sources import SourceError, planned_problem
+from lavin_data.sources import SourceError, check_pixels, planned_problem
 from lavin_data.video import VideoError, probe, probe_cached, read_frames, spaced_clips
 
 
@@ -53,6 +53,7 @@ def plan(src) -> list[dict]:
         try:
             ann = _annotation(ann_path)
             info = probe(video)
+            check_pixels(info.width, info.height, src.max_image_pixels, f"{video}: video frames")
         except (ValueError, VideoError, json.JSONDecodeError) as e:
             items.append(dict(base, error=f"{type(e).__name__}: {e}"))
             continue

@@ -27,7 +27,7 @@ import re
 from pathlib import Path
 
 from lavin_data.base import BaseSample
-from lavin_data.sources import SourceError, planned_problem
+from lavin_data.sources import SourceError, check_pixels, planned_problem
 from lavin_data.video import VideoError, cut_prefix, cut_segment, plan_clips, probe, probe_cached, read_frames
 
 
@@ -97,7 +97,8 @@ def plan(src) -> list[dict]:
         base = {"item_id": vid, "path": v["path"], "frame_indices": "[]", "error": "", "skip": ""}
         try:
             info = probe(Path(src.root) / v["path"])
-        except VideoError as e:
+            check_pixels(info.width, info.height, src.max_image_pixels, f"{v['path']}: video frames")
+        except (VideoError, ValueError) as e:
             items.append(dict(base, error=str(e)))
             continue
         if info.n_frames < src.min_frames:

@@ -103,7 +103,7 @@ def read(src, item: dict, seed: int, source_meta: dict) -> BaseSample:
             data = path.read_bytes()
         except FileNotFoundError:
             raise FileNotFoundError(f"frame file not found: {path}") from None
-        rgb, plain = load_rgb(data, str(path))
+        rgb, plain = load_rgb(data, str(path), src.max_image_pixels)
         if rgb.shape[:2] != (h, w):
             raise ValueError(f"{path}: {rgb.shape[1]}x{rgb.shape[0]}, the video record says {w}x{h}")
         frame_files.append(("jpg", data) if plain else ("png", encode_png(rgb)))
