@@ -1,7 +1,10 @@
 """Model weights on disk: reading state dicts from the files people actually have (the
 released ``.pt`` files ``{"state_dict": ...}``, DeepSpeed checkpoints ``{"module": ...}`` or
 the folder with its ``latest`` tag, ``.safetensors`` files and folders of them), and the
-weight hash every labelled or encoded sample records."""
+weight hash every labelled or encoded sample records.
+
+Torch files are read with ``torch.load(weights_only=True)`` and nothing else: a file that
+needs a full unpickle is refused with a :class:`CheckpointError` saying how to convert it."""
 
 from __future__ import annotations
 
@@ -28,6 +31,23 @@ def weight_hash(path: str | os.PathLike) -> str:
     return h.hexdigest()[:16]
 
 
+def _unsafe_checkpoint_message(path: Path, error: Exception) -> str:
+    """Why ``path`` was not loaded with ``weights_only=True``, and how to convert it."""
+    reason = str(error).strip().splitlines()
+    # torch's message is long; one line of it names the object it refused
+    detail = next((line.strip() for line in reason if "Unsupported" in line or "GLOBAL" in line),
+                  reason[-1].strip() if reason else type(error).__name__)
+    detail = detail.split(" Please use")[0]  # not torch's advice to allowlist whatever the file names
+    how = ("re-save only the weights, e.g. torch.save(model.state_dict(), 'weights.pt') or as .safetensors")
+    if path.name.startswith("mp_rank_") or "model_states" in path.name:
+        how = ("this looks like a DeepSpeed checkpoint: convert it with the zero_to_fp32.py script DeepSpeed "
+               "writes into the checkpoint folder (python zero_to_fp32.py <folder> weights/), or load it once "
+               "where you trust it and torch.save(model.state_dict(), 'weights.pt')")
+    return (f"{path}: not a checkpoint that loads with torch.load(weights_only=True) ({type(error).__name__}: "
+            f"{detail}); files holding other Python objects are never unpickled, since that would run code "
+            f"from the file. To use it, {how}")
+
+
 def read_state_dict(path: str | os.PathLike) -> dict:
     """{name: tensor} on the CPU from a file or folder (see the module docstring)."""
     import torch
@@ -51,12 +71,11 @@ def read_state_dict(path: str | os.PathLike) -> dict:
 
         return load_file(str(path))
     try:
+        # Only weights_only=True: a full unpickle runs whatever code the file names, and a
+        # checkpoint is often downloaded. There is deliberately no fallback.
         obj = torch.load(str(path), map_location="cpu", weights_only=True)
-    except Exception as e:  # noqa: BLE001  (pickles with non-tensor objects: DeepSpeed's)
-        try:
-            obj = torch.load(str(path), map_location="cpu", weights_only=False)
-        except Exception:  # noqa: BLE001 - any failure here means an unreadable file
-            raise CheckpointError(f"{path}: not a readable torch checkpoint ({type(e).__name__}: {e})") from e
+    except Exception as e:  # noqa: BLE001 - any failure here means a file we will not read
+        raise CheckpointError(_unsafe_checkpoint_message(path, e)) from None
     for key in ("state_dict", "module", "model"):
         if isinstance(obj, dict) and isinstance(obj.get(key), dict):
             obj = obj[key]

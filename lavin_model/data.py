@@ -115,12 +115,35 @@ class TaskStream:
         return [self.round, self.pos]
 
 
+def dotted_key_problem(members: list[str], expected: tuple[str, ...]) -> str | None:
+    """The message for a sample whose member names carry a dot inside the key (``a.b.json``):
+    WebDataset ends the key at the first dot, so ``a.b.json`` is member ``b.json`` of key ``a``.
+    None when no member looks like that."""
+    if not any(n.endswith("." + e) for n in members for e in expected):
+        return None
+    return (f"member names {sorted(members)} have a dot in the key: WebDataset keys end at the first dot of "
+            "the file name, so these are not the expected " + ", ".join(expected) +
+            "; write keys without dots")
+
+
 def _moments(sample: dict, member: str) -> np.ndarray:
+    where = f"{sample.get('__url__')}: sample {sample.get('__key__')}"
+    if member not in sample:
+        names = sorted(k for k in sample if not k.startswith("__"))
+        problem = dotted_key_problem(names, (*MEMBERS, "json"))
+        raise ValueError(f"{where}: {problem}" if problem else f"{where} has no {member} (members: {names})")
     try:
-        m = decode_npy(sample[member])
-    except KeyError:
-        raise ValueError(f"{sample.get('__url__')}: sample {sample.get('__key__')} has no {member} "
-                         f"(members: {sorted(k for k in sample if not k.startswith('__'))})") from None
+        m = decode_npy(sample[member])  # allow_pickle=False: an object array is refused, never unpickled
+    except ValueError as e:
+        if "Object arrays" in str(e):
+            raise ValueError(f"{where}: {member} is an object array (pickled), which is refused: latent moments "
+                             "are fp16 arrays") from None
+        if "pickle" in str(e):  # not .npy at all: np.load took it for a pickle
+            raise ValueError(f"{where}: {member} is not an .npy array (a pickle, or other bytes), which is "
+                             "refused") from None
+        raise ValueError(f"{where}: {member} cannot be decoded as .npy: {e}") from None
+    except (OSError, EOFError) as e:  # a truncated or corrupt header
+        raise ValueError(f"{where}: {member} cannot be decoded as .npy: {type(e).__name__}: {e}") from None
     if m.ndim != 4 or m.shape[0] != 32:
         raise ValueError(f"{sample.get('__url__')}: sample {sample.get('__key__')}: {member} has shape {m.shape}, "
                          "expected (32, T', h, w) moments")

@@ -13,7 +13,13 @@ Writes to ``--out``: ``log.jsonl`` (one line per step), ``checkpoints/`` (DeepSp
 checkpoints: model, optimizer, scheduler, step, every rank's loader and noise state; the
 run resumes from the latest one by itself), ``model/`` (config.json + model.safetensors,
 for ``python -m lavin_model.infer``) and ``samples/step*.png`` (context pair | query |
-prediction | target, decoded through the ST-VAE). SIGINT/SIGTERM save a checkpoint and exit.
+prediction | target, decoded through the ST-VAE given as ``--vae``). SIGINT/SIGTERM save a
+checkpoint and exit.
+
+Nothing read from a file is unpickled: checkpoints (``--init`` and the run's own, on resume)
+load with ``torch.load(weights_only=True)``, and the ST-VAE is only ever the ``--vae`` file.
+The latents' json names the VAE they were encoded with; that record is only compared with
+``--vae`` (by weight hash), never loaded, since shards may come from anyone.
 """
 
 from __future__ import annotations
@@ -64,8 +70,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--sample-count", type=int, default=4)
     ap.add_argument("--sample-steps", type=int, default=20)
     ap.add_argument("--cfg-scale", type=float, default=1.5)
-    ap.add_argument("--vae", help="ST-VAE checkpoint for samples (default: the one recorded in the latents)")
-    ap.add_argument("--vae-config", help="JSON architecture overrides for a random-weight VAE (tests)")
+    ap.add_argument("--vae", help="ST-VAE checkpoint to decode samples with; must have the weight hash recorded "
+                    "in the latents. Without --vae (or --vae-config) samples are not decoded or written")
+    ap.add_argument("--vae-config", help="JSON architecture overrides; alone: a random-weight VAE (tests)")
     ap.add_argument("--local_rank", "--local-rank", type=int, default=int(os.environ.get("LOCAL_RANK", "0")))
     return ap.parse_args(argv)
 
@@ -118,16 +125,78 @@ def parse_weights(text: str | None) -> dict[str, float] | None:
     return {k: float(v) for k, v in (item.split("=") for item in text.split(","))}
 
 
-def latent_vae(latents: Path) -> tuple[str | None, dict | None]:
-    """The ST-VAE recorded in the first latent sample's json (path, architecture overrides)."""
+def recorded_vae(latents: Path) -> list[dict]:
+    """The ST-VAE each task's latents were encoded with, as the json of the first sample of its
+    first committed shard records it: ``[{"file", "key", "vae", "weight_hash"}]`` (``vae`` None
+    for a random-init VAE). Only for checking ``--vae``: a path from shard metadata is never
+    opened, since the shards may come from anyone."""
     from lavin_data.shards import iter_tar_samples
+    from lavin_model.data import MEMBERS, dotted_key_problem, find_task_shards
 
-    for tar in sorted(latents.glob("*/*.tar")):
-        for _key, m in iter_tar_samples(tar):
-            info = json.loads(m["json"])
-            vae = info.get("vae")
-            return (None if vae in (None, "random-init") else vae), (info.get("vae_config") or None)
-    return None, None
+    found = []
+    for urls in find_task_shards(latents).values():
+        for key, m in iter_tar_samples(urls[0]):
+            where = f"{urls[0]}: sample {key}"
+            if "json" not in m:
+                problem = dotted_key_problem(sorted(m), (*MEMBERS, "json"))
+                raise ValueError(f"{where}: {problem}" if problem else
+                                 f"{where} has no json member (members: {sorted(m)})")
+            try:
+                info = json.loads(m["json"])
+            except ValueError as e:  # JSONDecodeError and UnicodeDecodeError
+                raise ValueError(f"{where}: json is not valid JSON ({e})") from None
+            if not isinstance(info, dict):
+                raise ValueError(f"{where}: json is not an object, got {type(info).__name__}")
+            vae, wh = info.get("vae"), info.get("weight_hash")
+            found.append({"file": urls[0], "key": key, "vae": None if vae in (None, "random-init") else str(vae),
+                          "weight_hash": None if wh is None else str(wh)})
+            break
+    return found
+
+
+def check_vae(vae: str, latents: Path) -> str | None:
+    """Exit 2 (naming both) when ``--vae`` is not the ST-VAE the latents record by weight hash:
+    its samples would decode to wrong images. Returns a note for the log when the latents
+    record no hash to check against."""
+    from lavin_data.weights import weight_hash
+
+    if not Path(vae).exists():
+        print(f"error: --vae {vae}: ST-VAE checkpoint not found", file=sys.stderr)
+        raise SystemExit(2)
+    mine = weight_hash(vae)
+    records = recorded_vae(latents)
+    for r in records:
+        if r["weight_hash"] is not None and r["weight_hash"] != mine:
+            print(f"error: --vae {vae} has weight hash {mine}, but {r['file']} (sample {r['key']}) was encoded "
+                  f"with the ST-VAE {r['vae']} of weight hash {r['weight_hash']}: samples would decode to wrong "
+                  "images; give --vae the ST-VAE the latents were encoded with", file=sys.stderr)
+            raise SystemExit(2)
+    if any(r["weight_hash"] is None for r in records):
+        return (f"[train] samples: the latents record no ST-VAE weight hash (random-init encoder?); --vae {vae} "
+                "is not checked against them")
+    return None
+
+
+def weights_only_load(path: str, map_location=None):
+    """DeepSpeed's checkpoint reader (``engine.checkpoint_engine.load``) with
+    ``torch.load(weights_only=True)``: DeepSpeed's own unpickles everything. Its checkpoints
+    hold, besides tensors and plain containers, three of its classes, allowed by name."""
+    import torch
+    from deepspeed.runtime.fp16.loss_scaler import DynamicLossScaler, LossScaler
+    from deepspeed.runtime.zero.config import ZeroStageEnum
+    from deepspeed.utils.tensor_fragment import fragment_address
+
+    from lavin_data.weights import CheckpointError
+
+    try:
+        with torch.serialization.safe_globals([LossScaler, DynamicLossScaler, ZeroStageEnum, fragment_address]):
+            return torch.load(path, map_location=map_location, weights_only=True)
+    except Exception as e:  # noqa: BLE001 - whatever it is, the file is not read
+        reason = str(e).strip().splitlines()
+        detail = next((line for line in reason if "Unsupported" in line), reason[-1] if reason else "")
+        raise CheckpointError(f"{path}: not a checkpoint that loads with torch.load(weights_only=True) "
+                              f"({type(e).__name__}: {detail.split(' Please use')[0]}); it is not unpickled, "
+                              "since that would run code from the file") from None
 
 
 def memory_mib(device) -> float:
@@ -141,6 +210,7 @@ def memory_mib(device) -> float:
 def main(argv: list[str] | None = None) -> dict:
     args = parse_args(argv)
     single_process_env()
+    vae_note = check_vae(args.vae, Path(args.latents)) if args.vae else None  # every rank, before any work
     import deepspeed
     import numpy as np
     import torch
@@ -184,6 +254,7 @@ def main(argv: list[str] | None = None) -> dict:
     wd = config["optimizer"]["params"].get("weight_decay", 0.0)
     engine, _opt, _, scheduler = deepspeed.initialize(model=model, model_parameters=param_groups(model, wd),
                                                       config=config)
+    engine.checkpoint_engine.load = weights_only_load  # resuming reads our checkpoints without unpickling
     micro, accum = engine.train_micro_batch_size_per_gpu(), engine.gradient_accumulation_steps()
     n_params = sum(p.numel() for p in model.parameters())
     log(f"[train] J-DiT {args.size}: {n_params / 1e6:.2f} M parameters | {world} rank(s) on {device} | "
@@ -233,6 +304,13 @@ def main(argv: list[str] | None = None) -> dict:
     # ---- periodic samples (rank 0) -------------------------------------------------------
     preview, vae = None, None
     data_weights = dict(zip(data.tasks, data.weights))
+    vae_cfg = json.loads(args.vae_config) if args.vae_config else None
+    decode_samples = args.vae is not None or vae_cfg is not None
+    if vae_note:
+        log(vae_note)
+    if args.sample_every and not decode_samples:
+        log("[train] samples: no --vae given, so sample previews are not decoded or written (a VAE named in "
+            "the latents' metadata is never loaded); give --vae to see samples")
 
     def write_samples() -> None:
         nonlocal preview, vae
@@ -244,13 +322,10 @@ def main(argv: list[str] | None = None) -> dict:
             pdata = InContextBatches(args.latents, args.sample_count, (n_ctx, n_ctx), data_weights, 0.0,
                                      args.seed + 1, 0, 1, 1, 16)
             preview = next(iter(InContextLoader(pdata, device, num_workers=0)))
-            vae_path, vae_cfg = (args.vae, json.loads(args.vae_config) if args.vae_config else None)
-            if vae_path is None and vae_cfg is None:
-                vae_path, vae_cfg = latent_vae(Path(args.latents))
-            if vae_path is None:
-                log("[train] samples: the latents name no ST-VAE checkpoint; decoding with random weights "
+            if args.vae is None:
+                log("[train] samples: --vae-config without --vae: decoding with a random-weight ST-VAE "
                     "(give --vae for meaningful images)")
-            vae = build_stvae(vae_cfg, vae_path).to(device)
+            vae = build_stvae(vae_cfg, args.vae).to(device)
         engine.module.eval()
         gen = torch.Generator(device=device).manual_seed(args.seed + step)
         pred = sample(engine.module, preview["cond"], tuple(preview["target"].shape), args.sample_steps,
@@ -324,7 +399,7 @@ def main(argv: list[str] | None = None) -> dict:
                 f"{window['tokens'] / el:.0f} tokens/s | data wait {100 * window['wait'] / el:.1f}% | "
                 f"mem {memory_mib(device):.0f} MiB")
             window = {"t": time.perf_counter(), "wait": 0.0, "samples": 0, "tokens": 0, "loss": 0.0, "n": 0}
-        if args.sample_every and step % args.sample_every == 0 and rank == 0:
+        if args.sample_every and step % args.sample_every == 0 and rank == 0 and decode_samples:
             write_samples()
         if args.save_every and (step % args.save_every == 0 or stop["now"]):
             save()

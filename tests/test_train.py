@@ -68,6 +68,95 @@ def test_stopped_and_resumed_run_matches_an_uninterrupted_one(latents, tmp_path)
     assert len({a[s] for s in range(6, 13)}) > 1
 
 
+class _Planted:
+    """Unpickling this object creates ``path``: proof that a loader ran code from a file."""
+
+    def __init__(self, path: Path):
+        self.path = str(path)
+
+    def __reduce__(self):
+        return open, (self.path, "w")
+
+
+def test_checkpoints_read_with_weights_only_and_resume_never_unpickles(latents, tmp_path):
+    """Our checkpoints hold only what torch.load(weights_only=True) accepts (``--init`` from a
+    run's checkpoints/ gives the exported weights); DeepSpeed itself reads checkpoints with a
+    full unpickle, so the trainer swaps in weights_only=True and a planted file runs nothing."""
+    from safetensors.torch import load_file
+
+    from lavin_data.weights import read_state_dict
+
+    out, marker = tmp_path / "run", tmp_path / "pwned"
+    _train(out, latents, "--steps", "1", "--save-every", "1", "--num-workers", "0")
+    sd, exported = read_state_dict(out / "checkpoints"), load_file(out / "model" / "model.safetensors")
+    assert sorted(sd) == sorted(exported) and len(sd) > 10
+    assert all(torch.equal(sd[k].float(), exported[k]) for k in sd)
+    optim = next((out / "checkpoints" / "step00000001").glob("*optim_states.pt"))
+    state = torch.load(optim, weights_only=False)  # our own file, just written
+    state["planted"] = _Planted(marker)
+    torch.save(state, optim)
+    r = _train(out, latents, "--steps", "2", "--num-workers", "0", check=False)
+    assert r.returncode != 0 and not marker.exists(), r.stdout[-2000:] + r.stderr[-2000:]
+    assert f"CheckpointError: {optim}: not a checkpoint that loads with torch.load(weights_only=True)" in r.stderr
+
+
+def _name_vae_in_latents(root: Path, vae: str, weight_hash: str | None) -> None:
+    """Rewrite every sample's json as encode_latents writes it for the ST-VAE ``vae``."""
+    import io
+    import tarfile
+
+    for tar in root.glob("*/*.tar"):
+        buf = io.BytesIO()
+        with tarfile.open(tar) as src, tarfile.open(fileobj=buf, mode="w") as dst:
+            for info in src:
+                data = src.extractfile(info).read()
+                if info.name.endswith(".json"):
+                    data = json.dumps({**json.loads(data), "vae": vae, "vae_config": TINY_VAE,
+                                       "weight_hash": weight_hash}).encode()
+                info.size = len(data)
+                dst.addfile(info, io.BytesIO(data))
+        tar.write_bytes(buf.getvalue())
+
+
+def test_a_vae_named_in_the_latents_is_never_loaded(tmp_path):
+    """Shards are untrusted: without --vae the trainer decodes no samples, whatever VAE path
+    the latents' json names (here a planted checkpoint that would create a file if unpickled)."""
+    from lavin_data.stvae import build_stvae
+    from lavin_data.weights import weight_hash
+
+    root = synthetic_latent_shards(tmp_path / "lat", tasks=1, shards=1, per_shard=8, latent=8)
+    planted, marker = tmp_path / "stvae.pt", tmp_path / "pwned"
+    torch.save({"state_dict": build_stvae(TINY_VAE).state_dict(), "extra": _Planted(marker)}, planted)
+    _name_vae_in_latents(root, str(planted), weight_hash(planted))
+    out = tmp_path / "run"
+    r = _train(out, root, "--steps", "2", "--sample-every", "1", "--save-every", "0", "--micro-batch", "2",
+               "--num-workers", "0")
+    assert not marker.exists(), "the trainer loaded the VAE named in the shard metadata"
+    assert "no --vae given, so sample previews are not decoded" in r.stdout and not (out / "samples").exists()
+    assert max(_losses(out)) == 2
+
+
+def test_a_vae_that_is_not_the_recorded_one_is_refused(tmp_path):
+    from lavin_data.stvae import build_stvae
+    from lavin_data.weights import weight_hash
+
+    root = synthetic_latent_shards(tmp_path / "lat", tasks=1, shards=1, per_shard=8, latent=8)
+    vae = tmp_path / "vae.pt"
+    torch.save({"state_dict": build_stvae(TINY_VAE).state_dict()}, vae)
+    _name_vae_in_latents(root, "/models/stvae-released.pt", "0123456789abcdef")
+    out = tmp_path / "run"
+    args = ("--steps", "1", "--sample-every", "1", "--save-every", "0", "--micro-batch", "2", "--num-workers", "0",
+            "--sample-count", "1", "--vae", str(vae), "--vae-config", json.dumps(TINY_VAE))
+    r = _train(out, root, *args, check=False)
+    assert r.returncode == 2, r.stdout[-2000:] + r.stderr[-2000:]
+    assert (f"error: --vae {vae} has weight hash {weight_hash(vae)}, but " in r.stderr
+            and "with the ST-VAE /models/stvae-released.pt of weight hash 0123456789abcdef" in r.stderr), r.stderr
+    assert not (out / "log.jsonl").exists()  # refused before any training
+    _name_vae_in_latents(root, "/models/stvae-released.pt", weight_hash(vae))  # the same weights elsewhere: fine
+    _train(out, root, *args)
+    assert cv2.imread(str(out / "samples" / "step00000001.png")).shape == (64, 5 * 64, 3)
+
+
 def test_the_loss_drops_and_samples_are_written(latents, tmp_path):
     out = tmp_path / "run"
     r = _train(out, latents, "--steps", "150", "--micro-batch", "8", "--sample-every", "150", "--sample-count", "2",
