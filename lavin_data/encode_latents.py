@@ -28,7 +28,7 @@ import numpy as np
 
 from lavin_data.codecs import decode_image, encode_npy
 from lavin_data.geometry import plan_resize
-from lavin_data.output_lock import OutputLock, OutputLockError
+from lavin_data.output_lock import OutputLock, OutputLockError, os_problem
 from lavin_data.shards import (
     ShardWriter,
     decoded_batches,
@@ -220,8 +220,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {e}", file=sys.stderr)
         return 2
     except OSError as e:  # a full disk, a read-only or foreign folder
-        print(f"error: cannot write {e.filename or out}: {e.strerror or e} (a re-run keeps the finished shards)",
-              file=sys.stderr)
+        print(f"error: {os_problem(e, str(out))}", file=sys.stderr)
         return 2
 
 

@@ -13,6 +13,7 @@ that error. Only the driver takes the lock: Ray workers write shards under it.
 
 from __future__ import annotations
 
+import errno
 import fcntl
 import os
 import socket
@@ -63,3 +64,15 @@ class OutputLock:
             fcntl.flock(self._fd, fcntl.LOCK_UN)
             os.close(self._fd)
             self._fd = None
+
+
+def os_problem(e: OSError, output: str | None) -> str:
+    """What a user reads for an OSError of a run writing into ``output``: the path, whether
+    it was being written or read, what the system said, what to do."""
+    path = e.filename or output or "?"
+    writing = output is not None and Path(str(path)).resolve().is_relative_to(Path(output).resolve())
+    hint = {errno.ENOSPC: "free some space", errno.EDQUOT: "free some space",
+            errno.EROFS: "choose a writable output folder", errno.EACCES: "check its permissions",
+            errno.EPERM: "check its permissions"}.get(e.errno, "check the path")
+    return (f"cannot {'write' if writing else 'read'} {path}: {e.strerror or e} ({hint}; a re-run keeps "
+            "the shards already finished)")

@@ -179,6 +179,20 @@ def _upright(frame) -> np.ndarray:
     return np.ascontiguousarray(np.rot90(img, k=k)) if k else img
 
 
+def _frames_by_count(c, wanted: set[int]) -> tuple[dict[int, np.ndarray], int]:
+    """Decode the first video stream of the open container ``c`` from the start, keeping the
+    frames whose 0-based count is in ``wanted`` (upright RGB); stops after the last of them.
+    Returns them and how many frames were decoded."""
+    got: dict[int, np.ndarray] = {}
+    last, i = max(wanted), -1
+    for i, f in enumerate(c.decode(c.streams.video[0])):
+        if i in wanted:
+            got[i] = _upright(f)
+        if i >= last:
+            break
+    return got, i + 1
+
+
 def read_frames(info: VideoInfo, frame_indices: list[int]) -> tuple[np.ndarray, list[float]]:
     """The planned frames -> ((T, H, W, 3) uint8 RGB upright, their pts in seconds).
 
@@ -197,11 +211,7 @@ def read_frames(info: VideoInfo, frame_indices: list[int]) -> tuple[np.ndarray, 
         s.thread_type = "AUTO"
         try:
             if info.sequential:
-                for i, fr in enumerate(c.decode(s)):
-                    if i in wanted:
-                        got[i] = _upright(fr)
-                    if i >= want[-1]:
-                        break
+                got, _ = _frames_by_count(c, wanted)
             else:
                 index_of = {p: i for i, p in enumerate(info.pts)}
                 c.seek(info.pts[want[0]], stream=s, backward=True, any_frame=False)
@@ -359,20 +369,13 @@ def decode_prefix(data: bytes, frame_indices: list[int], what: str = "prefix") -
 
     import av
 
-    wanted, last = set(frame_indices), max(frame_indices)
-    got: dict[int, np.ndarray] = {}
-    i = -1
+    wanted = set(frame_indices)
     try:
         with av.open(io.BytesIO(data)) as c:
-            s = c.streams.video[0]
-            s.thread_type = "AUTO"
-            for i, f in enumerate(c.decode(s)):
-                if i in wanted:
-                    got[i] = _upright(f)
-                if i >= last:
-                    break
+            c.streams.video[0].thread_type = "AUTO"
+            got, n = _frames_by_count(c, wanted)
     except av.error.FFmpegError as e:
         raise VideoError(f"{what}: cannot decode ({type(e).__name__}: {e})") from None
     if len(got) != len(wanted):
-        raise VideoError(f"{what}: decoded {i + 1} frames, the clip needs frame {last}")
+        raise VideoError(f"{what}: decoded {n} frames, the clip needs frame {max(wanted)}")
     return np.stack([got[i] for i in frame_indices])

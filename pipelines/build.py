@@ -11,7 +11,6 @@ folder must then be on storage every node sees).
 from __future__ import annotations
 
 import argparse
-import errno
 import json
 import logging
 import os
@@ -26,7 +25,7 @@ import pyarrow.parquet as pq
 from lavin_data import __version__
 from lavin_data.base import BASE_FORMAT
 from lavin_data.labelers import LabelerError, labeler_class
-from lavin_data.output_lock import OutputLock, OutputLockError
+from lavin_data.output_lock import OutputLock, OutputLockError, os_problem
 from lavin_data.ray_session import ensure_ray
 from lavin_data.registry import TASKS, label_input
 from lavin_data.shards import atomic_write, read_stats, remove_temporaries, shard_done
@@ -345,17 +344,6 @@ def write_manifest(spec: Spec) -> dict:
     (out / "report").mkdir(exist_ok=True)
     atomic_write(out / "report" / "counts.md", ("\n".join(lines) + "\n").encode())
     return manifest
-
-
-def os_problem(e: OSError, output: str | None) -> str:
-    """What a user reads for an OSError: the path, what the system said, what to do."""
-    path = e.filename or output or "?"
-    writing = output is not None and Path(str(path)).resolve().is_relative_to(Path(output).resolve())
-    hint = {errno.ENOSPC: "free some space", errno.EDQUOT: "free some space",
-            errno.EROFS: "choose a writable --output", errno.EACCES: "check its permissions",
-            errno.EPERM: "check its permissions"}.get(e.errno, "check the path")
-    return (f"cannot {'write' if writing else 'read'} {path}: {e.strerror or e} ({hint}; a re-run keeps "
-            "the shards already finished)")
 
 
 def main(argv: list[str] | None = None) -> int:

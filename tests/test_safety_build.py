@@ -304,3 +304,14 @@ def test_encode_latents_takes_the_output_lock(tmp_path, capsys):
                             "--vae-config", "{}"]) == 2
     err = capsys.readouterr().err
     assert f"{tmp_path / 'lat'} is being written by another run (pid {os.getpid()}" in err
+
+
+def test_encode_latents_output_that_cannot_be_written_is_exit_2(tmp_path, capsys):
+    from lavin_data.encode_latents import main as encode_main
+
+    (tmp_path / "pairs").mkdir()
+    (tmp_path / "taken").write_text("a file where the output folder goes")
+    assert encode_main(["--pixels", str(tmp_path / "pairs"), "--out", str(tmp_path / "taken" / "lat"),
+                        "--vae-config", "{}"]) == 2
+    err = capsys.readouterr().err
+    assert f"cannot write {tmp_path / 'taken' / 'lat'}" in err and "Traceback" not in err

@@ -20,6 +20,7 @@ A reader has:
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
 from types import ModuleType
 
@@ -39,6 +40,12 @@ def planned_problem(item: dict) -> None:
         raise ValueError(item["error"])
     if item.get("skip"):
         raise SkipItem(item["skip"])
+
+
+def item_id_from(text: str) -> str:
+    """An item id from a path or name: runs of anything but letters, digits and dashes
+    become one dash (ids go into sample keys, which may not hold dots or slashes)."""
+    return re.sub(r"[^A-Za-z0-9-]+", "-", text).strip("-")
 
 
 def inside(root: str | Path, rel: str, what: str) -> Path:

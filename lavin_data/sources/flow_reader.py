@@ -19,14 +19,13 @@ magic number or a truncated one fails its item, naming the file.
 from __future__ import annotations
 
 import json
-import re
 from pathlib import Path
 
 import numpy as np
 
 from lavin_data.base import BaseSample
 from lavin_data.codecs import decode_flo
-from lavin_data.sources import SourceError, planned_problem
+from lavin_data.sources import SourceError, item_id_from, planned_problem
 from lavin_data.sources.image_folder_reader import load_rgb
 
 _PAIRS = {  # format -> [(first image glob, second image name, flow name)] per naming scheme
@@ -55,10 +54,6 @@ def provides(src) -> frozenset[str]:
     return frozenset({"flow"})
 
 
-def _item_id(rel: str) -> str:
-    return re.sub(r"[^A-Za-z0-9-]+", "-", rel).strip("-")
-
-
 def plan(src) -> list[dict]:
     root = Path(src.root)
     items = []
@@ -67,12 +62,12 @@ def plan(src) -> list[dict]:
             names = sorted(p.name for p in seq_dir.glob("frame_*.png"))
             for k in range(0, len(names) - src.clip_frames + 1, src.clip_frames):
                 clip = names[k:k + src.clip_frames]
-                items.append({"item_id": _item_id(f"{seq_dir.name}-{k:04d}"),
+                items.append({"item_id": item_id_from(f"{seq_dir.name}-{k:04d}"),
                               "images": json.dumps([str((seq_dir / n).relative_to(root)) for n in clip]),
                               "flows": json.dumps([str(Path("flow") / seq_dir.name / n.replace(".png", ".flo"))
                                                    for n in clip[:-1]]), "skip": ""})
             if len(names) < src.clip_frames:
-                items.append({"item_id": _item_id(seq_dir.name), "images": "[]", "flows": "[]",
+                items.append({"item_id": item_id_from(seq_dir.name), "images": "[]", "flows": "[]",
                               "skip": f"{seq_dir}: {len(names)} frames, fewer than one clip of {src.clip_frames}"})
         return items
     seen = set()
@@ -81,7 +76,7 @@ def plan(src) -> list[dict]:
             ident = first.name[: -len(first.suffix) - len(suffix)]
             rel_first = first.relative_to(root)
             folder = rel_first.parent
-            item_id = _item_id(str(folder / ident))
+            item_id = item_id_from(str(folder / ident))
             if item_id in seen:
                 continue
             seen.add(item_id)

@@ -13,13 +13,12 @@ no rotation keeps its original bytes; anything else is stored as PNG.
 from __future__ import annotations
 
 import io
-import re
 from pathlib import Path
 
 import numpy as np
 
 from lavin_data.base import BaseSample
-from lavin_data.sources import SourceError, check_pixels, inside, planned_problem
+from lavin_data.sources import SourceError, check_pixels, inside, item_id_from, planned_problem
 
 EXTENSIONS = {".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff", ".jpe"}
 
@@ -51,7 +50,7 @@ def plan(src) -> list[dict]:
         rels = sorted(rels[i] for i in pick)
     items, seen = [], set()
     for rel in rels:
-        item_id = re.sub(r"[^A-Za-z0-9-]+", "-", str(Path(rel).with_suffix(""))).strip("-")
+        item_id = item_id_from(str(Path(rel).with_suffix("")))
         if item_id in seen:
             raise SourceError(f"{root}: two files map to the item id {item_id!r} (e.g. {rel}); rename one")
         seen.add(item_id)

@@ -18,7 +18,6 @@ the camera).
 from __future__ import annotations
 
 import json
-import re
 from pathlib import Path
 
 import numpy as np
@@ -26,7 +25,7 @@ import numpy as np
 from lavin_data.base import BaseSample
 from lavin_data.codecs import decode_image
 from lavin_data.render.dense import decode_normals
-from lavin_data.sources import SourceError
+from lavin_data.sources import SourceError, item_id_from
 
 
 def _is_mat(src) -> bool:
@@ -107,7 +106,7 @@ def plan(src) -> list[dict]:
         rel = rgb.relative_to(root) if rgb.is_relative_to(root) else Path(rgb.name)
         # bathroom_0001/rgb_00045.jpg -> bathroom-0001-00045; rgb/rgb_00000.jpg -> 00000
         parts = [p for p in rel.parent.parts if p != "rgb"] + [rel.stem.removeprefix("rgb_")]
-        item_id = re.sub(r"[^A-Za-z0-9-]+", "-", "-".join(parts)).strip("-")
+        item_id = item_id_from("-".join(parts))
         items.append({"item_id": item_id, "rgb": str(rgb.resolve()), "depth": str(depth.resolve()), "index": 0,
                       "cam_in": cam, "depth_scale": scale})
     ids = [it["item_id"] for it in items]

@@ -23,11 +23,10 @@ one failed item whose error names the file; a video shorter than one clip (or th
 from __future__ import annotations
 
 import json
-import re
 from pathlib import Path
 
 from lavin_data.base import BaseSample
-from lavin_data.sources import SourceError, check_pixels, planned_problem
+from lavin_data.sources import SourceError, check_pixels, item_id_from, planned_problem
 from lavin_data.video import VideoError, cut_prefix, cut_segment, plan_clips, probe, probe_cached, read_frames
 
 
@@ -87,7 +86,7 @@ def _videos(src) -> list[dict]:
 
 
 def _video_id(rel: str) -> str:
-    return re.sub(r"[^A-Za-z0-9-]+", "-", rel).strip("-") or "video"  # with the extension: a.mp4 and a.avi differ
+    return item_id_from(rel) or "video"  # with the extension: a.mp4 and a.avi differ
 
 
 def plan(src) -> list[dict]:
