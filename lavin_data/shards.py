@@ -19,6 +19,7 @@ import re
 import socket
 import tarfile
 import uuid
+from collections import Counter
 from pathlib import Path
 
 import pyarrow as pa
@@ -26,11 +27,18 @@ import pyarrow.parquet as pq
 
 INDEX_SCHEMA = pa.schema([
     ("key", pa.string()),
-    ("status", pa.string()),  # "ok", "error", or "skipped" (nothing to render, e.g. no object in view)
+    ("status", pa.string()),  # "ok", "error", or "skipped" (a quality gate, nothing to render, ...)
     ("stage", pa.string()),
-    ("error", pa.string()),
+    ("error", pa.string()),  # what happened, for a person: which gate and the value, the exception
+    ("reason", pa.string()),  # the same as a short code for counting: "min_valid_fraction", "ValueError"
     ("bytes", pa.int64()),
 ])
+
+
+def error_code(error: str) -> str:
+    """The code of a failure message ``"ValueError: ..."``: its exception type."""
+    head = error.split(":", 1)[0].strip()
+    return head if head.isidentifier() else "error"
 
 
 def check_key(key: str) -> str:
@@ -118,8 +126,8 @@ class ShardWriter:
 
     def __init__(self, path: str | os.PathLike, stage: str):
         self.path, self.stage = Path(path), stage
-        self.failures: dict[str, tuple[str, str]] = {}
-        self.skipped: dict[str, tuple[str, str]] = {}
+        self.failures: dict[str, tuple[str, str, str]] = {}  # key -> (stage, message, code)
+        self.skipped: dict[str, tuple[str, str, str]] = {}
         self._bytes: dict[str, int] = {}  # key -> bytes of its members, in arrival order
         self._spans: dict[str, list[tuple[str, int, int]]] = {}  # key -> [(name, data offset, size)]
         self._last: str | None = None
@@ -169,11 +177,15 @@ class ShardWriter:
             self._sorted = False
         self._last = key
 
-    def fail(self, key: str, stage: str, error: str) -> None:
-        self.failures[key] = (stage, reproducible_error(error))
+    def fail(self, key: str, stage: str, error: str, code: str | None = None) -> None:
+        """Record a sample that could not be produced; ``code`` (default: the exception type
+        that starts ``error``) is what the stats count it under."""
+        self.failures[key] = (stage, reproducible_error(error), code or error_code(error))
 
-    def skip(self, key: str, stage: str, reason: str) -> None:
-        self.skipped[key] = (stage, reproducible_error(reason))
+    def skip(self, key: str, stage: str, reason: str, code: str | None = None) -> None:
+        """Record a sample with nothing to produce or one a quality gate refused: ``reason`` says
+        what happened (the gate and the value), ``code`` names it for counting."""
+        self.skipped[key] = (stage, reproducible_error(reason), code or "nothing_to_render")
 
     def _finish_tar(self) -> None:
         """Close the streamed tar; rewrite it in sorted key order if samples came unsorted."""
@@ -204,19 +216,21 @@ class ShardWriter:
         self._finish_tar()
         os.replace(self._tmp, self.path)
         self._committed = True
-        rows = [{"key": k, "status": "ok", "stage": self.stage, "error": None, "bytes": n}
+        rows = [{"key": k, "status": "ok", "stage": self.stage, "error": None, "reason": None, "bytes": n}
                 for k, n in self._bytes.items()]
-        rows += [{"key": k, "status": "error", "stage": s, "error": e, "bytes": 0}
-                 for k, (s, e) in self.failures.items()]
-        rows += [{"key": k, "status": "skipped", "stage": s, "error": e, "bytes": 0}
-                 for k, (s, e) in self.skipped.items()]
+        rows += [{"key": k, "status": "error", "stage": s, "error": e, "reason": c, "bytes": 0}
+                 for k, (s, e, c) in self.failures.items()]
+        rows += [{"key": k, "status": "skipped", "stage": s, "error": e, "reason": c, "bytes": 0}
+                 for k, (s, e, c) in self.skipped.items()]
         rows.sort(key=lambda r: r["key"])
         table = pa.Table.from_pylist(rows, schema=INDEX_SCHEMA)
         sink = pa.BufferOutputStream()
         pq.write_table(table, sink)
         atomic_write(index_path(self.path), sink.getvalue().to_pybytes())
+        reasons = {status: dict(sorted(Counter(c for _s, _e, c in table.values()).items()))
+                   for status, table in (("error", self.failures), ("skipped", self.skipped))}
         stats = dict(stats, shard=self.path.name, n_ok=len(self._bytes), n_error=len(self.failures),
-                     n_skipped=len(self.skipped), bytes=os.path.getsize(self.path))
+                     n_skipped=len(self.skipped), reasons=reasons, bytes=os.path.getsize(self.path))
         if timing is not None:
             atomic_write(timing_path(self.path), (json.dumps(timing, indent=1, sort_keys=True) + "\n").encode())
         atomic_write(stats_path(self.path), (json.dumps(stats, indent=1, sort_keys=True) + "\n").encode())

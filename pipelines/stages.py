@@ -81,7 +81,7 @@ def ingest_shard(spec: Spec, source: str, shard: int, items: list[dict], source_
             try:
                 w.add(key, encode_base(reader.read(src, item, spec.seed, source_meta), spec.formats.png_compression))
             except SkipItem as e:
-                w.skip(key, "ingest", str(e))
+                w.skip(key, "ingest", str(e), e.code)
             except Exception as e:  # noqa: BLE001 - a bad item is recorded, the shard goes on
                 w.fail(key, "ingest", _short_error(e))
         return dict(w.commit({"stage": "ingest", "source": source, "spec_hash": spec.spec_hash()},
@@ -236,7 +236,7 @@ def _carry_not_ok(tar, w: ShardWriter) -> None:
     """Record in ``w`` the samples that the shard ``tar`` (an earlier stage) failed or skipped,
     so that every stage's index accounts for every planned item."""
     for r in pq.read_table(index_path(tar), filters=[("status", "!=", "ok")]).to_pylist():
-        (w.fail if r["status"] == "error" else w.skip)(r["key"], r["stage"], r["error"])
+        (w.fail if r["status"] == "error" else w.skip)(r["key"], r["stage"], r["error"], r.get("reason"))
 
 
 def run_shard_job(spec_json: str, row: dict) -> dict:

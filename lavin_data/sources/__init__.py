@@ -30,7 +30,12 @@ class SourceError(ValueError):
 
 
 class SkipItem(Exception):
-    """An item deliberately left out (e.g. no annotations); recorded as skipped, not failed."""
+    """An item deliberately left out (e.g. no annotations); recorded as skipped, not failed,
+    and counted under ``code`` (a short name of the reason, e.g. ``"no_annotations"``)."""
+
+    def __init__(self, reason: str, code: str = "source_skip"):
+        super().__init__(reason)
+        self.code = code
 
 
 def planned_problem(item: dict) -> None:
@@ -39,7 +44,7 @@ def planned_problem(item: dict) -> None:
     if item.get("error"):
         raise ValueError(item["error"])
     if item.get("skip"):
-        raise SkipItem(item["skip"])
+        raise SkipItem(item["skip"], item.get("skip_code") or "source_skip")
 
 
 def item_id_from(text: str) -> str:
