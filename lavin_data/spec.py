@@ -121,6 +121,67 @@ class NyuSource(_SourceBase):
     licence: str | None = "NYU Depth V2: research use (see the dataset's terms)"
 
 
+def _name_template(v: str) -> str:
+    """A file-stem template of dense_folder: exactly one ``{key}``, no other braces, no path."""
+    rest = v.replace("{key}", "", 1)
+    if "{key}" not in v or "{" in rest or "}" in rest:
+        raise ValueError(f"{v!r} must contain {{key}} exactly once and no other braces (e.g. 'rgb_{{key}}')")
+    if "/" in v or "\\" in v or ".." in v:
+        raise ValueError(f"{v!r} is a file stem template: no folders, no '..'")
+    return v
+
+
+class DenseFolderSource(_SourceBase):
+    """Images with dense ground truth in parallel folders: depth (16/8-bit PNG or float .npy)
+    and/or surface normals (PNG, (n+1)/2), matched by relative path and file stem."""
+
+    kind: Literal["dense_folder"]
+    images: str = Field(description="folder searched recursively for .jpg/.jpeg/.png images")
+    image_name: str = Field("{key}", description="stem of an image file; the part in {key} names its depth and "
+                                                 "normals files; images not matching it are left out (NYU: rgb_{key})")
+    depth: str | None = Field(None, description="folder of depth files at the image's relative sub-folder, "
+                                                "<depth_name>.png or .npy")
+    depth_name: str = Field("{key}", description="stem of a depth file (NYU: sync_depth_{key}; DIODE: {key}_depth)")
+    depth_scale: float | None = Field(
+        None, gt=0, description="file units per metre (per unit of disparity): 1000 for millimetres, 256 for KITTI, "
+                                "1 for .npy in metres; required with depth")
+    depth_kind: Literal["depth", "disparity"] = Field("depth", description="metric depth, or relative inverse depth")
+    depth_range: tuple[float, float] | None = Field(
+        None, description="metres (min, max): readings below min are invalid (sensor noise), readings above max "
+                          "are saturated at the sensor's far limit: kept valid, clamped to max")
+    normals: str | None = Field(None, description="folder of normal maps at the image's relative sub-folder, "
+                                                  "<normals_name>.png, 8 or 16 bit, (n+1)/2")
+    normals_name: str = Field("{key}", description="stem of a normals file")
+    normals_channels: Literal["rgb", "bgr"] = Field(
+        "rgb", description="which file channel (in R, G, B order as PIL reads it) holds x: rgb = x in R; "
+                           "bgr = x in B (files written by OpenCV from an x,y,z array)")
+    normals_frame: Literal["x_right_y_up_z_camera", "opencv"] = Field(
+        "x_right_y_up_z_camera", description="frame of the stored normals (opencv: x right, y down, z forward, "
+                                             "so y and z are flipped)")
+    intrinsics: tuple[float, float, float, float] | None = Field(None, description="fx, fy, cx, cy in pixels")
+    licence: str | None = "see the dataset's terms"
+
+    @field_validator("image_name", "depth_name", "normals_name")
+    @classmethod
+    def _template(cls, v: str) -> str:
+        return _name_template(v)
+
+    @model_validator(mode="after")
+    def _depth_or_normals(self) -> DenseFolderSource:
+        if not (self.depth or self.normals):
+            raise ValueError("give at least one of depth, normals")
+        if self.depth and self.depth_scale is None:
+            raise ValueError("depth needs depth_scale: file units per metre (1000 for millimetres, 256 for KITTI, "
+                             "1 for .npy in metres)")
+        if self.depth_range is not None:
+            if self.depth_kind != "depth":
+                raise ValueError("depth_range is in metres: it needs depth_kind depth")
+            lo, hi = self.depth_range
+            if not 0 <= lo < hi < float("inf"):
+                raise ValueError(f"depth_range {list(self.depth_range)}: need 0 <= min < max, both finite")
+        return self
+
+
 class ImageFolderSource(_SourceBase):
     """ImageNet-style class folders or a flat folder of images, searched recursively."""
 
@@ -242,7 +303,7 @@ class FlowSource(_SourceBase):
 
 
 Source = Annotated[
-    SyntheticSource | CocoSource | NyuSource | ImageFolderSource | HFDatasetSource
+    SyntheticSource | CocoSource | NyuSource | DenseFolderSource | ImageFolderSource | HFDatasetSource
     | VideoFolderSource | DavisSource | YouTubeVisSource | SavSource | FlowSource,
     Field(discriminator="kind"),
 ]
@@ -309,13 +370,28 @@ class Spec(_Strict):
     name: str = Field(pattern=NAME_RE)
     output: str
     seed: int = 0
-    resolution: int = Field(256, ge=32, le=4096, description="square side of every pair image")
+    resolution: int = Field(256, ge=32, le=4096,
+                            description="square side of every pair image: a multiple of 16 (the ST-VAE "
+                                        "downsamples by 8, J-DiT patches latents by 2)")
     resize: Literal["crop", "squash", "pad"] = "crop"
     shard_size: int = Field(1000, ge=1)
     formats: Output = Field(default_factory=Output)
     sources: list[Source] = Field(min_length=1)
     labelers: list[Labeler] = Field(default_factory=list)
     tasks: list[TaskSpec] = Field(min_length=1)
+    max_failure_fraction: float = Field(
+        0.05, ge=0, le=1, description="the build exits non-zero (3) when more than this fraction of a task's samples "
+                                      "on a source failed (errors, not skips); a task that wrote no pair at all "
+                                      "always does")
+
+    @field_validator("resolution")
+    @classmethod
+    def _latent_grid(cls, v: int) -> int:
+        if v % 16:
+            lo, hi = v // 16 * 16, (v // 16 + 1) * 16
+            raise ValueError(f"resolution {v} is not a multiple of 16: the ST-VAE encodes 8x8 pixels per latent and "
+                             f"J-DiT patches 2x2 latents, so a side must divide by 16 (use {max(lo, 32)} or {hi})")
+        return v
 
     @model_validator(mode="after")
     def _cross_refs(self) -> Spec:

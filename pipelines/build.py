@@ -2,7 +2,10 @@
 
 Plan every source, then stream one row per source shard through Ray Data: ingest the
 shard (base shard), render it for every task of its source (one pair shard per task),
-and finally write ``manifest.json`` and ``report/counts.md``. Done shards (stats file
+and finally write ``manifest.json``, ``report/counts.md``, the report page
+``report/index.html`` and the dataset card ``README.md``. Exit codes: 0 done; 2 a bad spec
+or input, a failed shard, an output that cannot be written; 3 finished, but a task wrote
+no pair or failed on more than the spec's ``max_failure_fraction`` of its samples. Done shards (stats file
 present) are skipped, so a killed build resumes where it stopped. Locally Ray starts
 with ``--num-cpus``; with ``RAY_ADDRESS`` set it joins that cluster instead (the output
 folder must then be on storage every node sees).
@@ -13,7 +16,6 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import os
 import platform
 import sys
 import time
@@ -38,6 +40,11 @@ log = logging.getLogger("lavin.build")
 
 class BuildError(RuntimeError):
     """The build cannot start or did not finish; the message says why and where."""
+
+
+class QualityError(BuildError):
+    """The build finished (every shard committed, manifest and report written) but a task
+    wrote no pair, or failed on more samples than the spec's ``max_failure_fraction``."""
 
 
 # --------------------------------------------------------------------------- preflight
@@ -131,30 +138,55 @@ def check_output(spec: Spec) -> None:
             )
 
 
-def write_plan(spec: Spec, source: str) -> list[dict]:
-    """List a source's items once; a resumed build reuses the written plan unchanged."""
+def plan_source(spec: Spec, source: str) -> tuple[list[dict], bool]:
+    """A source's planned rows and whether they are already written: a resumed build reuses
+    the written plan unchanged; otherwise the reader lists the items (nothing is written)."""
     path = plan_path(spec.output, source)
     if path.exists():
-        return pq.read_table(path).to_pylist()
+        return pq.read_table(path).to_pylist(), True
     src = spec.source(source)
-    items = reader_for(src.kind).plan(src)
+    reader = reader_for(src.kind)
+    items = reader.plan(src)
+    if not items:  # a wrong layout or an empty folder: say so here, not as an empty-table error later
+        from lavin_data.sources import no_items_error
+
+        raise no_items_error(src, reader)
     if src.limit is not None:
         items = items[: src.limit]
-    rows = [dict(it, key=f"{source}_{it['item_id']}", shard=i // spec.shard_size) for i, it in enumerate(items)]
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    pq.write_table(pa.Table.from_pylist(rows), tmp)
-    os.replace(tmp, path)
-    return rows
+    return [dict(it, key=f"{source}_{it['item_id']}", shard=i // spec.shard_size) for i, it in enumerate(items)], False
 
 
-def shard_jobs(spec: Spec) -> tuple[list[dict], int]:
-    """Rows for Ray Data, one per source shard with work left; and the total shard count."""
+def plan_sources(spec: Spec, write: bool = True) -> dict[str, tuple[list[dict], bool]]:
+    """Plan every source ({name: (rows, already written)}), then (``write``) write the plans
+    not written yet. The build plans before it writes ``spec.json`` and the plans after it:
+    a source that cannot be planned (no items, a broken annotation file) stops the build
+    before anything is written, so the user can fix the spec and run again into the same
+    output, and no plan is ever on disk without the spec it belongs to."""
+    plans = {src.name: plan_source(spec, src.name) for src in spec.sources}
+    if write:
+        write_plans(spec, plans)
+    return plans
+
+
+def write_plans(spec: Spec, plans: dict[str, tuple[list[dict], bool]]) -> None:
+    for name, (rows, written) in plans.items():
+        if not written:
+            path = plan_path(spec.output, name)
+            path.parent.mkdir(parents=True, exist_ok=True)
+            sink = pa.BufferOutputStream()
+            pq.write_table(pa.Table.from_pylist(rows), sink)
+            atomic_write(path, sink.getvalue().to_pybytes())
+
+
+def shard_jobs(spec: Spec, plans: dict[str, tuple[list[dict], bool]] | None = None) -> tuple[list[dict], int]:
+    """Rows for Ray Data, one per source shard with work left; and the total shard count.
+    ``plans``: :func:`plan_sources` of the spec (planned and written here when not given)."""
     jobs, total = [], 0
+    plans = plan_sources(spec) if plans is None else plans
     for src in spec.sources:
         tasks = [t.task for t in spec.tasks if t.source == src.name]
         labelers = [lab.name for lab in spec.labelers if lab.source == src.name]
-        plan = write_plan(spec, src.name)
+        plan = plans[src.name][0]
         meta = None
         by_shard: dict[int, list[dict]] = {}
         for row in plan:
@@ -253,14 +285,16 @@ def build(spec: Spec, num_cpus: int | None = None, echo=print) -> dict:
 def _build_locked(spec: Spec, num_cpus: int | None, echo) -> dict:
     check_output(spec)
     out = Path(spec.output)
+    t0 = time.perf_counter()
+    plans = plan_sources(spec, write=False)  # before spec.json: a source that cannot be planned leaves no trace
     atomic_write(out / "spec.json", (json.dumps({"spec_hash": spec.spec_hash(), "base_format": BASE_FORMAT,
                                                  "spec": spec.model_dump(mode="json")}, indent=1, sort_keys=True)
                                      + "\n").encode())
     gone = remove_temporaries(out)  # left by killed or failed runs; ours is the only writer now
     if gone:
         echo(f"[build] removed {len(gone)} temporary file(s) of an earlier run")
-    t0 = time.perf_counter()
-    jobs, total = shard_jobs(spec)
+    write_plans(spec, plans)
+    jobs, total = shard_jobs(spec, plans)
     echo(f"[build] {spec.name}: {total} source shards, {total - len(jobs)} already done, {len(jobs)} to do "
          f"-> {out}")
     errors: list[str] = []
@@ -287,13 +321,47 @@ def _build_locked(spec: Spec, num_cpus: int | None, echo) -> dict:
                  + (f" | ERROR in {row['source']} shard {row['shard']}" if row["error"] else ""))
         t_work = time.perf_counter() - tw
     manifest = write_manifest(spec)
+    from pipelines.report import write_dataset_card, write_report
+
+    write_report(spec, manifest)
+    write_dataset_card(spec, manifest)
+    echo(f"[build] report: {out / 'report' / 'index.html'}, dataset card: {out / 'README.md'}")
     manifest["run"] = {"pairs_written": n_pairs, "pairs_failed": n_fail, "work_seconds": round(t_work, 3),
                        "pairs_per_second": round(n_pairs / t_work, 2) if t_work else None,
                        "seconds": round(time.perf_counter() - t0, 3), "timeline": timeline}
     if errors:
         raise BuildError(f"{len(errors)} shard(s) failed; the others are committed and a re-run retries only "
                          "these:\n" + "\n".join(errors))
+    problems = quality_problems(spec, manifest)
+    if problems:
+        raise QualityError(f"the build finished, but {len(problems)} task(s) did not make usable data (see "
+                           f"{out / 'report' / 'counts.md'}):\n  " + "\n  ".join(problems))
     return manifest
+
+
+def _top_reasons(reasons: dict[str, int], n: int = 3) -> str:
+    top = sorted(reasons.items(), key=lambda kv: (-kv[1], kv[0]))[:n]
+    return ", ".join(f"{c} {k}" for k, c in top) + (", ..." if len(reasons) > n else "")
+
+
+def quality_problems(spec: Spec, manifest: dict) -> list[str]:
+    """Tasks that wrote no pair, or failed on more than ``spec.max_failure_fraction`` of their
+    samples: one line each, with the counts and the commonest reasons."""
+    problems = []
+    for t in spec.tasks:
+        ok = manifest["counts"][t.task][t.source]
+        failed = manifest["failures"][t.task][t.source]
+        skipped = manifest["skipped"][t.task][t.source]
+        reasons = manifest["reasons"][t.task][t.source]
+        n = ok + failed + skipped
+        detail = "; ".join(f"{what} {k}: {_top_reasons(reasons[what])}" for what, k in
+                           (("error", failed), ("skipped", skipped)) if k)
+        if ok == 0:
+            problems.append(f"{t.task} on {t.source}: no pair written from {n} sample(s) ({detail})")
+        elif failed > spec.max_failure_fraction * n:
+            problems.append(f"{t.task} on {t.source}: {failed} of {n} samples failed ({failed / n:.1%}, over "
+                            f"max_failure_fraction {spec.max_failure_fraction:.1%}; {detail})")
+    return problems
 
 
 def write_manifest(spec: Spec) -> dict:
@@ -306,6 +374,8 @@ def write_manifest(spec: Spec) -> dict:
     counts: dict[str, dict[str, int]] = {}
     failures: dict[str, dict[str, int]] = {}
     skipped: dict[str, dict[str, int]] = {}
+    reasons: dict[str, dict[str, dict[str, dict[str, int]]]] = {}
+    targets: dict[str, dict[str, dict]] = {}
     shards: dict[str, list[str]] = {"base": [], "labels": [], "pairs": []}
     labels: dict[str, dict[str, int]] = {}
     for src in spec.sources:
@@ -327,6 +397,16 @@ def write_manifest(spec: Spec) -> dict:
                 for table, field in ((counts, "n_ok"), (failures, "n_error"), (skipped, "n_skipped")):
                     table.setdefault(t, {}).setdefault(src.name, 0)
                     table[t][src.name] += st.get(field, 0)
+                rs = reasons.setdefault(t, {}).setdefault(src.name, {"error": {}, "skipped": {}})
+                for status in rs:
+                    for code, n in st.get("reasons", {}).get(status, {}).items():
+                        rs[status][code] = rs[status].get(code, 0) + n
+                tg = targets.setdefault(t, {}).setdefault(src.name, {"coverage_hist": [0] * 10, "near_black": 0,
+                                                                     "n": 0})
+                got = st.get("targets", {})
+                tg["coverage_hist"] = [a + b for a, b in zip(tg["coverage_hist"], got.get("coverage_hist", [0] * 10))]
+                tg["near_black"] += got.get("near_black", 0)
+                tg["n"] += got.get("n", 0)
     import cv2
 
     manifest = {
@@ -334,13 +414,17 @@ def write_manifest(spec: Spec) -> dict:
         "versions": {"lavin_data": __version__, "python": platform.python_version(), "numpy": numpy.__version__,
                      "opencv": cv2.__version__, "pyarrow": pa.__version__, "ray": ray.__version__},
         "counts": counts, "failures": failures, "skipped": skipped, "labels": labels,
+        "reasons": {t: {s: {k: dict(sorted(v.items())) for k, v in r.items()} for s, r in by.items()}
+                    for t, by in reasons.items()},
+        "targets": targets,
         "shards": shards,
     }
     atomic_write(out / "manifest.json", (json.dumps(manifest, indent=1, sort_keys=True) + "\n").encode())
-    lines = ["| task | source | pairs | failed | skipped (nothing to render) |", "|---|---|---:|---:|---:|"]
+    lines = ["| task | source | pairs | failed | skipped | reasons |", "|---|---|---:|---:|---:|---|"]
     for t in sorted(counts):
         for s in sorted(counts[t]):
-            lines.append(f"| {t} | {s} | {counts[t][s]} | {failures[t][s]} | {skipped[t][s]} |")
+            why = "; ".join(f"{k}: {_top_reasons(v, 4)}" for k, v in reasons[t][s].items() if v)
+            lines.append(f"| {t} | {s} | {counts[t][s]} | {failures[t][s]} | {skipped[t][s]} | {why} |")
     (out / "report").mkdir(exist_ok=True)
     atomic_write(out / "report" / "counts.md", ("\n".join(lines) + "\n").encode())
     return manifest
@@ -357,6 +441,9 @@ def main(argv: list[str] | None = None) -> int:
     try:
         spec = load_spec(args.spec, output=args.output)
         manifest = build(spec, args.num_cpus)
+    except QualityError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 3
     except (SpecError, BuildError, SourceError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

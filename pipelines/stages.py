@@ -188,8 +188,43 @@ def render_shard(spec: Spec, source: str, shard: int, tasks: list[str]) -> list[
         return done + _render_into(spec, source, shard, name, todo, renderers, opts, task_labeler, sidecars, writers)
 
 
+def coverage(img: np.ndarray) -> float:
+    """Fraction of non-black pixels of a (..., H, W, 3) uint8 rendering (all frames of a clip)."""
+    return float((img.max(-1) > 0).mean())
+
+
+def coverage_problem(p: Pair, min_coverage: float) -> str | None:
+    """Why a pair fails the ``target_coverage`` gate (its target, and its input when that is a
+    rendering, must have at least ``min_coverage`` non-black pixels), or None."""
+    sides = [("target", p.target)] + ([("input", p.input)] if not p.input_natural else [])
+    for side, img in sides:
+        c = coverage(img)
+        if c == 0 or c < min_coverage:
+            return (f"the {side} rendering is {'all black' if c == 0 else 'nearly black'}: {c:.3%} of its pixels "
+                    f"are not black, below min_target_coverage {min_coverage:.3%}")
+    return None
+
+
+class TargetStats:
+    """What the report shows to reveal junk: ok pairs by the fraction of non-black target
+    pixels (10 bins, [0, .1) ... [.9, 1]) and how many targets are near-black (mean grey
+    level under 8 of 255)."""
+
+    def __init__(self):
+        self.hist, self.near_black, self.n = [0] * 10, 0, 0
+
+    def add(self, target: np.ndarray) -> None:
+        self.hist[min(int(coverage(target) * 10), 9)] += 1
+        self.near_black += int(target.mean() < 8)
+        self.n += 1
+
+    def as_dict(self) -> dict:
+        return {"coverage_hist": self.hist, "near_black": self.near_black, "n": self.n}
+
+
 def _render_into(spec, source, shard, name, todo, renderers, opts, task_labeler, sidecars, writers) -> list[dict]:
     seconds = dict.fromkeys(todo, 0.0)
+    targets = {t: TargetStats() for t in todo}
     base = base_tar(spec.output, source, shard)
     for key, members in iter_tar_samples(base):
         try:
@@ -213,13 +248,18 @@ def _render_into(spec, source, shard, name, todo, renderers, opts, task_labeler,
                     tview, lab_meta = labelled[lab]
                 pairs = renderers[task](tview, sample_rng(spec.seed, "render", task, name, key), opts[task])
                 if not pairs:
-                    writers[task].skip(key, "render", f"nothing to render for {task} (e.g. no object in view)")
+                    writers[task].skip(key, "render", f"the {task} renderer gave no pair for this view")
                 # Variants in key order, so the writer's stream is usually sorted already.
                 for k, p in sorted(((sample_key(source, view.item_id, p.variant), p) for p in pairs),
                                    key=lambda kp: kp[0]):
+                    problem = coverage_problem(p, opts[task]["min_target_coverage"])
+                    if problem:
+                        writers[task].skip(k, "render", problem, "target_coverage")
+                        continue
                     writers[task].add(k, enc.encode(task, k, p, lab_meta))
+                    targets[task].add(p.target)
             except NothingToRender as e:
-                writers[task].skip(key, "render", f"nothing to render for {task}: {e}")
+                writers[task].skip(key, "render", f"{task}: {e}", e.code)
             except Exception as e:  # noqa: BLE001
                 writers[task].fail(key, "render", _short_error(e))
             seconds[task] += time.perf_counter() - t0
@@ -227,7 +267,8 @@ def _render_into(spec, source, shard, name, todo, renderers, opts, task_labeler,
     out = []
     for task, w in writers.items():
         _carry_not_ok(base, w)
-        out.append(dict(w.commit({"stage": "render", "task": task, "source": source, "spec_hash": spec.spec_hash()},
+        out.append(dict(w.commit({"stage": "render", "task": task, "source": source, "spec_hash": spec.spec_hash(),
+                                  "targets": targets[task].as_dict()},
                                  {"seconds": round(seconds[task], 3)}), skipped=False))
     return out
 

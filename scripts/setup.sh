@@ -16,6 +16,28 @@ else
     py=.venv/bin/python
 fi
 
+# tests/test_report.py renders the build report in headless Chromium (Debian's `chromium`). Checked
+# on every run, before the stamp: an environment set up before this step gets it too.
+case ",$extras," in
+  *,dev,*)
+    if ! command -v chromium >/dev/null 2>&1 && ! command -v chromium-browser >/dev/null 2>&1; then
+        apt_log=$(mktemp)
+        if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1 && {
+            DEBIAN_FRONTEND=noninteractive apt-get update -qq &&
+            DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends chromium; } >"$apt_log" 2>&1
+        then
+            echo "setup: installed chromium (for tests/test_report.py)"
+        else
+            tail -n 5 "$apt_log" >&2 || true
+            echo "setup: could not install chromium with apt-get (it needs root and apt); the browser tests of" >&2
+            echo "       tests/test_report.py skip without it, and fail under CI=true. Install it yourself:" >&2
+            echo "       apt-get install -y --no-install-recommends chromium" >&2
+        fi
+        rm -f "$apt_log"
+    fi
+    ;;
+esac
+
 stamp_dir=$($py -c 'import sys; print(sys.prefix)')
 stamp="$stamp_dir/.lavin-setup-$(cat pyproject.toml | sha256sum | cut -c1-12)-${extras//,/_}"
 if [ -f "$stamp" ]; then exit 0; fi

@@ -171,6 +171,7 @@ def _broken_copy(tmp: Path) -> Path:
 def _kp_spec(root: Path, out: Path, **extra):
     return parse_spec({
         "name": "bad", "output": str(out), "resolution": 256, "shard_size": 8,
+        "max_failure_fraction": 1.0,  # broken on purpose; the failure-rate gate is tests/test_quality.py's
         "sources": [dict({"name": "c", "kind": "coco", "images": str(root), "keypoints": str(root / "test_coco.json")},
                          **extra)],
         "tasks": [{"task": "object_detection", "source": "c"}, {"task": "instance_segmentation", "source": "c"},
@@ -247,3 +248,11 @@ def test_keypoints_decode_from_a_single_person_rendering():
     dec = decode_keypoints(render_pose([k], COCO_SKELETON, (256, 256)), COCO_SKELETON, 17)
     assert set(np.nonzero(dec[:, 2])[0]) == {5, 7, 9}
     assert np.abs(dec[[5, 7, 9], :2] - k[[5, 7, 9], :2]).max() <= 2.0
+
+
+def test_the_coco_fixture_build_has_no_junk_pairs(coco_build):
+    from tests.test_quality import assert_no_junk
+
+    spec, manifest = coco_build
+    rep = assert_no_junk(Path(spec.output))
+    assert {t: r["ok"] for t, r in rep.items()} == {t: sum(v.values()) for t, v in manifest["counts"].items()}

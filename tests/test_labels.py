@@ -77,7 +77,9 @@ def test_nyu_depth_renderings_decode_to_ground_truth(nyu_build):
     for shard in (0, 1):
         for key, m in iter_tar_samples(pair_tar(spec.output, "depth_estimation", "nyu", shard)):
             gt = np.load(io.BytesIO(m["target_raw.npy"]))
-            valid = gt > 0
+            params = json.loads(m["json"])["params"]
+            valid = (gt > 0) & (1 / np.maximum(gt, 1e-9) >= params["disparity_min"]) & \
+                (1 / np.maximum(gt, 1e-9) <= params["disparity_max"])  # not clipped by the robust range
             disp = decode_depth(decode_image(m["target.png"]))[valid]
             a = np.stack([disp, np.ones_like(disp)], 1)
             coef, *_ = np.linalg.lstsq(a, 1.0 / gt[valid], rcond=None)
@@ -132,6 +134,7 @@ def _awkward_images(root: Path) -> dict[str, tuple[int, int]]:
 def test_image_folder_handles_awkward_images(ray_session, tmp_path):
     expect = _awkward_images(tmp_path / "imgs")
     spec = parse_spec({"name": "f", "output": str(tmp_path / "out"), "resolution": 64, "shard_size": 16,
+                       "max_failure_fraction": 1.0,  # one file is broken on purpose
                        "sources": [{"name": "f", "kind": "image_folder", "root": str(tmp_path / "imgs")}],
                        "tasks": [{"task": "colorization", "source": "f"}]})
     build(spec, **quiet)
@@ -282,7 +285,9 @@ def test_hf_dataset_source(ray_session, tmp_path, layout):
                                     "image_column": "img", "limit": 4, "seed": 1}],
                        "tasks": [{"task": "colorization", "source": "hf"}]})
     manifest = build(spec, **quiet)
-    assert manifest["counts"]["colorization"]["hf"] == 4
+    # The all-black greyscale image is among the 4 drawn: its colorization target is black, skipped.
+    assert manifest["counts"]["colorization"]["hf"] == 3
+    assert manifest["reasons"]["colorization"]["hf"] == {"error": {}, "skipped": {"target_coverage": 1}}
     for _key, m in iter_tar_samples(pair_tar(spec.output, "colorization", "hf", 0)):
         assert decode_image(m["target.png"]).shape == (64, 64, 3)
     bad = parse_spec({"name": "h", "output": str(tmp_path / "o2"), "tasks": [{"task": "colorization", "source": "hf"}],
@@ -420,7 +425,8 @@ def test_nyu_invalid_ground_truth_normals_stay_invalid_and_render_black(tmp_path
     assert np.allclose(np.linalg.norm(got[ok], axis=-1), 1, atol=2e-3)
     # The rendered target: black exactly where the GT is invalid (nearest-neighbour squash).
     view = view_from_base("nyu_00050", members, 240, "squash")
-    pair = TASKS["surface_normal_estimation"].render_fn()(view, None, {})[0]
+    pair = TASKS["surface_normal_estimation"].render_fn()(view, None, TASKS["surface_normal_estimation"].options()
+                                                          .model_dump())[0]
     invalid_out = cv2.resize((~ok).astype(np.uint8), (240, 240), interpolation=cv2.INTER_NEAREST_EXACT).astype(bool)
     assert (pair.target[invalid_out] == 0).all()
     assert (pair.target[~invalid_out].max(axis=-1) > 0).all()

@@ -261,7 +261,7 @@ def test_coco_file_name_outside_images_is_a_sample_failure(ray_session, tmp_path
                             "iscrowd": 0} for i in range(3)],
            "categories": [{"id": 1, "name": "thing"}]}
     (tmp_path / "coco" / "ann.json").write_text(json.dumps(ann))
-    spec = parse_spec({"name": "t", "output": str(tmp_path / "o"),
+    spec = parse_spec({"name": "t", "output": str(tmp_path / "o"), "max_failure_fraction": 1.0,
                        "sources": [{"name": "c", "kind": "coco", "images": str(images),
                                     "instances": str(tmp_path / "coco" / "ann.json")}],
                        "tasks": [{"task": "object_detection", "source": "c"}]})

@@ -45,9 +45,17 @@ class Labeler:
     per_clip: bool = False
     depth_kind: str = "depth"  # of the output: "depth" (metric) or "disparity" (relative inverse depth)
     needs_depth: bool = False
+    # The licence of the model's weights (or "no model"), for the dataset card: pseudo-labels
+    # are outputs of these weights, and some licences restrict their use (non-commercial).
+    LICENCE: str = "see the model card"
 
     def __init__(self, spec):
         self.spec = spec
+
+    @classmethod
+    def model_licence(cls, spec) -> str:
+        """The licence of the weights that ``spec`` (a labeler entry of the spec) names."""
+        return cls.LICENCE
 
     @classmethod
     def preflight(cls, spec) -> None:

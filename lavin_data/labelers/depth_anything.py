@@ -20,6 +20,13 @@ LICENCES = {"small": "Apache-2.0", "base": "CC-BY-NC-4.0", "large": "CC-BY-NC-4.
 class DepthAnythingV2(Labeler):
     output = "depth"
     depth_kind = "disparity"  # relative inverse depth, larger = nearer
+    LICENCE = "Small: Apache-2.0; Base and Large: CC-BY-NC-4.0 (non-commercial)"
+
+    @classmethod
+    def model_licence(cls, spec) -> str:
+        """By the size in the weights folder's name (``...-Small-hf``); else the model card."""
+        name = Path(spec.model or "").name.lower()
+        return next((v for k, v in LICENCES.items() if k in name), f"see the model card ({cls.LICENCE})")
 
     @classmethod
     def preflight(cls, spec) -> None:
@@ -54,9 +61,8 @@ class DepthAnythingV2(Labeler):
         self.hash = weight_hash(spec.model)
 
     def info(self) -> dict:
-        name = Path(self.spec.model).name.lower()
-        licence = next((v for k, v in LICENCES.items() if k in name), "see the model card")
-        return dict(super().info(), weight_hash=self.hash, output="relative inverse depth", model_licence=licence)
+        return dict(super().info(), weight_hash=self.hash, output="relative inverse depth",
+                    model_licence=self.model_licence(self.spec))
 
     def forward(self, pixel_values):
         """The raw model forward on a prepared batch (what the benchmark compares against)."""

@@ -24,6 +24,7 @@ def dis_flow(frames: np.ndarray, preset: str = "medium") -> np.ndarray:
 class DisFlow(Labeler):
     output = "flow"
     per_clip = True
+    LICENCE = "no weights: OpenCV's DIS optical flow, OpenCV is Apache-2.0 (4.5 and later)"
 
     def info(self) -> dict:
         return dict(super().info(), model=f"OpenCV DIS optical flow, preset {self.spec.preset}", weight_hash=None)

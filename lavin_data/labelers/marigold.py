@@ -20,6 +20,9 @@ class MarigoldNormals(Labeler):
     prs-eth/marigold-normals-v1-1). Noise is seeded, so a re-run gives the same sidecar."""
 
     output = "normals"
+    # prs-eth/Marigold README, "License": code Apache-2.0, "the models are licensed under
+    # RAIL++-M License" (LICENSE-MODEL.txt: OpenRAIL++-M, use-based restrictions).
+    LICENCE = "OpenRAIL++-M (Marigold v1.1 models; use-based restrictions; see the model card)"
 
     @classmethod
     def preflight(cls, spec) -> None:

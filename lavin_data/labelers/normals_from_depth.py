@@ -27,6 +27,7 @@ class NormalsFromDepth(Labeler):
 
     output = "normals"
     needs_depth = True
+    LICENCE = "no model: derived from the depth (see the depth source's or depth labeler's licence)"
 
     def info(self) -> dict:
         return dict(super().info(), model="back-projection + gradient cross product", weight_hash=None,

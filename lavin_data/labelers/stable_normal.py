@@ -20,6 +20,9 @@ class StableNormal(Labeler):
     (``model``: the folder holding ``hubconf.py``; its weights in the same local cache)."""
 
     output = "normals"
+    # The Stable-X/StableNormal README carries an Apache-2.0 licence badge; the weights'
+    # Hugging Face card (Stable-X/stable-normal-v0-1 and the turbo variant) governs.
+    LICENCE = "Apache-2.0 (per the Stable-X/StableNormal README; confirm on the weights' model card)"
 
     @classmethod
     def preflight(cls, spec) -> None:

@@ -1,4 +1,4 @@
-"""Dense renderings: depth (grey, near = bright), normals ((n+1)/2), edges (Canny)."""
+"""Dense renderings: depth (grey, near = bright, robust range), normals ((n+1)/2), edges (Canny)."""
 
 from __future__ import annotations
 
@@ -29,45 +29,46 @@ def to_disparity(value: np.ndarray, kind: str, valid: np.ndarray | None = None) 
     return disp, valid
 
 
-def render_depth(value: np.ndarray, valid: np.ndarray | None = None, kind: str = "depth") -> tuple[np.ndarray, dict]:
-    """Depth or disparity -> grey image, near = bright, per-image min-max of disparity.
+DEPTH_PERCENTILES = (2.0, 98.0)
 
-    value: (H, W) float; ``kind="depth"`` (metres or any positive unit, 0 = invalid) is
-    inverted to disparity first, ``kind="disparity"`` (relative inverse depth, e.g.
-    Depth-Anything output) is used as is. Invalid pixels are black.
-    Returns ((H, W, 3) uint8, {"disparity_min", "disparity_max"}) so the rendering can be
-    mapped back to disparity.
+
+def render_depth(value: np.ndarray, valid: np.ndarray | None = None, kind: str = "depth",
+                 percentiles: tuple[float, float] = DEPTH_PERCENTILES) -> tuple[np.ndarray, dict]:
+    """Depth or disparity -> grey image(s), near = bright, normalised by robust percentiles
+    of the valid disparity.
+
+    value: (H, W) or (T, H, W) float; ``kind="depth"`` (metres or any positive unit, 0 =
+    invalid) is inverted to disparity first, ``kind="disparity"`` (relative inverse depth,
+    e.g. Depth-Anything output) is used as is. One range serves the whole array, so a clip
+    (T, H, W) gets one range and does not flicker. The range is the ``percentiles`` of the
+    valid disparity (default 2-98 %): a few near-sensor outliers (4-10 cm Kinect readings)
+    or far pixels cannot stretch it and darken the frame; values beyond it are clipped.
+
+    Grey levels: 0 = invalid; the range maps linearly to 1..255, so depth saturated at a
+    sensor's far limit (valid, the farthest) stays distinct from invalid pixels. Inside the
+    range :func:`decode_depth` with the returned range undoes the rendering to within half
+    a grey level. Returns (value.shape + (3,) uint8, {"disparity_min", "disparity_max",
+    "percentiles", "valid_fraction", "clipped_fraction"}).
     """
     disp, valid = to_disparity(value, kind, valid)
+    meta = {"percentiles": [float(p) for p in percentiles], "valid_fraction": round(float(valid.mean()), 6)}
     if not valid.any():
-        return np.zeros(value.shape + (3,), np.uint8), {"disparity_min": 0.0, "disparity_max": 0.0}
-    lo, hi = float(disp[valid].min()), float(disp[valid].max())
-    norm = (disp - lo) / max(hi - lo, 1e-12)
-    g = np.where(valid, np.rint(norm * 255), 0).astype(np.uint8)
-    return np.repeat(g[..., None], 3, axis=2), {"disparity_min": lo, "disparity_max": hi}
-
-
-def render_depth_clip(value: np.ndarray, kind: str = "depth", percentiles: tuple[float, float] = (1.0, 99.0)
-                      ) -> tuple[np.ndarray, dict]:
-    """(T, H, W) depth or disparity -> (T, H, W, 3) uint8 grey, near = bright, with ONE
-    disparity range for the whole clip, so a static scene does not flicker.
-
-    The range is the clip's robust ``percentiles`` of valid disparity (sensor outliers and
-    a few far or near pixels do not stretch it); values outside it are clipped. Invalid
-    (depth <= 0 or non-finite) pixels are black; a valid pixel is at least grey 1, so it
-    never reads as invalid. Returns the rendering and {"disparity_min", "disparity_max",
-    "percentiles", "flicker"}: ``flicker`` is :func:`flicker_score` of the rendering.
-    """
-    disp, valid = to_disparity(value, kind)
-    if not valid.any():
-        return np.zeros(value.shape + (3,), np.uint8), {"disparity_min": 0.0, "disparity_max": 0.0,
-                                                   "percentiles": list(percentiles), "flicker": 0.0}
+        return np.zeros(value.shape + (3,), np.uint8), dict(meta, disparity_min=0.0, disparity_max=0.0,
+                                                            clipped_fraction=0.0)
     lo, hi = (float(x) for x in np.percentile(disp[valid], percentiles))
-    norm = np.clip((disp - lo) / max(hi - lo, 1e-12), 0, 1)
-    g = np.where(valid, np.maximum(np.rint(norm * 255), 1), 0).astype(np.uint8)
-    img = np.repeat(g[..., None], 3, axis=-1)
-    return img, {"disparity_min": lo, "disparity_max": hi, "percentiles": list(percentiles),
-                 "flicker": flicker_score(img, valid)}
+    norm = (disp - lo) / max(hi - lo, 1e-12)
+    clipped = valid & ((norm < 0) | (norm > 1))
+    g = np.where(valid, 1 + np.rint(np.clip(norm, 0, 1) * 254), 0).astype(np.uint8)
+    return np.repeat(g[..., None], 3, axis=-1), dict(
+        meta, disparity_min=lo, disparity_max=hi, clipped_fraction=round(float(clipped.sum() / valid.sum()), 6))
+
+
+def render_depth_clip(value: np.ndarray, kind: str = "depth", percentiles: tuple[float, float] = DEPTH_PERCENTILES
+                      ) -> tuple[np.ndarray, dict]:
+    """(T, H, W) depth or disparity -> (T, H, W, 3) uint8 with ONE range for the clip
+    (:func:`render_depth`), plus ``flicker`` (:func:`flicker_score` of the rendering)."""
+    img, meta = render_depth(value, kind=kind, percentiles=percentiles)
+    return img, dict(meta, flicker=flicker_score(img, img[..., 0] > 0))
 
 
 def flicker_score(rendering: np.ndarray, valid: np.ndarray | None = None) -> float:
@@ -84,13 +85,18 @@ def flicker_score(rendering: np.ndarray, valid: np.ndarray | None = None) -> flo
 
 
 def decode_depth(img: np.ndarray, disparity_min: float = 0.0, disparity_max: float = 1.0) -> np.ndarray:
-    """Grey rendering -> (H, W) float64 disparity (in [0, 1] unless the range is given).
+    """Grey rendering (..., H, W, 3) uint8 -> (..., H, W) float64 disparity, NaN where invalid
+    (grey 0); grey 1..255 map linearly to ``disparity_min..disparity_max`` ([0, 1] unless
+    the range is given).
 
-    The rendering fixes disparity only up to scale and shift; pass the json's range to
-    undo the per-image normalisation.
+    The rendering fixes disparity only up to scale and shift; pass the json's range
+    (``disparity_min``, ``disparity_max``) to undo the normalisation. Pixels that were
+    clipped (outside the json's percentiles) decode to the range's ends.
     """
-    g = img[..., 0].astype(np.float64) / 255.0
-    return disparity_min + g * (disparity_max - disparity_min)
+    g = img[..., 0].astype(np.float64)
+    out = disparity_min + (g - 1) / 254.0 * (disparity_max - disparity_min)
+    out[g == 0] = np.nan
+    return out
 
 
 def render_normals(normals: np.ndarray, valid: np.ndarray | None = None, dtype=np.uint8) -> np.ndarray:

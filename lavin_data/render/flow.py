@@ -49,26 +49,34 @@ _W_GRID = ((1 - (_FK_GRID - _k0))[:, None] * WHEEL[_k0] + (_FK_GRID - _k0)[:, No
 _HUE_GRID = _hue(_W_GRID)
 
 
-def flow_max_magnitude(flow: np.ndarray, valid: np.ndarray | None = None) -> float:
-    """Largest finite flow magnitude (over ``valid`` pixels), the rendering's scale."""
+def flow_max_magnitude(flow: np.ndarray, valid: np.ndarray | None = None, percentile: float = 100.0,
+                       outlier_factor: float = 2.0) -> float:
+    """The rendering's scale: the largest finite flow magnitude over ``valid`` pixels, but at
+    most ``outlier_factor`` times their ``percentile`` (100: no cap). A smooth field keeps its
+    exact maximum (nothing saturates); a few wild vectors (a bad match, an occlusion edge)
+    far beyond the rest saturate instead of washing out every other colour of the clip."""
     mag = np.linalg.norm(np.nan_to_num(flow.astype(np.float64)), axis=-1)
     if valid is not None:
         mag = mag[valid]
-    return float(mag.max()) if mag.size else 0.0
+    if not mag.size:
+        return 0.0
+    top = float(mag.max())
+    return top if percentile >= 100 else min(top, outlier_factor * float(np.percentile(mag, percentile)))
 
 
-def render_flow(flow: np.ndarray, max_magnitude: float | None = None,
-                valid: np.ndarray | None = None) -> tuple[np.ndarray, float]:
+def render_flow(flow: np.ndarray, max_magnitude: float | None = None, valid: np.ndarray | None = None,
+                percentile: float = 100.0, outlier_factor: float = 2.0) -> tuple[np.ndarray, float]:
     """(..., H, W, 2) float flow -> ((..., H, W, 3) uint8 RGB, the max magnitude used).
 
-    ``max_magnitude`` (default: the largest magnitude in ``flow``) maps to full saturation;
-    give one value for a whole clip. Invalid pixels (``valid`` False, or non-finite) are black.
+    ``max_magnitude`` (default: :func:`flow_max_magnitude` with ``percentile`` and
+    ``outlier_factor``) maps to full saturation, larger magnitudes saturate; give one value
+    (or one call) for a whole clip. Invalid pixels (``valid`` False, or non-finite) are black.
     """
     f = flow.astype(np.float64)
     finite = np.isfinite(f).all(-1)
     valid = finite if valid is None else (valid & finite)
     f = np.where(valid[..., None], f, 0.0)
-    top = flow_max_magnitude(f) if max_magnitude is None else float(max_magnitude)
+    top = flow_max_magnitude(f, valid, percentile, outlier_factor) if max_magnitude is None else float(max_magnitude)
     u, v = f[..., 0] / max(top, 1e-12), f[..., 1] / max(top, 1e-12)
     rad = np.minimum(np.sqrt(u * u + v * v), 1.0)
     a = np.arctan2(-v, -u) / np.pi

@@ -10,7 +10,11 @@ A reader has:
   :data:`lavin_data.registry.ANNOTATIONS`), so that the build refuses before any work a
   task that consumes something the source lacks and no labeler supplies;
 - ``plan(src)`` -> list of item dicts (each with an ``item_id`` of letters, digits and
-  dashes; flat JSON-able values);
+  dashes; flat JSON-able values, the same keys in every item; an item may carry an
+  ``error`` or a ``skip`` reason with its ``skip_code``, see :func:`planned_problem`); an
+  empty plan stops the build with :func:`no_items_error`;
+- ``LAYOUT``: one or two lines saying what files and folders the reader expects, quoted
+  when a source plans nothing;
 - ``source_meta(src)`` -> dict every item needs (computed once in the driver);
 - ``read(src, item, seed, source_meta)`` -> :class:`~lavin_data.base.BaseSample` (arrays
   and metadata; the ingest stage encodes them). It raises :class:`SkipItem` for an item
@@ -47,6 +51,25 @@ def planned_problem(item: dict) -> None:
         raise SkipItem(item["skip"], item.get("skip_code") or "source_skip")
 
 
+# Spec fields that name where a reader looks, and those that narrow what it keeps: quoted by
+# no_items_error so that an empty plan says where nothing was found and through which filter.
+_SEARCHED_FIELDS = ("root", "path", "images", "instances", "keypoints", "panoptic", "annotations")
+_FILTER_FIELDS = ("file_list", "split_file", "split", "format", "extensions", "categories")
+
+
+def no_items_error(src, reader: ModuleType) -> SourceError:
+    """The error for a source whose plan is empty (wrong folder layout, empty folder, a filter
+    that leaves nothing): names the source, its kind, where it looked, the filters set, and
+    the layout the reader expects (its module's ``LAYOUT``)."""
+    fields = src.model_dump()
+    searched = [f"{f} {fields[f]}" for f in _SEARCHED_FIELDS if fields.get(f)]
+    filters = [f"{f} {fields[f]!r}" for f in _FILTER_FIELDS if fields.get(f)]
+    layout = getattr(reader, "LAYOUT", None) or "see the reader's documentation"
+    return SourceError(
+        f"source {src.name!r} (kind {src.kind}): no items found in {', '.join(searched) or 'the source'}"
+        + (f" (with {', '.join(filters)})" if filters else "") + f". Expected layout: {layout}")
+
+
 def item_id_from(text: str) -> str:
     """An item id from a path or name: runs of anything but letters, digits and dashes
     become one dash (ids go into sample keys, which may not hold dots or slashes)."""
@@ -77,6 +100,7 @@ def reader_for(kind: str) -> ModuleType:
     from lavin_data.sources import (
         coco_reader,
         davis_reader,
+        dense_folder_reader,
         flow_reader,
         hf_dataset_reader,
         image_folder_reader,
@@ -90,7 +114,7 @@ def reader_for(kind: str) -> ModuleType:
     readers = {"synthetic": synthetic_reader, "coco": coco_reader, "nyu": nyu_reader,
                "image_folder": image_folder_reader, "hf_dataset": hf_dataset_reader,
                "video_folder": video_folder_reader, "davis": davis_reader, "flow": flow_reader,
-               "youtube_vis": youtube_vis_reader, "sav": sav_reader}
+               "youtube_vis": youtube_vis_reader, "sav": sav_reader, "dense_folder": dense_folder_reader}
     if kind not in readers:
         raise SourceError(
             f"source kind {kind!r} is part of the spec format but its reader is not built yet "

@@ -3,7 +3,64 @@ pycocotools) and panoptic id maps as compact segment maps."""
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
+
+
+def _is_number(v) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool)
+
+
+def bbox_problem(bbox) -> str | None:
+    """What is wrong with a COCO box ``[x, y, width, height]`` (source pixels), or None: not a
+    list of 4 numbers, a non-finite value, or a width or height <= 0. A box partly outside
+    its image is normal and passes."""
+    if not isinstance(bbox, (list, tuple)) or len(bbox) != 4 or not all(_is_number(v) for v in bbox):
+        return f"bbox {bbox!r} is not 4 numbers [x, y, width, height]"
+    if not all(math.isfinite(v) for v in bbox):
+        return f"bbox {list(bbox)} holds a non-finite value"
+    for name, v in (("width", bbox[2]), ("height", bbox[3])):
+        if v <= 0:
+            return f"bbox {list(bbox)} has {name} {v} <= 0"
+    return None
+
+
+def keypoints_problem(keypoints, n_keypoints: int | None) -> str | None:
+    """What is wrong with a COCO annotation's ``keypoints`` (flat x, y, visibility per
+    keypoint), or None. ``n_keypoints``: the length of its category's ``keypoints`` list
+    (None where the category lists none: any multiple of 3 passes)."""
+    if not isinstance(keypoints, (list, tuple)):
+        return f"keypoints is a {type(keypoints).__name__}, not a list of numbers"
+    for i, v in enumerate(keypoints):
+        if not _is_number(v):
+            return f"keypoints holds a non-number at position {i}: {v!r}"
+        if not math.isfinite(v):
+            return f"keypoints holds a non-finite value at position {i}: {v}"
+    if n_keypoints is not None and len(keypoints) != 3 * n_keypoints:
+        return f"keypoints has {len(keypoints)} values, expected 3 x {n_keypoints} = {3 * n_keypoints}"
+    if len(keypoints) % 3:
+        return f"keypoints has {len(keypoints)} values, not a multiple of 3 (x, y, visibility per keypoint)"
+    return None
+
+
+def skeleton_problem(skeleton, n_keypoints: int) -> str | None:
+    """What is wrong with a category's ``skeleton`` (1-based [a, b] pairs of indices into its
+    ``keypoints`` list of ``n_keypoints`` names), or None. CrowdPose, for one, ships COCO's
+    17-point skeleton with its 14 keypoints."""
+    if not isinstance(skeleton, list):
+        return f"skeleton is a {type(skeleton).__name__}, not a list of [a, b] pairs"
+    for edge in skeleton:
+        if not (isinstance(edge, list) and len(edge) == 2
+                and all(isinstance(v, int) and not isinstance(v, bool) for v in edge)):
+            return f"skeleton edge {edge!r} is not a pair of ints"
+        bad = [v for v in edge if not 1 <= v <= n_keypoints]
+        if bad and not n_keypoints:
+            return f"skeleton edge {edge} refers to keypoint {bad[0]}, but the category lists no keypoints"
+        if bad:
+            return (f"skeleton edge {edge} refers to keypoint {bad[0]}, but the category has {n_keypoints} keypoints "
+                    f"(skeleton indices are 1-based, 1..{n_keypoints})")
+    return None
 
 
 def ann_rle(ann: dict, h: int, w: int) -> dict:

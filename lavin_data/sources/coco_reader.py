@@ -1,16 +1,25 @@
 """Reader for ``kind: coco``: the official instances, person-keypoints and panoptic files.
 
 Plan (metadata only, in the driver): the annotation files are parsed and validated (a
-file that is not COCO JSON stops the build before any work, naming the file), the spec's
-selection is applied (categories, minimum area, maximum objects, empty images), and each
-image's annotations travel with it in the plan. Person annotations present in both the
-instances and the keypoints file (same annotation id) are merged into one object.
+file that is not COCO JSON, a record without the fields the plan needs, or a category
+``skeleton`` that is not 1-based pairs within its ``keypoints`` list stops the build before
+any work, naming the file), the spec's selection is applied (categories, minimum area,
+maximum objects, empty images), and each image's annotations travel with it in the plan.
+Person annotations present in both the instances and the keypoints file (same annotation
+id) are merged into one object.
 
 Per-sample problems do not stop the build; they are recorded against the image's key:
-an annotation whose image id is not in ``images``, a category id not in ``categories``,
-a missing or truncated image file, an image whose size differs from its record, a
-degenerate polygon and a panoptic PNG of another size (found at ingest, where masks become
-RLE and the panoptic PNG a segment map: the base sample is source-independent).
+an annotation whose image id is not in ``images``, a category id not in ``categories``, a
+box that is not 4 finite numbers with positive width and height, ``keypoints`` that are
+not 3 numbers per keypoint of its category (each named by annotation id; only
+annotations the selection keeps count), a missing or truncated image file, an image whose
+size differs from its record, a degenerate polygon and a panoptic PNG of another size
+(found at ingest, where masks become RLE and the panoptic PNG a segment map: the base
+sample is source-independent).
+
+An image left with no annotation by the selection is skipped (``empty_images: skip``,
+code ``no_annotations``) with what emptied it: none in the files, none of the selected
+categories, or all under ``min_area``; one over ``max_instances`` with code ``max_instances``.
 
 Crowd annotations (``iscrowd=1``) are kept, flagged: detection, instance and
 single-object targets leave them out (they are groups, not objects), foreground
@@ -22,6 +31,7 @@ from __future__ import annotations
 
 import io
 import json
+import math
 import os
 from functools import lru_cache
 from pathlib import Path
@@ -29,7 +39,10 @@ from pathlib import Path
 from lavin_data.base import BaseSample
 from lavin_data.codecs import decode_image
 from lavin_data.sources import SourceError, check_pixels, inside, planned_problem
-from lavin_data.sources.coco import ann_instance, panoptic_segments
+from lavin_data.sources.coco import ann_instance, bbox_problem, keypoints_problem, panoptic_segments, skeleton_problem
+
+LAYOUT = ("instances / keypoints / panoptic: COCO json files with images, annotations and categories lists; images: "
+          "the folder holding each image record's file_name (panoptic PNGs: panoptic_masks)")
 
 
 @lru_cache(maxsize=8)
@@ -46,6 +59,17 @@ def _load(path: str, mtime: float, what: str) -> dict:
     for field in ("images", "annotations", "categories"):
         if not isinstance(data.get(field), list):
             raise SourceError(f"{path}: {what} annotation file is not a COCO file: missing or invalid '{field}' list")
+    # The fields the plan indexes by: one record without them would otherwise stop it with a KeyError.
+    needs = {"images": ("id", "file_name", "width", "height"), "categories": ("id",),
+             "annotations": ("image_id", "file_name", "segments_info") if what == "panoptic"
+             else ("id", "image_id", "category_id")}
+    for field, keys in needs.items():
+        for k, rec in enumerate(data[field]):
+            if not isinstance(rec, dict):
+                raise SourceError(f"{path}: {what} annotation file: {field}[{k}] is not an object")
+            missing = [key for key in keys if key not in rec]
+            if missing:
+                raise SourceError(f"{path}: {what} annotation file: {field}[{k}] has no {missing[0]!r}")
     return data
 
 
@@ -86,9 +110,21 @@ def _categories(src) -> dict[int, dict]:
             if what == "panoptic":
                 entry["isthing"] = int(c.get("isthing", 1))
             if c.get("skeleton"):
+                names = c.get("keypoints") or []
+                problem = skeleton_problem(c["skeleton"], len(names)) if isinstance(names, list) else \
+                    f"keypoints is a {type(names).__name__}, not a list of names"
+                if problem:  # found here, it refuses the source; found while drawing, it failed every image
+                    raise SourceError(f"{path}: {what} annotation file: category {c['id']} ({c.get('name')!r}): "
+                                      f"{problem}")
                 entry["skeleton"] = [[a - 1, b - 1] for a, b in c["skeleton"]]  # 1-based in COCO
-                entry["keypoints"] = c.get("keypoints", [])
+                entry["keypoints"] = names
     return cats
+
+
+def _keypoint_counts(categories: list[dict]) -> dict[int, int | None]:
+    """Category id -> the length of its ``keypoints`` list (None where it lists none)."""
+    return {int(c["id"]): len(c["keypoints"]) if isinstance(c.get("keypoints"), list) and c["keypoints"] else None
+            for c in categories}
 
 
 def _category_filter(src, cats: dict[int, dict]) -> set[int] | None:
@@ -127,6 +163,7 @@ def plan(src) -> list[dict]:
                 images.setdefault(int(im["id"]), {
                     "file_name": im["file_name"], "width": int(im["width"]), "height": int(im["height"]),
                     "licence": lic.get(im.get("license"), {}).get("name"), "anns": {}, "panoptic": None, "error": [],
+                    "ann_errors": {},  # annotation id -> what is wrong with it (fails the image if it is kept)
                 })
     orphans: dict[int, list[str]] = {}
 
@@ -140,7 +177,7 @@ def plan(src) -> list[dict]:
         path = getattr(src, what)
         if not path:
             continue
-        file_cats = {int(c["id"]) for c in load_coco(path, what)["categories"]}
+        file_cats = _keypoint_counts(load_coco(path, what)["categories"])
         for a in load_coco(path, what)["annotations"]:
             iid, aid = int(a["image_id"]), int(a["id"])
             if iid not in images:
@@ -152,8 +189,17 @@ def plan(src) -> list[dict]:
             ann = images[iid]["anns"].setdefault(aid, {"id": aid})
             if what == "instances" or "segmentation" not in ann:
                 ann.update({k: a[k] for k in ("category_id", "bbox", "iscrowd", "area", "segmentation") if k in a})
+            # A malformed box or keypoint list fails its image, named, at ingest; the other images go on.
+            wrong = [bbox_problem(a.get("bbox")) if "bbox" in a else "no bbox"]
+            if "area" in a and not (isinstance(a["area"], (int, float)) and math.isfinite(a["area"])):
+                wrong.append(f"area {a['area']!r} is not a finite number")
             if what == "keypoints" and a.get("keypoints"):
-                ann["keypoints"] = a["keypoints"]
+                kp_wrong = keypoints_problem(a["keypoints"], file_cats[int(a["category_id"])])
+                wrong.append(kp_wrong)
+                if not kp_wrong:
+                    ann["keypoints"] = a["keypoints"]
+            for msg in filter(None, wrong):
+                images[iid]["ann_errors"].setdefault(aid, []).append(f"annotation {aid} (image {iid}): {msg} ({path})")
     if src.panoptic:
         pan = load_coco(src.panoptic, "panoptic")
         for a in pan["annotations"]:
@@ -167,18 +213,21 @@ def plan(src) -> list[dict]:
                 continue
             images[iid]["panoptic"] = a
 
+    files = ", ".join(str(getattr(src, w)) for w in ("instances", "keypoints", "panoptic") if getattr(src, w))
     items = []
     for iid in sorted(set(images) | set(orphans)):
         item = {"item_id": f"{iid:012d}", "file_name": "", "width": 0, "height": 0, "licence": None,
-                "anns": "[]", "panoptic": "", "error": "", "skip": ""}
+                "anns": "[]", "panoptic": "", "error": "", "skip": "", "skip_code": ""}
         if iid in orphans:
             item["error"] = "; ".join(orphans[iid])
             items.append(item)
             continue
         im = images[iid]
-        anns = [a for a in im["anns"].values() if "bbox" in a]
-        if keep is not None:
-            anns = [a for a in anns if int(a["category_id"]) in keep]
+        listed = list(im["anns"].values())
+        selected = listed if keep is None else [a for a in listed if int(a["category_id"]) in keep]
+        # Only the annotations the selection keeps can fail the image: a broken one of a left-out category is moot.
+        errors = im["error"] + [m for a in selected for m in im["ann_errors"].get(a["id"], [])]
+        anns = [a for a in selected if a["id"] not in im["ann_errors"]]
         anns = [a for a in anns if float(a.get("area", a["bbox"][2] * a["bbox"][3])) >= src.min_area]
         n_obj = sum(not a.get("iscrowd") for a in anns)
         people = [a for a in anns if sum(v > 0 for v in a.get("keypoints", [])[2::3]) >= src.pose_min_keypoints]
@@ -187,11 +236,19 @@ def plan(src) -> list[dict]:
                 a.pop("keypoints", None)
         item.update(file_name=im["file_name"], width=im["width"], height=im["height"], licence=im["licence"],
                     anns=json.dumps(anns), panoptic=json.dumps(im["panoptic"]) if im["panoptic"] else "",
-                    error="; ".join(im["error"]))
+                    error="; ".join(errors))
         if src.max_instances is not None and n_obj > src.max_instances:
-            item["skip"] = f"{n_obj} objects > max_instances {src.max_instances}"
-        elif not anns and not im["panoptic"] and src.empty_images == "skip":
-            item["skip"] = "no annotations (empty_images: skip)"
+            item.update(skip=f"{n_obj} objects > max_instances {src.max_instances}", skip_code="max_instances")
+        elif not anns and not im["panoptic"] and src.empty_images == "skip" and not errors:
+            if not listed:
+                why = f"image {iid} has no annotations in {files}"
+            elif not selected:
+                why = (f"none of image {iid}'s {len(listed)} annotations is of the selected categories "
+                       f"{src.categories}")
+            else:
+                why = (f"all {len(selected)} annotations of image {iid} in the selected categories are smaller than "
+                       f"min_area {src.min_area:g}")
+            item.update(skip=f"{why} (empty_images: skip)", skip_code="no_annotations")
         items.append(item)
     return items
 

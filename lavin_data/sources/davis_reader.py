@@ -33,6 +33,9 @@ from lavin_data.sources import SourceError, inside, planned_problem
 from lavin_data.sources.image_folder_reader import load_rgb
 from lavin_data.video import spaced_clips
 
+LAYOUT = ("root/JPEGImages/<resolution>/<seq>/00000.jpg with root/Annotations/<resolution>/<seq>/00000.png "
+          "(official DAVIS; split: root/ImageSets/<split>.txt), or root/images/<seq>/*.jpg with root/masks/<seq>/*.png")
+
 
 def _dirs(src) -> tuple[Path, Path]:
     root = Path(src.root)
@@ -40,7 +43,7 @@ def _dirs(src) -> tuple[Path, Path]:
         return root / "JPEGImages" / src.resolution, root / "Annotations" / src.resolution
     if (root / "images").is_dir():
         return root / "images", root / "masks"
-    raise SourceError(f"{root}: not a DAVIS folder (no JPEGImages/ or images/ inside)")
+    raise SourceError(f"{root}: not a DAVIS folder (no JPEGImages/ or images/ inside). Expected layout: {LAYOUT}")
 
 
 def check(src) -> None:
@@ -48,7 +51,8 @@ def check(src) -> None:
         raise SourceError(f"{src.root}: DAVIS folder not found")
     images, _masks = _dirs(src)
     if not images.is_dir():
-        raise SourceError(f"{images}: DAVIS image folder not found (resolution {src.resolution!r}?)")
+        raise SourceError(f"{images}: DAVIS image folder not found (resolution {src.resolution!r}?). "
+                          f"Expected layout: {LAYOUT}")
     if src.split and not (Path(src.root) / "ImageSets" / f"{src.split}.txt").is_file():
         raise SourceError(f"{Path(src.root) / 'ImageSets' / (src.split + '.txt')}: split list not found")
 
@@ -100,7 +104,7 @@ def plan(src) -> list[dict]:
     for seq in seqs:
         names = sorted(p.stem for p in (images / seq).glob("*.jpg"))
         base = {"item_id": seq, "seq": seq, "names": "[]", "frame_indices": "[]", "annotated": "[]",
-                "objects": "[]", "binary": False, "error": "", "skip": ""}
+                "objects": "[]", "binary": False, "error": "", "skip": "", "skip_code": ""}
         if not names:
             items.append(dict(base, error=f"{images / seq}: no JPEG frames"))
             continue
@@ -119,7 +123,8 @@ def plan(src) -> list[dict]:
         if not clips:
             what = "annotated frames" if src.missing_annotations == "annotated_only" else "frames"
             items.append(dict(base, skip=f"{seq}: {len(pool)} {what} are fewer than one clip of "
-                                         f"{src.clip_frames} frames {src.frame_stride} apart"))
+                                         f"{src.clip_frames} frames {src.frame_stride} apart",
+                              skip_code="shorter_than_clip"))
             continue
         for positions in clips:
             idx = [pool[p] for p in positions]

@@ -28,6 +28,10 @@ from lavin_data.codecs import decode_flo
 from lavin_data.sources import SourceError, item_id_from, planned_problem
 from lavin_data.sources.image_folder_reader import load_rgb
 
+LAYOUT = ("format flyingchairs: root/**/<id>_img1.ppm, <id>_img2.ppm, <id>_flow.flo (or <id>-img_0.png, "
+          "<id>-img_1.png, <id>-flow_01.flo); sintel: root/<pass>/<seq>/frame_0001.png with "
+          "root/flow/<seq>/frame_0001.flo; flo_pairs: root/**/<id>_1.png|jpg|ppm, <id>_2.<same ext>, <id>.flo")
+
 _PAIRS = {  # format -> [(first image glob, second image name, flow name)] per naming scheme
     "flyingchairs": [("*_img1.ppm", "{id}_img2.ppm", "{id}_flow.flo", "_img1"),
                      ("*_img1.png", "{id}_img2.png", "{id}_flow.flo", "_img1"),
@@ -41,9 +45,10 @@ def check(src) -> None:
     if not root.is_dir():
         raise SourceError(f"{root}: flow folder not found")
     if src.format == "sintel" and not (root / "flow").is_dir():
-        raise SourceError(f"{root}: no flow/ folder: give Sintel's training folder as root")
+        raise SourceError(f"{root}: no flow/ folder: give Sintel's training folder as root. Expected layout: {LAYOUT}")
     if src.format == "sintel" and not (root / src.pass_).is_dir():
-        raise SourceError(f"{root / src.pass_}: no {src.pass_!r} pass folder in Sintel's training folder")
+        raise SourceError(f"{root / src.pass_}: no {src.pass_!r} pass folder in Sintel's training folder. "
+                          f"Expected layout: {LAYOUT}")
 
 
 def frames(src) -> str:
@@ -65,10 +70,11 @@ def plan(src) -> list[dict]:
                 items.append({"item_id": item_id_from(f"{seq_dir.name}-{k:04d}"),
                               "images": json.dumps([str((seq_dir / n).relative_to(root)) for n in clip]),
                               "flows": json.dumps([str(Path("flow") / seq_dir.name / n.replace(".png", ".flo"))
-                                                   for n in clip[:-1]]), "skip": ""})
+                                                   for n in clip[:-1]]), "skip": "", "skip_code": ""})
             if len(names) < src.clip_frames:
                 items.append({"item_id": item_id_from(seq_dir.name), "images": "[]", "flows": "[]",
-                              "skip": f"{seq_dir}: {len(names)} frames, fewer than one clip of {src.clip_frames}"})
+                              "skip": f"{seq_dir}: {len(names)} frames, fewer than one clip of {src.clip_frames}",
+                              "skip_code": "shorter_than_clip"})
         return items
     seen = set()
     for first_glob, second, flo, suffix in _PAIRS[src.format]:
@@ -82,7 +88,7 @@ def plan(src) -> list[dict]:
             seen.add(item_id)
             items.append({"item_id": item_id,
                           "images": json.dumps([str(rel_first), str(folder / second.format(id=ident))]),
-                          "flows": json.dumps([str(folder / flo.format(id=ident))]), "skip": ""})
+                          "flows": json.dumps([str(folder / flo.format(id=ident))]), "skip": "", "skip_code": ""})
     return items
 
 

@@ -18,6 +18,9 @@ from lavin_data.base import BaseSample
 from lavin_data.sources import SourceError, inside
 from lavin_data.sources.image_folder_reader import load_rgb
 
+LAYOUT = ("path: a save_to_disk folder (dataset_info.json / state.json / dataset_dict.json) or a folder of .parquet "
+          "or .arrow files; one image per row in image_column")
+
 
 @lru_cache(maxsize=4)
 def _open(path: str, split: str, column: str):

@@ -22,6 +22,9 @@ from lavin_data.sources import SourceError, check_pixels, inside, item_id_from, 
 
 EXTENSIONS = {".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff", ".jpe"}
 
+LAYOUT = ("image files (.jpg .jpeg .png .bmp .webp .tif .tiff .jpe) anywhere under root: root/<class>/<name>.jpg "
+          "(ImageNet) or root/<name>.jpg; with file_list, one path relative to root per line")
+
 
 def check(src) -> None:
     if not Path(src.root).is_dir():

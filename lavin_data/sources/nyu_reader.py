@@ -24,8 +24,11 @@ import numpy as np
 
 from lavin_data.base import BaseSample
 from lavin_data.codecs import decode_image
-from lavin_data.render.dense import decode_normals
 from lavin_data.sources import SourceError, item_id_from
+from lavin_data.sources.dense_folder_reader import read_depth_png, read_normals_png
+
+LAYOUT = ("root: nyu_depth_v2_labeled.mat, or a folder searched recursively for rgb_<id>.jpg|png, each with "
+          "sync_depth_<id>.png beside it or in a sibling depth/ folder (or an annotations json {files: [...]})")
 
 
 def _is_mat(src) -> bool:
@@ -150,8 +153,6 @@ def source_meta(src) -> dict:
 
 
 def read(src, item: dict, seed: int, source_meta: dict) -> BaseSample:
-    import cv2
-
     meta = {"source": src.name, "item_id": item["item_id"], "licence": src.licence, "depth_kind": "depth",
             "depth_unit": "m"}
     if _is_mat(src):
@@ -171,10 +172,8 @@ def read(src, item: dict, seed: int, source_meta: dict) -> BaseSample:
         except FileNotFoundError:
             raise FileNotFoundError(f"image file not found: {rgb}") from None
         image = decode_image(image_bytes[1], str(rgb))
-        raw = cv2.imread(str(dpath), cv2.IMREAD_UNCHANGED)
-        if raw is None:
-            raise FileNotFoundError(f"depth file missing or unreadable: {dpath}")
-        if raw.dtype != np.uint16 or raw.ndim != 2:
+        raw = read_depth_png(dpath, src.max_image_pixels)
+        if raw.dtype != np.uint16:
             raise ValueError(f"depth file {dpath} is {raw.dtype} {raw.shape}; expected a single-channel 16-bit PNG")
         depth = raw.astype(np.float32) / float(item["depth_scale"] or src.depth_scale)
         intr = json.loads(item["cam_in"]) if item["cam_in"] else list(src.intrinsics)
@@ -185,8 +184,6 @@ def read(src, item: dict, seed: int, source_meta: dict) -> BaseSample:
     normals = None
     if normals_file is not None:
         # Black pixels are invalid ground truth: they stay 0 (rendered black), not a unit vector.
-        normals, _valid = decode_normals(decode_image(normals_file.read_bytes(), str(normals_file)))
-        if src.normals_frame == "opencv":
-            normals[..., 1:] *= -1
+        normals = read_normals_png(normals_file, "rgb", src.normals_frame, src.max_image_pixels)
     meta.update(width=image.shape[1], height=image.shape[0], intrinsics=intr)
     return BaseSample(meta, image=image, image_file=image_bytes, depth=depth, normals=normals)

@@ -20,6 +20,8 @@ from lavin_data.codecs import decode_rle
 from lavin_data.sources import SourceError, check_pixels, planned_problem
 from lavin_data.video import VideoError, probe, probe_cached, read_frames, spaced_clips
 
+LAYOUT = "root/**/sav_<id>.mp4 beside sav_<id>_manual.json (SA-V's vos_table layout)"
+
 
 def check(src) -> None:
     if not Path(src.root).is_dir():
@@ -49,7 +51,7 @@ def plan(src) -> list[dict]:
         video = ann_path.with_name(f"{vid}.mp4")
         base = {"item_id": vid.replace("_", "-"), "video": str(video.relative_to(src.root)),
                 "annotation": str(ann_path.relative_to(src.root)), "annotated": "[]", "frame_indices": "[]",
-                "objects": "[]", "error": "", "skip": ""}
+                "objects": "[]", "error": "", "skip": "", "skip_code": ""}
         try:
             ann = _annotation(ann_path)
             info = probe(video)
@@ -67,7 +69,7 @@ def plan(src) -> list[dict]:
         clips = spaced_clips(n_ann, src.clip_frames, 1, src.clips_per_video)
         if not clips:
             items.append(dict(base, skip=f"{vid}: {n_ann} annotated frames are fewer than one clip of "
-                                         f"{src.clip_frames}"))
+                                         f"{src.clip_frames}", skip_code="shorter_than_clip"))
             continue
         objects = [{"id": int(i) + 1, "masklet_id": int(i)} for i in ann["masklet_id"]]  # 0 is background
         for ks in clips:

@@ -8,6 +8,8 @@ from lavin_data.base import BaseSample
 from lavin_data.rng import stable_int
 from lavin_data.sources.synthetic import CATEGORIES, render_clip, render_scene
 
+LAYOUT = "nothing on disk: num_items procedurally generated scenes"
+
 
 def check(src) -> None:
     return None  # nothing on disk to check

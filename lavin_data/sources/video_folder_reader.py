@@ -29,6 +29,9 @@ from lavin_data.base import BaseSample
 from lavin_data.sources import SourceError, check_pixels, item_id_from, planned_problem
 from lavin_data.video import VideoError, cut_prefix, cut_segment, plan_clips, probe, probe_cached, read_frames
 
+LAYOUT = ("video files (extensions) anywhere under root, e.g. root/<name>.mp4; with file_list, a CSV / JSON / "
+          "parquet table with a path column (relative to root) and optional start / end seconds")
+
 
 def check(src) -> None:
     if not Path(src.root).is_dir():
@@ -93,7 +96,8 @@ def plan(src) -> list[dict]:
     items = []
     for k, v in enumerate(_videos(src)):
         vid = _video_id(v["path"])
-        base = {"item_id": vid, "path": v["path"], "frame_indices": "[]", "error": "", "skip": ""}
+        base = {"item_id": vid, "path": v["path"], "frame_indices": "[]", "error": "", "skip": "",
+                "skip_code": ""}
         try:
             info = probe(Path(src.root) / v["path"])
             check_pixels(info.width, info.height, src.max_image_pixels, f"{v['path']}: video frames")
@@ -101,14 +105,15 @@ def plan(src) -> list[dict]:
             items.append(dict(base, error=str(e)))
             continue
         if info.n_frames < src.min_frames:
-            items.append(dict(base, skip=f"{v['path']}: {info.n_frames} frames < min_frames {src.min_frames}"))
+            items.append(dict(base, skip=f"{v['path']}: {info.n_frames} frames < min_frames {src.min_frames}",
+                              skip_code="min_frames"))
             continue
         clips = plan_clips(info, src.clip_frames, src.frame_stride, src.fps, src.clips_per_video, src.clip_starts,
                            seed=src.seed + k, start_s=v["start"], end_s=v["end"])
         if not clips:
             span = f"{src.clip_frames} frames " + (f"at {src.fps} fps" if src.fps else f"{src.frame_stride} apart")
             items.append(dict(base, skip=f"{v['path']}: {info.n_frames} frames ({info.n_frames / info.fps:.2f} s) "
-                                         f"are shorter than one clip of {span}"))
+                                         f"are shorter than one clip of {span}", skip_code="shorter_than_clip"))
             continue
         items += [dict(base, item_id=f"{vid}-f{c[0]:06d}", frame_indices=json.dumps(c)) for c in clips]
     ids = [i["item_id"] for i in items]

@@ -24,6 +24,9 @@ from lavin_data.sources.coco import ann_rle
 from lavin_data.sources.image_folder_reader import load_rgb
 from lavin_data.video import spaced_clips
 
+LAYOUT = ("annotations: the YouTube-VIS json (videos, annotations, categories lists); images: the folder holding "
+          "each video's file_names, e.g. images/<video>/00000.jpg")
+
 
 def _load(src) -> dict:
     """The annotation file, parsed and validated once per process."""
@@ -74,11 +77,12 @@ def plan(src) -> list[dict]:
         vid = f"{int(v['id']):06d}"
         names = v["file_names"]
         base = {"item_id": vid, "video_id": int(v["id"]), "files": "[]", "frame_indices": "[]", "objects": "[]",
-                "width": int(v["width"]), "height": int(v["height"]), "skip": ""}
+                "width": int(v["width"]), "height": int(v["height"]), "skip": "", "skip_code": ""}
         clips = spaced_clips(len(names), src.clip_frames, src.frame_stride, src.clips_per_video)
         if not clips:
             items.append(dict(base, skip=f"video {v['id']}: {len(names)} annotated frames are fewer than one clip "
-                                         f"of {src.clip_frames} frames {src.frame_stride} apart"))
+                                         f"of {src.clip_frames} frames {src.frame_stride} apart",
+                              skip_code="shorter_than_clip"))
             continue
         objects = [{"id": int(a["id"]), "category_id": int(a["category_id"]), "name": cats.get(int(a["category_id"]))}
                    for a in sorted(anns.get(int(v["id"]), []), key=lambda a: int(a["id"]))]
