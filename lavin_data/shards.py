@@ -3,8 +3,9 @@
 One shard is one unit of work, of resume and of commit (DESIGN.md §2). The tar is
 streamed to a temporary name as samples come and renamed into place; the index, the
 timing file and then the stats file follow, so a shard whose stats file exists is complete
-and a re-run skips it. Tar, index and stats are the same bytes on every run (error texts
-lose object addresses); only ``<shard>.timing.json`` differs.
+and a re-run skips it (if its tar and index still have the sizes the stats record; the stats
+also record their SHA-256 for ``python -m lavin_data.verify``). Tar, index and stats are the
+same bytes on every run (error texts lose object addresses); only ``<shard>.timing.json`` differs.
 
 Tars are byte-reproducible: members sorted by (key, extension), mtime 0, uid/gid 0,
 no user names, mode 0644.
@@ -12,6 +13,7 @@ no user names, mode 0644.
 
 from __future__ import annotations
 
+import hashlib
 import io
 import json
 import os
@@ -64,7 +66,40 @@ def index_path(tar_path: str | os.PathLike) -> Path:
 
 
 def shard_done(tar_path: str | os.PathLike) -> bool:
-    return stats_path(tar_path).exists()
+    """True if the shard is committed and its files are still whole: the stats file exists and
+    the tar and the index have the sizes it records (stat calls only, no hashing: a re-run
+    checks every shard). A tar deleted or truncated after its commit makes the shard not
+    done, so the next run rebuilds it; ``python -m lavin_data.verify`` checks the hashes.
+    Stats written before sizes and hashes were recorded for the index count as done when the
+    tar is there with its recorded size."""
+    try:
+        stats = read_stats(tar_path)
+    except (FileNotFoundError, ValueError):  # none, or one cut short by something else: rebuild the shard
+        return False
+    if not isinstance(stats, dict):
+        return False
+    tar, index = Path(tar_path), index_path(tar_path)
+    if not _has_size(tar, stats.get("bytes")):
+        return False
+    return "index_bytes" not in stats or _has_size(index, stats["index_bytes"])
+
+
+def _has_size(path: Path, size: int | None) -> bool:
+    """``path`` is a file of ``size`` bytes (of any size when ``size`` is None)."""
+    try:
+        st = path.stat()
+    except FileNotFoundError:
+        return False
+    return size is None or st.st_size == size
+
+
+def file_sha256(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
+    """Hex SHA-256 of a file, read in ``chunk``-byte pieces (memory stays flat for any size)."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(chunk):
+            h.update(block)
+    return h.hexdigest()
 
 
 def read_stats(tar_path: str | os.PathLike) -> dict:
@@ -226,11 +261,16 @@ class ShardWriter:
         table = pa.Table.from_pylist(rows, schema=INDEX_SCHEMA)
         sink = pa.BufferOutputStream()
         pq.write_table(table, sink)
-        atomic_write(index_path(self.path), sink.getvalue().to_pybytes())
+        index_data = sink.getvalue().to_pybytes()
+        atomic_write(index_path(self.path), index_data)
         reasons = {status: dict(sorted(Counter(c for _s, _e, c in table.values()).items()))
                    for status, table in (("error", self.failures), ("skipped", self.skipped))}
+        # Sizes let shard_done see a tar or index deleted or cut short after the commit; hashes let
+        # lavin_data.verify see any changed byte. All are the same on every run of the same shard.
         stats = dict(stats, shard=self.path.name, n_ok=len(self._bytes), n_error=len(self.failures),
-                     n_skipped=len(self.skipped), reasons=reasons, bytes=os.path.getsize(self.path))
+                     n_skipped=len(self.skipped), reasons=reasons, bytes=os.path.getsize(self.path),
+                     tar_sha256=file_sha256(self.path), index_bytes=len(index_data),
+                     index_sha256=hashlib.sha256(index_data).hexdigest())
         if timing is not None:
             atomic_write(timing_path(self.path), (json.dumps(timing, indent=1, sort_keys=True) + "\n").encode())
         atomic_write(stats_path(self.path), (json.dumps(stats, indent=1, sort_keys=True) + "\n").encode())
