@@ -1,4 +1,4 @@
-"""``python -m benchmarks.target_audit OUT [--min-coverage 0.001]``: junk pairs in a build.
+"""``python -m benchmarks.target_audit OUT [--min-coverage 0.0005]``: junk pairs in a build.
 
 Decodes every ``ok`` pair of a build output and measures, apart from the build's own gate
 code, the fraction of non-black pixels of its target (and of its input where the input is
@@ -41,7 +41,7 @@ def _valid_fraction(raw: np.ndarray) -> float:
     return float((np.isfinite(raw) & (raw > 0)).mean())  # depth or disparity
 
 
-def audit(out: str | Path, min_coverage: float = 0.001) -> dict[str, dict]:
+def audit(out: str | Path, min_coverage: float = 0.0005) -> dict[str, dict]:
     """{task: {"ok", "near_empty": [keys], "min_coverage", "min_valid_fraction"}} over every
     ok pair of the build in ``out``."""
     report: dict[str, dict] = {}
@@ -68,7 +68,7 @@ def audit(out: str | Path, min_coverage: float = 0.001) -> dict[str, dict]:
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m benchmarks.target_audit", description=__doc__.split("\n\n")[1])
     ap.add_argument("output", help="a build's output folder")
-    ap.add_argument("--min-coverage", type=float, default=0.001)
+    ap.add_argument("--min-coverage", type=float, default=0.0005)
     args = ap.parse_args(argv)
     if not Path(args.output, "pairs").is_dir():
         print(f"error: {args.output} has no pairs/ folder; is it a build output?", file=sys.stderr)

@@ -90,7 +90,7 @@ class CocoSource(_SourceBase):
     pose_min_keypoints: int = Field(1, ge=1, description="people with fewer labelled keypoints are not drawn")
     empty_images: Literal["skip", "keep"] = Field(
         "skip", description="images with no annotation left: skip (recorded) or keep (black targets)")
-    licence: str | None = "annotations CC BY 4.0; images: Flickr licence per image (see json)"
+    licence: str | None = None  # the format is not the dataset: COCO, CrowdPose, Objects365 ... differ
 
     @model_validator(mode="after")
     def _some_annotations(self) -> CocoSource:
@@ -159,7 +159,7 @@ class DenseFolderSource(_SourceBase):
         "x_right_y_up_z_camera", description="frame of the stored normals (opencv: x right, y down, z forward, "
                                              "so y and z are flipped)")
     intrinsics: tuple[float, float, float, float] | None = Field(None, description="fx, fy, cx, cy in pixels")
-    licence: str | None = "see the dataset's terms"
+    licence: str | None = None
 
     @field_validator("image_name", "depth_name", "normals_name")
     @classmethod
@@ -217,7 +217,7 @@ class VideoFolderSource(_SourceBase):
     clip_starts: Literal["even", "random"] = Field("even", description="evenly spaced, or seeded random starts")
     seed: int = Field(0, description="with clip_starts: random")
     min_frames: int = Field(1, ge=1, description="videos with fewer frames are skipped (recorded)")
-    licence: str | None = "see each video's source"
+    licence: str | None = None
 
     @field_validator("clip_frames")
     @classmethod

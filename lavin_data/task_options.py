@@ -17,6 +17,12 @@ def _ordered(v: tuple) -> tuple:
     return v
 
 
+def _increasing(v: tuple) -> tuple:
+    if not v[0] < v[1]:
+        raise ValueError(f"range {list(v)} is empty: give (low, high) with low < high")
+    return v
+
+
 def _bounded(lo: float | None, hi: float | None, what: str):
     def check(v: tuple) -> tuple:
         for x in v:
@@ -31,7 +37,7 @@ Range = Annotated[tuple[float, float], AfterValidator(_ordered)]
 PositiveRange = Annotated[Range, _bounded(1e-12, None, "values must be > 0")]
 NonNegativeRange = Annotated[Range, _bounded(0, None, "values must be >= 0")]
 FractionRange = Annotated[Range, _bounded(0, 1, "values are fractions in [0, 1]")]
-PercentileRange = Annotated[Range, _bounded(0, 100, "percentiles are in [0, 100]")]
+PercentileRange = Annotated[Range, _bounded(0, 100, "percentiles are in [0, 100]"), AfterValidator(_increasing)]
 
 
 class _Opts(BaseModel):
@@ -39,7 +45,7 @@ class _Opts(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
     min_target_coverage: float = Field(
-        0.001, ge=0, le=1, description="gate target_coverage: a pair whose rendering (the target, and the input where "
+        0.0005, ge=0, le=1, description="gate target_coverage: a pair whose rendering (the target, and the input where "
                                        "it is a rendering) has fewer non-black pixels than this fraction is skipped")
 
 
@@ -55,7 +61,7 @@ class OpenOptions(BaseModel):
 
 class _ObjectGate(_Opts):
     min_object_area: float = Field(
-        0.0005, ge=0, lt=1, description="gate min_object_area: objects smaller than this fraction of the output image "
+        0.001, ge=0, lt=1, description="gate min_object_area: objects smaller than this fraction of the output image "
                                         "after the resize (box area; mask area for masks) are left out; a sample left "
                                         "with none is skipped")
 

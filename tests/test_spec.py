@@ -98,5 +98,5 @@ def test_unreadable_and_non_yaml_spec(tmp_path):
 
 def test_task_option_defaults_are_filled_when_options_are_omitted():
     spec = parse_spec(minimal(tasks=[{"task": "object_detection", "source": "syn"}]))
-    assert spec.tasks[0].options == {"thickness": 2, "min_side": 4, "min_object_area": 0.0005,
-                                     "min_target_coverage": 0.001}
+    assert spec.tasks[0].options == {"thickness": 2, "min_side": 4, "min_object_area": 0.001,
+                                     "min_target_coverage": 0.0005}

@@ -14,11 +14,12 @@ def grey(img: np.ndarray) -> np.ndarray:
 
 
 def to_disparity(value: np.ndarray, kind: str, valid: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
-    """Depth (``kind="depth"``: > 0 valid, inverted) or disparity (as is) -> (float64
-    disparity, 0 where invalid; bool valid)."""
+    """Depth (``kind="depth"``: inverted) or disparity (as is) -> (float64 disparity, 0 where
+    invalid; bool valid). Valid: finite and > 0 for both kinds (0 = no reading, as in base
+    samples; also the black border of ``resize: pad``)."""
     value = value.astype(np.float64)
     if valid is None:
-        valid = np.isfinite(value) & (value > 0) if kind == "depth" else np.isfinite(value)
+        valid = np.isfinite(value) & (value > 0)
     disp = np.zeros_like(value)
     if kind == "depth":
         disp[valid] = 1.0 / value[valid]

@@ -61,7 +61,8 @@ def flow_max_magnitude(flow: np.ndarray, valid: np.ndarray | None = None, percen
     if not mag.size:
         return 0.0
     top = float(mag.max())
-    return top if percentile >= 100 else min(top, outlier_factor * float(np.percentile(mag, percentile)))
+    cap = outlier_factor * float(np.percentile(mag, percentile)) if percentile < 100 else top
+    return min(top, cap) if cap > 0 else top  # a mostly static clip: its movers set the scale
 
 
 def render_flow(flow: np.ndarray, max_magnitude: float | None = None, valid: np.ndarray | None = None,

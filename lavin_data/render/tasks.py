@@ -231,6 +231,9 @@ def _depth_render(view: View | ClipView, task: str, o: dict) -> tuple[np.ndarray
     depth = _need(view, "depth", task)
     img, meta = render_depth(depth, kind=view.depth_kind, percentiles=tuple(o["percentiles"]))
     gate_valid(img[..., 0] > 0, o["min_valid_fraction"], "depth")
+    if meta["disparity_max"] <= meta["disparity_min"]:  # every valid pixel at one grey: nothing to learn
+        raise NothingToRender(f"the depth is flat: its {o['percentiles'][0]:g}-{o['percentiles'][1]:g} percentiles of "
+                              f"disparity are equal ({meta['disparity_min']:.6g})", "flat_depth")
     if isinstance(view, ClipView):
         meta = dict(meta, flicker=flicker_score(img, img[..., 0] > 0), **_clip_meta(view))
     return img, dict(meta, encoding=DEPTH_ENCODING, depth_kind=view.depth_kind)
@@ -350,7 +353,7 @@ def optical_flow(view: ClipView, rng, o: dict) -> list[Pair]:
     gate_valid(valid, o["min_valid_fraction"], "flow")
     img, top = render_flow(flow, valid=valid, percentile=o["magnitude_percentile"], outlier_factor=o["outlier_factor"])
     mag = np.linalg.norm(np.where(valid[..., None], flow, 0), axis=-1)
-    saturated = float((mag[valid] > top).mean()) if top > 0 else 0.0
+    saturated = float((mag[valid] > top).mean())
     last = np.full((1,) + img.shape[1:], 255, np.uint8)
     return [Pair(view.frames, np.concatenate([img, last]), raw={"target_raw": flow.astype(np.float32)},
                  meta=dict(_clip_meta(view), max_magnitude=top, magnitude_percentile=o["magnitude_percentile"],
