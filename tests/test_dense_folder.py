@@ -368,3 +368,16 @@ def test_paths_from_the_plan_stay_inside_their_folders(tmp_path):
         dense.read(src, dict(item, depth="../secret"), 0, {})
     with pytest.raises(ValueError, match="must be relative to"):
         dense.read(src, dict(item, image="../secret.png"), 0, {})
+
+
+def test_depth_and_normals_files_beside_or_below_the_images_are_not_planned_as_images(tmp_path):
+    """A depth folder inside the image folder, or depth PNGs beside the images under another
+    name, are never images themselves (they would fail as 'depth file missing')."""
+    root = tmp_path / "scene"
+    for i in range(2):
+        write_rgb(root / f"{i:03d}.png", 8, 8, seed=i)
+        write_png16(root / "depth" / f"{i:03d}.png", np.full((8, 8), 1000, np.uint16))
+        write_png16(root / f"n_{i:03d}.png", np.full((8, 8, 3), 40000, np.uint16))
+    _, src = make_source(tmp_path, images=str(root), depth=str(root / "depth"), depth_scale=1000,
+                         normals=str(root), normals_name="n_{key}")
+    assert [(i["item_id"], i["image"]) for i in dense.plan(src)] == [("000", "000.png"), ("001", "001.png")]

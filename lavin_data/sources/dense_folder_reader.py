@@ -176,11 +176,26 @@ def plan(src) -> list[dict]:
     stems relative to their folders, no extension; "" when not configured)}."""
     root = Path(src.images)
     prefix, suffix = _split(src.image_name)
+
+    def named(stem: str, pre: str, suf: str) -> bool:
+        return stem.startswith(pre) and stem.endswith(suf) and len(stem) > len(pre) + len(suf)
+
+    # Depth and normals PNGs beside or below the images are never images themselves.
+    below, beside = [], []
+    for field in ("depth", "normals"):
+        folder = getattr(src, field)
+        if folder:
+            f = Path(folder).resolve()
+            if f == root.resolve():
+                beside.append(_split(getattr(src, f"{field}_name")))
+            elif f.is_relative_to(root.resolve()):
+                below.append(f)
     found = []
     for p in root.rglob("*"):
         stem = p.stem
-        if (p.suffix.lower() in IMAGE_EXTENSIONS and stem.startswith(prefix) and stem.endswith(suffix)
-                and len(stem) > len(prefix) + len(suffix) and p.is_file()):
+        if (p.suffix.lower() in IMAGE_EXTENSIONS and named(stem, prefix, suffix) and p.is_file()
+                and not any(named(stem, pre, suf) for pre, suf in beside if (pre, suf) != (prefix, suffix))
+                and not any(p.resolve().is_relative_to(f) for f in below)):
             found.append((p.relative_to(root).as_posix(), stem[len(prefix):len(stem) - len(suffix)]))
     if not found:
         raise SourceError(
