@@ -74,7 +74,7 @@ def shard_done(tar_path: str | os.PathLike) -> bool:
     tar is there with its recorded size."""
     try:
         stats = read_stats(tar_path)
-    except (FileNotFoundError, ValueError):  # none, or one cut short by something else: rebuild the shard
+    except (FileNotFoundError, NotADirectoryError, ValueError):  # none, or one cut short: rebuild the shard
         return False
     if not isinstance(stats, dict):
         return False
@@ -88,7 +88,7 @@ def _has_size(path: Path, size: int | None) -> bool:
     """``path`` is a file of ``size`` bytes (of any size when ``size`` is None)."""
     try:
         st = path.stat()
-    except FileNotFoundError:
+    except (FileNotFoundError, NotADirectoryError):
         return False
     return size is None or st.st_size == size
 

@@ -4,6 +4,7 @@ benchmarks load them through the same code path as real weights (no hub access n
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 
@@ -97,3 +98,15 @@ def synthetic_latent_shards(root: str | Path, tasks: int = 3, shards: int = 4, p
                     "json": json.dumps({"task": f"task{i}", "synthetic": True}).encode()})
             w.commit({"stage": "encode_latents", "synthetic": True})
     return root
+
+
+def restamp_stats(tar) -> None:
+    """Record a shard tar's current size and hash in its stats, after a test changed the tar
+    on purpose: what reads its members then sees the change, instead of refusing the shard
+    as changed after its commit (:func:`lavin_data.shards.shard_done`)."""
+    from lavin_data.shards import file_sha256, stats_path
+
+    p = stats_path(tar)
+    stats = json.loads(p.read_text())
+    stats.update(bytes=os.path.getsize(tar), tar_sha256=file_sha256(tar))
+    p.write_text(json.dumps(stats, indent=1, sort_keys=True) + "\n")

@@ -37,7 +37,7 @@ import torch
 import webdataset as wds
 
 from lavin_data.codecs import decode_npy
-from lavin_data.shards import read_stats, shard_done
+from lavin_data.shards import read_stats, shard_done, stats_path
 from lavin_data.stvae import sample_latent
 from lavin_model.flow import null_context
 
@@ -57,7 +57,16 @@ def find_task_shards(root: str | Path, tasks: list[str] | None = None) -> dict[s
         raise FileNotFoundError(f"{root}: no such latent folder (the --out of lavin_data.encode_latents)")
     found = {}
     for d in sorted(p for p in root.iterdir() if p.is_dir() and p.name != "preview"):
-        urls = [str(t) for t in sorted(d.glob("*.tar")) if shard_done(t) and read_stats(t).get("n_ok", 0) > 0]
+        urls = []
+        for t in sorted(d.glob("*.tar")):
+            if not stats_path(t).exists():
+                continue  # not committed: a run in progress, or one that was killed
+            if not shard_done(t):
+                raise ValueError(f"{t}: changed or cut short after its commit (its size or its index's differs from "
+                                 f"{stats_path(t).name}); re-run python -m lavin_data.encode_latents to rebuild it "
+                                 "(python -m lavin_data.verify says what differs)")
+            if read_stats(t).get("n_ok", 0) > 0:
+                urls.append(str(t))
         if urls:
             found[d.name] = urls
     if tasks is not None:

@@ -16,7 +16,7 @@ import torch
 from lavin_data.codecs import decode_npy
 from lavin_data.shards import iter_tar_samples
 from lavin_data.stvae import mean_latent
-from lavin_data.testing import synthetic_latent_shards
+from lavin_data.testing import restamp_stats, synthetic_latent_shards
 from lavin_model.data import (
     InContextBatches,
     InContextLoader,
@@ -137,6 +137,9 @@ def test_bad_folders_and_samples_are_named(tmp_path):
             if not info.name.endswith("target_moments.npy"):
                 dst.addfile(info, src.extractfile(info))
     tar.write_bytes(buf.getvalue())
+    with pytest.raises(ValueError, match=rf"{tar}: changed or cut short after its commit"):
+        find_task_shards(root)
+    restamp_stats(tar)  # as if committed so: the loader must name the sample
     ds = InContextBatches(root, batch_size=1, context=(1, 1))
     with pytest.raises(ValueError, match=rf"{tar}: sample t0_000_000[01] has no target_moments.npy"):
         next(iter(InContextLoader(ds, num_workers=0)))

@@ -16,7 +16,7 @@ import pytest
 import torch
 
 from lavin_data.spec import SpecError, load_spec
-from lavin_data.testing import synthetic_latent_shards
+from lavin_data.testing import restamp_stats, synthetic_latent_shards
 from lavin_data.weights import CheckpointError, read_state_dict
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -294,6 +294,7 @@ def _rewrite(tar: Path, change) -> None:
             new.size = len(data)
             dst.addfile(new, io.BytesIO(data))
     tar.write_bytes(buf.getvalue())
+    restamp_stats(tar)  # as if committed so: the loader must name the member
 
 
 def _first_batches(root: Path, n: int = 10) -> None:
