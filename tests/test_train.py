@@ -105,6 +105,8 @@ def _name_vae_in_latents(root: Path, vae: str, weight_hash: str | None) -> None:
     import io
     import tarfile
 
+    from lavin_data.testing import restamp_stats
+
     for tar in root.glob("*/*.tar"):
         buf = io.BytesIO()
         with tarfile.open(tar) as src, tarfile.open(fileobj=buf, mode="w") as dst:
@@ -116,6 +118,7 @@ def _name_vae_in_latents(root: Path, vae: str, weight_hash: str | None) -> None:
                 info.size = len(data)
                 dst.addfile(info, io.BytesIO(data))
         tar.write_bytes(buf.getvalue())
+        restamp_stats(tar)  # as encode_latents would have committed it
 
 
 def test_a_vae_named_in_the_latents_is_never_loaded(tmp_path):
