@@ -26,8 +26,20 @@ def _xyxy(a: dict) -> list[float]:
     return [x, y, x + w, y + h]
 
 
-def instances_and_boxes(out: Path, source: str, ann_file: Path, isthing: dict[int, int], res: int, policy: str):
-    """(mask IoUs, box IoUs) of every non-crowd thing annotation that survives the crop."""
+def min_object_area(spec, source: str) -> float:
+    """The ``min_object_area`` gate of the instance and detection tasks of ``source`` (one value)."""
+    gates = {t.options["min_object_area"] for t in spec.tasks
+             if t.source == source and t.task in ("instance_segmentation", "object_detection")}
+    if len(gates) != 1:
+        raise ValueError(f"{source}: instance_segmentation and object_detection need one min_object_area, got {gates}")
+    return gates.pop()
+
+
+def instances_and_boxes(out: Path, source: str, ann_file: Path, isthing: dict[int, int], res: int, policy: str,
+                        min_object_area: float = 0.0):
+    """(mask IoUs, box IoUs) of every non-crowd thing annotation that survives the crop and
+    the tasks' ``min_object_area`` gate (fraction of the output image: mask area for masks,
+    box area for boxes)."""
     from pycocotools.coco import COCO
 
     coco = COCO(str(ann_file))
@@ -43,12 +55,13 @@ def instances_and_boxes(out: Path, source: str, ann_file: Path, isthing: dict[in
                 if not a["iscrowd"] and isthing.get(a["category_id"], 1)]
         for a in objs:
             gt = rz.image(coco.annToMask(a), "nearest").astype(bool)
-            if gt.any():
+            if gt.any() and gt.sum() >= min_object_area * res * res:
                 mask_ious.append(mask_iou(decoded.get(colour.get(a["id"], -1), np.zeros_like(gt)), gt))
         if not objs:
             continue
         b, keep = rz.boxes(np.array([_xyxy(a) for a in objs]))
         b = b[keep]
+        b = b[(b[:, 2] - b[:, 0]) * (b[:, 3] - b[:, 1]) >= min_object_area * res * res]  # the gate
         b = b[(b[:, 2] - b[:, 0] >= 4) & (b[:, 3] - b[:, 1] >= 4)]  # smaller ones are not drawn (min_side)
         dec, _ = decode_boxes(decode_image(det[key]["target.png"]))
         box_ious += box_iou(b, dec).max(1).tolist() if len(dec) else [0.0] * len(b)
@@ -119,7 +132,8 @@ def main(argv: list[str] | None = None) -> int:
                                                          .read_text())}
     for source, ann in [("coco-kp", fx / "coco_keypoints" / "test_coco.json"),
                         ("coco-pan", pan_dir / "panoptic_coco_detection_format.json")]:
-        m, b = instances_and_boxes(out, source, ann, isthing, spec.resolution, spec.resize)
+        m, b = instances_and_boxes(out, source, ann, isthing, spec.resolution, spec.resize,
+                                   min_object_area(spec, source))
         print(f"{source}: instance masks mean IoU {np.mean(m):.4f} (min {np.min(m):.4f}, n={len(m)}); "
               f"boxes mean IoU {np.mean(b):.4f} (min {np.min(b):.4f}, n={len(b)})")
     rel = panoptic_count_errors(out, "coco-pan", pan_dir / "panoptic_examples.json", pan_dir / "panoptic_examples",

@@ -74,7 +74,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {args.output} has no pairs/ folder; is it a build output?", file=sys.stderr)
         return 2
     rep = audit(args.output, args.min_coverage)
-    print(f"| task | ok pairs | near-empty (< {args.min_coverage:.1%} non-black) | min coverage | min valid fraction |")
+    print(f"| task | ok pairs | near-empty (< {args.min_coverage:.2%} non-black) | min coverage | min valid fraction |")
     print("|---|---:|---:|---:|---:|")
     for task, r in sorted(rep.items()):
         vf = "" if r["min_valid_fraction"] is None else f"{r['min_valid_fraction']:.3f}"

@@ -12,7 +12,7 @@ import pyarrow.parquet as pq
 import pytest
 import yaml
 
-from benchmarks.coco_fidelity import instances_and_boxes, keypoint_errors, panoptic_count_errors
+from benchmarks.coco_fidelity import instances_and_boxes, keypoint_errors, min_object_area, panoptic_count_errors
 from lavin_data.codecs import decode_image
 from lavin_data.geometry import plan_resize
 from lavin_data.render import box_iou, decode_semantic, point_segment_distance
@@ -75,7 +75,7 @@ def test_instance_masks_and_boxes_match_pycocotools(coco_build, source, ann_file
     isthing = {c["id"]: c["isthing"] for c in json.loads(fixture_path("coco_panoptic", "panoptic_coco_categories.json")
                                                          .read_text())}
     mask_ious, box_ious = instances_and_boxes(Path(spec.output), source, fixture_path(*ann_file.split("/")), isthing,
-                                              spec.resolution, spec.resize)
+                                              spec.resolution, spec.resize, min_object_area(spec, source))
     assert len(mask_ious) >= 10 and np.mean(mask_ious) >= 0.95, sorted(mask_ious)[:5]
     assert len(box_ious) >= 10 and np.mean(box_ious) >= 0.95, sorted(np.round(box_ious, 3))[:8]
 

@@ -330,7 +330,7 @@ def test_clips_with_nothing_measured_are_skipped_not_ok():
         with pytest.raises(NothingToRender, match=f"valid {what} covers 0.00% of the view") as e:
             TASKS[task].render_fn()(view, None, defaults(task))
         assert e.value.code == "min_valid_fraction"
-    view.depth[0, 3, 3] = 2.0  # one valid pixel is something to render, when the gate allows it
+    view.depth[0, 3, 3], view.depth[0, 3, 4] = 2.0, 3.0  # two valid pixels are something, when the gate allows it
     with pytest.raises(NothingToRender, match="min_valid_fraction"):
         TASKS["video_depth"].render_fn()(view, None, defaults("video_depth"))
     assert TASKS["video_depth"].render_fn()(view, None, dict(defaults("video_depth"), min_valid_fraction=0))[0] \
