@@ -102,6 +102,34 @@ def file_sha256(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
     return h.hexdigest()
 
 
+class HashingFile:
+    """A binary file that hashes (SHA-256) what goes through it, in order: the bytes written
+    to a file being written front to back, or read from one read front to back. A shard's
+    hash then costs no second pass over the shard (the writer hashes as it streams, verify
+    as it parses)."""
+
+    def __init__(self, f):
+        self.f, self.sha = f, hashlib.sha256()
+
+    def write(self, data) -> int:
+        self.sha.update(data)
+        return self.f.write(data)
+
+    def read(self, size: int = -1) -> bytes:
+        data = self.f.read(size)
+        self.sha.update(data)
+        return data
+
+    def tell(self) -> int:
+        return self.f.tell()
+
+    def close(self) -> None:
+        self.f.close()
+
+    def hexdigest(self) -> str:
+        return self.sha.hexdigest()
+
+
 def read_stats(tar_path: str | os.PathLike) -> dict:
     return json.loads(stats_path(tar_path).read_text())
 
@@ -183,7 +211,7 @@ class ShardWriter:
     def _open(self) -> tarfile.TarFile:
         if self._tar is None:
             self.path.parent.mkdir(parents=True, exist_ok=True)
-            self._file = open(self._tmp, "wb")  # noqa: SIM115 - open for the writer's life
+            self._file = HashingFile(open(self._tmp, "wb"))  # noqa: SIM115 - open for the writer's life
             self._tar = tarfile.open(fileobj=self._file, mode="w", format=tarfile.USTAR_FORMAT)  # noqa: SIM115
         return self._tar
 
@@ -222,21 +250,24 @@ class ShardWriter:
         what happened (the gate and the value), ``code`` names it for counting."""
         self.skipped[key] = (stage, reproducible_error(reason), code or "nothing_to_render")
 
-    def _finish_tar(self) -> None:
-        """Close the streamed tar; rewrite it in sorted key order if samples came unsorted."""
+    def _finish_tar(self) -> str:
+        """Close the streamed tar; rewrite it in sorted key order if samples came unsorted.
+        Returns the final tar's SHA-256 (hashed as it was written)."""
         tar = self._open()  # an empty shard is an empty tar
         tar.close()
         self._file.close()
         if self._sorted:
-            return
+            return self._file.hexdigest()
         tmp2 = self._tmp.with_name(self._tmp.name + "-sorted")
-        with open(self._tmp, "rb") as src, open(tmp2, "wb") as f, \
-                tarfile.open(fileobj=f, mode="w", format=tarfile.USTAR_FORMAT) as out:
-            for key in sorted(self._spans):
-                for name, offset, size in self._spans[key]:
-                    src.seek(offset)
-                    out.addfile(_tar_info(name, size), io.BytesIO(src.read(size)))
+        with open(self._tmp, "rb") as src, open(tmp2, "wb") as raw:
+            f = HashingFile(raw)
+            with tarfile.open(fileobj=f, mode="w", format=tarfile.USTAR_FORMAT) as out:
+                for key in sorted(self._spans):
+                    for name, offset, size in self._spans[key]:
+                        src.seek(offset)
+                        out.addfile(_tar_info(name, size), io.BytesIO(src.read(size)))
         os.replace(tmp2, self._tmp)
+        return f.hexdigest()
 
     def abort(self) -> None:
         """Drop the temporary tar of a shard given up before :meth:`commit` (a no-op after it)."""
@@ -248,7 +279,7 @@ class ShardWriter:
     def commit(self, stats: dict, timing: dict | None = None) -> dict:
         """Move the tar into place, then write the index, ``timing`` (``<shard>.timing.json``:
         what differs between runs) and, last, the stats; returns the stats."""
-        self._finish_tar()
+        tar_sha256 = self._finish_tar()
         os.replace(self._tmp, self.path)
         self._committed = True
         rows = [{"key": k, "status": "ok", "stage": self.stage, "error": None, "reason": None, "bytes": n}
@@ -269,7 +300,7 @@ class ShardWriter:
         # lavin_data.verify see any changed byte. All are the same on every run of the same shard.
         stats = dict(stats, shard=self.path.name, n_ok=len(self._bytes), n_error=len(self.failures),
                      n_skipped=len(self.skipped), reasons=reasons, bytes=os.path.getsize(self.path),
-                     tar_sha256=file_sha256(self.path), index_bytes=len(index_data),
+                     tar_sha256=tar_sha256, index_bytes=len(index_data),
                      index_sha256=hashlib.sha256(index_data).hexdigest())
         if timing is not None:
             atomic_write(timing_path(self.path), (json.dumps(timing, indent=1, sort_keys=True) + "\n").encode())

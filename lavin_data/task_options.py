@@ -49,6 +49,10 @@ class _Opts(BaseModel):
                                        "it is a rendering) has fewer non-black pixels than this fraction is skipped")
 
 
+# The options every task has (gates the render stage applies), as opposed to a renderer's parameters.
+COMMON_OPTIONS = frozenset(_Opts.model_fields)
+
+
 class NoOptions(_Opts):
     pass
 

@@ -193,12 +193,12 @@ def coverage(img: np.ndarray) -> float:
     return float((img.max(-1) > 0).mean())
 
 
-def coverage_problem(p: Pair, min_coverage: float) -> str | None:
-    """Why a pair fails the ``target_coverage`` gate (its target, and its input when that is a
-    rendering, must have at least ``min_coverage`` non-black pixels), or None."""
-    sides = [("target", p.target)] + ([("input", p.input)] if not p.input_natural else [])
-    for side, img in sides:
-        c = coverage(img)
+def coverage_problem(p: Pair, target_coverage: float, min_coverage: float) -> str | None:
+    """Why a pair fails the ``target_coverage`` gate (its target, of :func:`coverage`
+    ``target_coverage``, and its input when that is a rendering, must have at least
+    ``min_coverage`` non-black pixels), or None."""
+    sides = [("target", target_coverage)] + ([("input", coverage(p.input))] if not p.input_natural else [])
+    for side, c in sides:
         if c == 0 or c < min_coverage:
             return (f"the {side} rendering is {'all black' if c == 0 else 'nearly black'}: {c:.3%} of its pixels "
                     f"are not black, below min_target_coverage {min_coverage:.3%}")
@@ -213,8 +213,8 @@ class TargetStats:
     def __init__(self):
         self.hist, self.near_black, self.n = [0] * 10, 0, 0
 
-    def add(self, target: np.ndarray) -> None:
-        self.hist[min(int(coverage(target) * 10), 9)] += 1
+    def add(self, target: np.ndarray, target_coverage: float) -> None:
+        self.hist[min(int(target_coverage * 10), 9)] += 1
         self.near_black += int(target.mean() < 8)
         self.n += 1
 
@@ -252,12 +252,13 @@ def _render_into(spec, source, shard, name, todo, renderers, opts, task_labeler,
                 # Variants in key order, so the writer's stream is usually sorted already.
                 for k, p in sorted(((sample_key(source, view.item_id, p.variant), p) for p in pairs),
                                    key=lambda kp: kp[0]):
-                    problem = coverage_problem(p, opts[task]["min_target_coverage"])
+                    cov = coverage(p.target)
+                    problem = coverage_problem(p, cov, opts[task]["min_target_coverage"])
                     if problem:
                         writers[task].skip(k, "render", problem, "target_coverage")
                         continue
                     writers[task].add(k, enc.encode(task, k, p, lab_meta))
-                    targets[task].add(p.target)
+                    targets[task].add(p.target, cov)
             except NothingToRender as e:
                 writers[task].skip(key, "render", f"{task}: {e}", e.code)
             except Exception as e:  # noqa: BLE001

@@ -33,6 +33,7 @@ from lavin_data.render import (
     render_tracks,
 )
 from lavin_data.render.flow import render_flow
+from lavin_data.task_options import COMMON_OPTIONS
 
 
 class NothingToRender(Exception):
@@ -288,7 +289,7 @@ def inpainting(view: View, rng, o: dict) -> list[Pair]:
 
 def _degradation(fn: Callable) -> Callable:
     def render(view: View, rng, o: dict) -> list[Pair]:
-        out, params = fn(view.image, rng, **{k: tuple(v) for k, v in o.items() if k != "min_target_coverage"})
+        out, params = fn(view.image, rng, **{k: tuple(v) for k, v in o.items() if k not in COMMON_OPTIONS})
         return [Pair(out, view.image, meta={"degradation": params})]
     render.__name__ = fn.__name__
     return render
