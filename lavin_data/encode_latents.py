@@ -4,7 +4,8 @@
 Pixel pair shards -> latent shards, one to one: ``<out>/<task>/<shard>.tar`` with the
 same shard names and sample keys. Each sample holds the ST-VAE posterior moments of its
 input and target (fp16, (32, T', R/8, R/8): mean then log-variance) and a json with the
-VAE id, weight hash, shift/scale, resolution and frame count, plus the pair's own json.
+VAE id, weight hash, shift/scale, resolution and frame count, the pair's ``split`` (train |
+val, also in the index) and source ``item``, plus the pair's own json.
 Done shards (stats present) are skipped; a pair that cannot be decoded is recorded in the
 index and the rest of its shard is encoded. Encoders are a Ray Data actor pool (one model
 per actor, on a GPU when ``--num-gpus`` > 0); the next batch is decoded in a background
@@ -61,6 +62,16 @@ def _decode_pair(key: str, m: dict[str, bytes], res: int) -> tuple[np.ndarray, n
     return a, b, meta
 
 
+def pair_split(key: str, meta: dict) -> tuple[str, str]:
+    """(split, source item) of a pair from its json: ``split`` as the build assigned it
+    (pairs built before splits existed count as ``train``), and the key of its source item
+    (``base_key``), which the loader uses to keep a query's own item out of its context."""
+    split = meta.get("split") or "train"
+    if split not in ("train", "val"):
+        raise ValueError(f"pair {key}: json split is {split!r}, expected 'train' or 'val'")
+    return split, str(meta.get("base_key") or key)
+
+
 class Encoder:
     """Holds one ST-VAE (loaded once) and encodes whole pair shards."""
 
@@ -101,12 +112,13 @@ class Encoder:
                 mom = self.moments([a for _k, (a, _b, _m) in ok] + [b for _k, (_a, b, _m) in ok])
                 n = len(ok)
                 for i, (key, (_a, _b, meta)) in enumerate(ok):
+                    split, item = pair_split(key, meta)
                     info = dict(self.info, shift=SHIFT, scale=SCALE, resolution=res, frames=1,
                                 latent_frames=int(mom.shape[2]), moments="fp16 (2*16, T', R/8, R/8): mean, logvar",
-                                pair=meta)
+                                split=split, item=item, pair=meta)
                     w.add(key, {"input_moments.npy": encode_npy(mom[i]),
                                 "target_moments.npy": encode_npy(mom[n + i]),
-                                "json": json.dumps(info, sort_keys=True).encode()})
+                                "json": json.dumps(info, sort_keys=True).encode()}, split=split)
             return dict(w.commit({"stage": "encode_latents", "source_shard": str(src), "resolution": res},
                                  {"seconds": round(time.perf_counter() - t0, 3)}), skipped=False)
 

@@ -34,6 +34,7 @@ INDEX_SCHEMA = pa.schema([
     ("error", pa.string()),  # what happened, for a person: which gate and the value, the exception
     ("reason", pa.string()),  # the same as a short code for counting: "min_valid_fraction", "ValueError"
     ("bytes", pa.int64()),
+    ("split", pa.string()),  # "train" | "val" (lavin_data/split.py); null where the stage does not know it
 ])
 
 
@@ -193,6 +194,7 @@ class ShardWriter:
         self.skipped: dict[str, tuple[str, str, str]] = {}
         self._bytes: dict[str, int] = {}  # key -> bytes of its members, in arrival order
         self._spans: dict[str, list[tuple[str, int, int]]] = {}  # key -> [(name, data offset, size)]
+        self.splits: dict[str, str] = {}  # key -> "train" | "val", where the caller gave it
         self._last: str | None = None
         self._sorted = True
         # Unique per writer (host, process, random), so two writers never share a temporary file.
@@ -220,7 +222,8 @@ class ShardWriter:
         """Keys written so far, in arrival order."""
         return list(self._bytes)
 
-    def add(self, key: str, members: dict[str, bytes]) -> None:
+    def add(self, key: str, members: dict[str, bytes], split: str | None = None) -> None:
+        """Stream one sample's members (``{ext: bytes}``); ``split`` goes into the index."""
         check_key(key)
         if key in self._bytes:
             raise ValueError(f"{self.path}: duplicate sample key {key!r}")
@@ -236,19 +239,25 @@ class ShardWriter:
             spans.append((info.name, tar.offset - padded, len(data)))  # where its data starts
         self._spans[key] = spans
         self._bytes[key] = sum(len(b) for b in members.values())
+        if split is not None:
+            self.splits[key] = split
         if self._last is not None and key < self._last:
             self._sorted = False
         self._last = key
 
-    def fail(self, key: str, stage: str, error: str, code: str | None = None) -> None:
+    def fail(self, key: str, stage: str, error: str, code: str | None = None, split: str | None = None) -> None:
         """Record a sample that could not be produced; ``code`` (default: the exception type
         that starts ``error``) is what the stats count it under."""
         self.failures[key] = (stage, reproducible_error(error), code or error_code(error))
+        if split is not None:
+            self.splits[key] = split
 
-    def skip(self, key: str, stage: str, reason: str, code: str | None = None) -> None:
+    def skip(self, key: str, stage: str, reason: str, code: str | None = None, split: str | None = None) -> None:
         """Record a sample with nothing to produce or one a quality gate refused: ``reason`` says
         what happened (the gate and the value), ``code`` names it for counting."""
         self.skipped[key] = (stage, reproducible_error(reason), code or "nothing_to_render")
+        if split is not None:
+            self.splits[key] = split
 
     def _finish_tar(self) -> str:
         """Close the streamed tar; rewrite it in sorted key order if samples came unsorted.
@@ -282,11 +291,12 @@ class ShardWriter:
         tar_sha256 = self._finish_tar()
         os.replace(self._tmp, self.path)
         self._committed = True
-        rows = [{"key": k, "status": "ok", "stage": self.stage, "error": None, "reason": None, "bytes": n}
-                for k, n in self._bytes.items()]
-        rows += [{"key": k, "status": "error", "stage": s, "error": e, "reason": c, "bytes": 0}
+        sp = self.splits.get
+        rows = [{"key": k, "status": "ok", "stage": self.stage, "error": None, "reason": None, "bytes": n,
+                 "split": sp(k)} for k, n in self._bytes.items()]
+        rows += [{"key": k, "status": "error", "stage": s, "error": e, "reason": c, "bytes": 0, "split": sp(k)}
                  for k, (s, e, c) in self.failures.items()]
-        rows += [{"key": k, "status": "skipped", "stage": s, "error": e, "reason": c, "bytes": 0}
+        rows += [{"key": k, "status": "skipped", "stage": s, "error": e, "reason": c, "bytes": 0, "split": sp(k)}
                  for k, (s, e, c) in self.skipped.items()]
         rows.sort(key=lambda r: r["key"])
         table = pa.Table.from_pylist(rows, schema=INDEX_SCHEMA)
@@ -299,7 +309,9 @@ class ShardWriter:
         # Sizes let shard_done see a tar or index deleted or cut short after the commit; hashes let
         # lavin_data.verify see any changed byte. All are the same on every run of the same shard.
         stats = dict(stats, shard=self.path.name, n_ok=len(self._bytes), n_error=len(self.failures),
-                     n_skipped=len(self.skipped), reasons=reasons, bytes=os.path.getsize(self.path),
+                     n_skipped=len(self.skipped), reasons=reasons,
+                     splits=dict(sorted(Counter(self.splits[k] for k in self._bytes if k in self.splits).items())),
+                     bytes=os.path.getsize(self.path),
                      tar_sha256=tar_sha256, index_bytes=len(index_data),
                      index_sha256=hashlib.sha256(index_data).hexdigest())
         if timing is not None:

@@ -46,6 +46,12 @@ class _SourceBase(_Strict):
         MAX_IMAGE_PIXELS, ge=1,
         description="images (and video frames) larger than this many pixels are recorded as failures before "
                     "they are decoded: one decoded 12000x12000 image takes 2 GB")
+    val_fraction: float = Field(
+        0.01, ge=0, le=1, description="share of items held out as the val split, by a hash of the item's key "
+                                      "(lavin_data/split.py)")
+    holdout: Literal["auto", "hash", "val"] = Field(
+        "auto", description="auto: the source's own val/test split is val, the rest by val_fraction; hash: by "
+                            "val_fraction only; val: every item is val")
 
 
 def _clip_frames(v: int) -> int:

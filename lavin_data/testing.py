@@ -72,11 +72,16 @@ def tiny_marigold_normals(path: str | Path) -> Path:
 
 
 def synthetic_latent_shards(root: str | Path, tasks: int = 3, shards: int = 4, per_shard: int = 8,
-                            latent: int = 8, frames: int = 1, seed: int = 0, logvar: float = -6.0) -> Path:
+                            latent: int = 8, frames: int = 1, seed: int = 0, logvar: float = -6.0,
+                            variants: int = 1, val_every: int = 0) -> Path:
     """Latent shards laid out like ``lavin_data.encode_latents`` output, without a VAE:
     ``<root>/task<i>/s-00000<j>.tar`` with fp16 moments (32, frames, latent, latent). Each
     task's target mean is a fixed channel mix of its input mean (log-variance ``logvar``), so a
-    model can learn the tasks from context. For loader tests and training benchmarks."""
+    model can learn the tasks from context. For loader tests and training benchmarks.
+
+    ``variants``: consecutive samples per source item (json ``item``, like the variants of
+    one image); ``val_every``: every k-th item is in the ``val`` split (0: none), recorded in
+    the json and the index as encode_latents records it."""
     import numpy as np
 
     from lavin_data.codecs import encode_npy
@@ -92,10 +97,14 @@ def synthetic_latent_shards(root: str | Path, tasks: int = 3, shards: int = 4, p
                 mean = rng.normal(size=(16, frames, latent, latent)).astype(np.float32)
                 tgt = np.einsum("oc,cthw->othw", mix, mean)
                 lv = np.full_like(mean, logvar)
+                n_item = (j * per_shard + k) // variants
+                item = f"item{n_item:05d}"
+                split = "val" if val_every and n_item % val_every == val_every - 1 else "train"
                 w.add(f"t{i}_{j:03d}_{k:04d}", {
                     "input_moments.npy": encode_npy(np.concatenate([mean, lv]).astype(np.float16)),
                     "target_moments.npy": encode_npy(np.concatenate([tgt, lv]).astype(np.float16)),
-                    "json": json.dumps({"task": f"task{i}", "synthetic": True}).encode()})
+                    "json": json.dumps({"task": f"task{i}", "synthetic": True, "split": split,
+                                        "item": item}).encode()}, split=split)
             w.commit({"stage": "encode_latents", "synthetic": True})
     return root
 

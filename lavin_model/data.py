@@ -8,8 +8,10 @@ log-variance) and a json.
 A batch of B examples:
 - one N (context pairs) per batch, uniform in ``context`` = (min, max), 1–8 by default, so
   that a batch stacks into one tensor;
-- per example a task drawn by weight, then N + 1 pairs of that task from its stream: N
-  context pairs and the query pair;
+- per example a task drawn by weight, then the query pair and N context pairs of that task
+  from its stream, none from the query's own source item (another variant or crop of the
+  same image would let the model copy the answer);
+- only ``train`` samples (the held-out ``val`` ones are for the validation loss);
 - z sampled from the stored moments on every read (a fresh posterior sample each time);
 - with probability ``drop_rate`` the whole batch's context becomes one all-zero latent
   frame, the negative of classifier-free guidance.
@@ -28,6 +30,7 @@ exactly the batches an uninterrupted run would have seen.
 
 from __future__ import annotations
 
+import json
 import random
 import warnings
 from pathlib import Path
@@ -50,8 +53,11 @@ def _seed(*parts: int) -> int:
                .view(np.uint64)[0] >> np.uint64(1))
 
 
-def find_task_shards(root: str | Path, tasks: list[str] | None = None) -> dict[str, list[str]]:
-    """{task: sorted committed latent shard paths with at least one sample}."""
+def find_task_shards(root: str | Path, tasks: list[str] | None = None, split: str | None = "train"
+                     ) -> dict[str, list[str]]:
+    """{task: sorted committed latent shard paths with at least one sample of ``split``}
+    ("train" | "val", as the index records it; None: any). Samples without a recorded split
+    (latents of builds before splits existed) count as ``train``."""
     root = Path(root)
     if not root.is_dir():
         raise FileNotFoundError(f"{root}: no such latent folder (the --out of lavin_data.encode_latents)")
@@ -65,18 +71,44 @@ def find_task_shards(root: str | Path, tasks: list[str] | None = None) -> dict[s
                 raise ValueError(f"{t}: changed or cut short after its commit (its size or its index's differs from "
                                  f"{stats_path(t).name}); re-run python -m lavin_data.encode_latents to rebuild it "
                                  "(python -m lavin_data.verify says what differs)")
-            if read_stats(t).get("n_ok", 0) > 0:
+            if read_stats(t).get("n_ok", 0) > 0 and (split is None or split_count(t, split) > 0):
                 urls.append(str(t))
         if urls:
             found[d.name] = urls
+    which = "" if split is None else f" with {split} samples"
     if tasks is not None:
         missing = sorted(set(tasks) - set(found))
         if missing:
-            raise ValueError(f"{root}: no committed latent shards for task(s) {missing}; found {sorted(found)}")
+            raise ValueError(f"{root}: no committed latent shards{which} for task(s) {missing}; found {sorted(found)}")
         found = {t: found[t] for t in tasks}
     if not found:
-        raise ValueError(f"{root}: no committed latent shards (<task>/<shard>.tar with .stats.json)")
+        raise ValueError(f"{root}: no committed latent shards{which} (<task>/<shard>.tar with .stats.json)")
     return found
+
+
+def split_count(tar: str | Path, split: str) -> int:
+    """Samples of ``split`` in a committed shard, from its stats (``splits``) or, for shards
+    committed before splits were recorded, all its samples when ``split`` is train."""
+    st = read_stats(tar)
+    if "splits" in st and st["splits"]:
+        return int(st["splits"].get(split, 0))
+    return int(st.get("n_ok", 0)) if split == "train" else 0
+
+
+def sample_info(sample: dict) -> tuple[str, str]:
+    """(split, source item) of a latent sample, from its json (written by encode_latents;
+    older latents without them: train, and the pair's base key or the sample key)."""
+    try:
+        info = json.loads(sample["json"]) if "json" in sample else {}
+    except ValueError as e:  # JSONDecodeError and UnicodeDecodeError
+        raise ValueError(f"{sample.get('__url__')}: sample {sample.get('__key__')}: json is not valid JSON "
+                         f"({e})") from None
+    if not isinstance(info, dict):
+        info = {}
+    pair = info.get("pair") if isinstance(info.get("pair"), dict) else {}
+    split = info.get("split") or pair.get("split") or "train"
+    item = info.get("item") or pair.get("base_key") or sample.get("__key__")
+    return str(split), str(item)
 
 
 def reader_slice(urls: list[str], rank: int, world_size: int, stream: int, num_streams: int) -> list[str]:
@@ -89,19 +121,23 @@ def reader_slice(urls: list[str], rank: int, world_size: int, stream: int, num_s
 
 class TaskStream:
     """Endless samples of one task for one reader: rounds of ``shards_per_round`` shards drawn
-    with replacement from ``urls``, read by webdataset through a shuffle buffer. ``state``
-    = [round, position]; a stream rebuilt from it re-reads one round and continues exactly."""
+    with replacement from ``urls``, read by webdataset through a shuffle buffer, keeping the
+    samples of ``split`` only (each with ``__split__`` and ``__item__``, its source item).
+    ``state`` = [round, position]; a stream rebuilt from it re-reads one round and continues
+    exactly."""
 
     def __init__(self, urls: list[str], key: tuple[int, ...], shards_per_round: int, buffer: int,
-                 state: list[int] | None = None):
+                 state: list[int] | None = None, split: str | None = "train"):
         self.urls, self.key, self.shards_per_round, self.buffer = urls, key, shards_per_round, buffer
+        self.split = split
         self.round, self.pos = state or (0, 0)
         self._it = None
 
     def _open_round(self):
         rng = random.Random(_seed(*self.key, self.round))
         urls = rng.choices(self.urls, k=self.shards_per_round)
-        pipe = wds.DataPipeline(wds.SimpleShardList(urls), wds.tarfile_to_samples(),
+        pipe = wds.DataPipeline(wds.SimpleShardList(urls), wds.tarfile_to_samples(), wds.map(_with_info),
+                                wds.select(lambda s: self.split is None or s["__split__"] == self.split),
                                 wds.shuffle(self.buffer, initial=self.buffer, rng=rng))
         it = iter(pipe)
         for _ in range(self.pos):  # resume: replay the round's order up to where it stopped
@@ -122,6 +158,11 @@ class TaskStream:
 
     def state(self) -> list[int]:
         return [self.round, self.pos]
+
+
+def _with_info(sample: dict) -> dict:
+    sample["__split__"], sample["__item__"] = sample_info(sample)
+    return sample
 
 
 def dotted_key_problem(members: list[str], expected: tuple[str, ...]) -> str | None:
@@ -168,14 +209,16 @@ class InContextBatches(torch.utils.data.IterableDataset):
 
     def __init__(self, root: str | Path, batch_size: int, context: tuple[int, int] = (1, 8),
                  task_weights: dict[str, float] | None = None, drop_rate: float = 0.1, seed: int = 0,
-                 rank: int = 0, world_size: int = 1, shards_per_round: int = 4, shuffle_buffer: int = 256):
+                 rank: int = 0, world_size: int = 1, shards_per_round: int = 4, shuffle_buffer: int = 256,
+                 split: str | None = "train"):
         super().__init__()
         if not 1 <= context[0] <= context[1]:
             raise ValueError(f"context range must satisfy 1 <= min <= max, got {context}")
         if not 0 <= drop_rate < 1:
             raise ValueError(f"drop_rate must be in [0, 1), got {drop_rate}")
         weights = {t: float(w) for t, w in (task_weights or {}).items() if w > 0}
-        self.shards = find_task_shards(root, sorted(weights) if weights else None)
+        self.shards = find_task_shards(root, sorted(weights) if weights else None, split)
+        self.split = split
         self.tasks = sorted(self.shards)
         w = np.array([weights.get(t, 1.0) for t in self.tasks])
         self.weights = w / w.sum()
@@ -211,7 +254,7 @@ class InContextBatches(torch.utils.data.IterableDataset):
         streams = {
             t: TaskStream(reader_slice(self.shards[t], self.rank, self.world_size, stream, num_streams),
                           (self.seed, salt, self.rank, stream, i), self.shards_per_round, self.shuffle_buffer,
-                          stream_states.get(t))
+                          stream_states.get(t), self.split)
             for i, t in enumerate(self.tasks)}
         while True:
             batch = self.make_batch(streams, (self.seed, salt, self.rank, stream, j))
@@ -227,7 +270,8 @@ class InContextBatches(torch.utils.data.IterableDataset):
         drop = bool(rng.random() < self.drop_rate)
         moments, keys = [], []
         for task in tasks:
-            pairs = [next(streams[task]) for _ in range(n + 1)]
+            query = next(streams[task])
+            pairs = [*context_pairs(streams[task], query["__item__"], n, task), query]
             keys.append([p["__key__"] for p in pairs])
             moments.append([_moments(p, m) for p in pairs for m in MEMBERS])  # in_1, tgt_1, ..., query in, tgt
         shapes = {m.shape for ex in moments for m in ex}
@@ -244,6 +288,23 @@ class InContextBatches(torch.utils.data.IterableDataset):
             cond = null_context(cond)
         return {"cond": cond.contiguous(), "target": target.contiguous(), "tasks": tasks, "keys": keys,
                 "n_context": n, "dropped": drop}
+
+
+def context_pairs(stream: TaskStream, item: str, n: int, task: str, max_draws: int = 1000) -> list[dict]:
+    """The next ``n`` samples of ``stream`` that do not come from the source item ``item``
+    (the query's): another variant, crop or object of the query's own image would let the
+    model copy the answer from its context. Samples of that item are passed over."""
+    out, drawn = [], 0
+    while len(out) < n:
+        if drawn == max_draws:
+            raise ValueError(f"task {task}: {max_draws} samples in a row come from the query's own source item "
+                             f"{item!r}: in-context training needs pairs of at least two source items per task")
+        s = next(stream)
+        drawn += 1
+        if s["__item__"] != item:
+            out.append(s)
+            drawn = 0
+    return out
 
 
 def _ignore_stop_signals(_worker_id: int) -> None:

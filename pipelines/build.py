@@ -33,7 +33,8 @@ from lavin_data.registry import TASKS, label_input
 from lavin_data.shards import atomic_write, read_stats, remove_temporaries, shard_done
 from lavin_data.sources import SourceError, reader_for
 from lavin_data.spec import Spec, SpecError, load_spec
-from pipelines.layout import base_tar, label_tar, pair_tar, plan_path
+from lavin_data.split import assign_split
+from pipelines.layout import base_tar, label_tar, pair_tar, plan_path, sample_key
 
 log = logging.getLogger("lavin.build")
 
@@ -142,9 +143,12 @@ def plan_source(spec: Spec, source: str) -> tuple[list[dict], bool]:
     """A source's planned rows and whether they are already written: a resumed build reuses
     the written plan unchanged; otherwise the reader lists the items (nothing is written)."""
     path = plan_path(spec.output, source)
-    if path.exists():
-        return pq.read_table(path).to_pylist(), True
     src = spec.source(source)
+    if path.exists():
+        rows = pq.read_table(path).to_pylist()
+        if rows and "split" not in rows[0]:  # a plan written before splits: the same rule, applied now
+            rows = [dict(r, split=assign_split(r["key"], src.val_fraction, src.holdout)) for r in rows]
+        return rows, True
     reader = reader_for(src.kind)
     items = reader.plan(src)
     if not items:  # a wrong layout or an empty folder: say so here, not as an empty-table error later
@@ -153,7 +157,13 @@ def plan_source(spec: Spec, source: str) -> tuple[list[dict], bool]:
         raise no_items_error(src, reader)
     if src.limit is not None:
         items = items[: src.limit]
-    return [dict(it, key=f"{source}_{it['item_id']}", shard=i // spec.shard_size) for i, it in enumerate(items)], False
+    own = getattr(reader, "own_split", lambda _src, _item: None)
+    rows = []
+    for i, it in enumerate(items):
+        key = sample_key(source, it["item_id"])
+        split = assign_split(key, src.val_fraction, src.holdout, own(src, it))
+        rows.append(dict(it, key=key, shard=i // spec.shard_size, split=split))
+    return rows, False
 
 
 def plan_sources(spec: Spec, write: bool = True) -> dict[str, tuple[list[dict], bool]]:
@@ -190,7 +200,8 @@ def shard_jobs(spec: Spec, plans: dict[str, tuple[list[dict], bool]] | None = No
         meta = None
         by_shard: dict[int, list[dict]] = {}
         for row in plan:
-            by_shard.setdefault(row["shard"], []).append({k: v for k, v in row.items() if k not in ("key", "shard")})
+            by_shard.setdefault(row["shard"], []).append(
+                {k: v for k, v in row.items() if k not in ("key", "shard", "split")})
         for shard, items in sorted(by_shard.items()):
             total += 1
             done = shard_done(base_tar(spec.output, src.name, shard)) and all(
@@ -376,6 +387,7 @@ def write_manifest(spec: Spec) -> dict:
     skipped: dict[str, dict[str, int]] = {}
     reasons: dict[str, dict[str, dict[str, dict[str, int]]]] = {}
     targets: dict[str, dict[str, dict]] = {}
+    splits: dict[str, dict[str, int]] = {}  # task -> {"train": ok pairs, "val": ok pairs}
     shards: dict[str, list[str]] = {"base": [], "labels": [], "pairs": []}
     labels: dict[str, dict[str, int]] = {}
     for src in spec.sources:
@@ -407,6 +419,9 @@ def write_manifest(spec: Spec) -> dict:
                 tg["coverage_hist"] = [a + b for a, b in zip(tg["coverage_hist"], got.get("coverage_hist", [0] * 10))]
                 tg["near_black"] += got.get("near_black", 0)
                 tg["n"] += got.get("n", 0)
+                for name, n in st.get("splits", {}).items():
+                    splits.setdefault(t, {"train": 0, "val": 0})
+                    splits[t][name] = splits[t].get(name, 0) + n
     import cv2
 
     manifest = {
@@ -416,7 +431,7 @@ def write_manifest(spec: Spec) -> dict:
         "counts": counts, "failures": failures, "skipped": skipped, "labels": labels,
         "reasons": {t: {s: {k: dict(sorted(v.items())) for k, v in r.items()} for s, r in by.items()}
                     for t, by in reasons.items()},
-        "targets": targets,
+        "targets": targets, "splits": splits,
         "shards": shards,
     }
     atomic_write(out / "manifest.json", (json.dumps(manifest, indent=1, sort_keys=True) + "\n").encode())
@@ -425,6 +440,8 @@ def write_manifest(spec: Spec) -> dict:
         for s in sorted(counts[t]):
             why = "; ".join(f"{k}: {_top_reasons(v, 4)}" for k, v in reasons[t][s].items() if v)
             lines.append(f"| {t} | {s} | {counts[t][s]} | {failures[t][s]} | {skipped[t][s]} | {why} |")
+    lines += ["", "| task | train pairs | val pairs |", "|---|---:|---:|"]
+    lines += [f"| {t} | {splits[t].get('train', 0)} | {splits[t].get('val', 0)} |" for t in sorted(splits)]
     (out / "report").mkdir(exist_ok=True)
     atomic_write(out / "report" / "counts.md", ("\n".join(lines) + "\n").encode())
     return manifest

@@ -36,7 +36,8 @@ from lavin_data.shards import (
 from lavin_data.sidecar import decode_sidecar, encode_depth, encode_flow, encode_normals
 from lavin_data.sources import SkipItem, reader_for
 from lavin_data.spec import Spec
-from pipelines.layout import base_tar, label_tar, pair_tar, sample_key, shard_name
+from lavin_data.split import assign_split
+from pipelines.layout import base_tar, label_tar, pair_tar, plan_path, sample_key, shard_name
 
 
 def limit_threads() -> None:
@@ -127,7 +128,8 @@ class PairEncoder:
             return {f"{role}.{ext}": self._encode(arr, jpeg)}
         return {f"{role}_{t:03d}.{ext}": self._encode(frame, jpeg) for t, frame in enumerate(arr)}
 
-    def encode(self, task: str, key: str, p: Pair, labeler: dict | None = None) -> dict[str, bytes]:
+    def encode(self, task: str, key: str, p: Pair, labeler: dict | None = None,
+               split: str | None = None) -> dict[str, bytes]:
         v = self.view
         clip = p.input.ndim == 4
         inputs = self._members("input", p.input, p.input_natural)
@@ -144,7 +146,7 @@ class PairEncoder:
             "raw": sorted(f"{n}.npy" for n in p.raw),
             "input_format": self._format(p.input_natural),
             "target_format": self._format(p.target_natural and clip),
-            "licence": v.licence, "labeler": labeler, "params": p.meta,
+            "licence": v.licence, "labeler": labeler, "params": p.meta, "split": split,
         }
         if clip:
             meta.update(target_frames=int(p.target.shape[0]), frame_indices=v.frame_indices)
@@ -185,7 +187,30 @@ def render_shard(spec: Spec, source: str, shard: int, tasks: list[str]) -> list[
                     for lab in sorted({task_labeler[t] for t in todo} - {None})}
         writers = {t: stack.enter_context(ShardWriter(pair_tar(spec.output, t, source, shard), stage="render"))
                    for t in todo}
-        return done + _render_into(spec, source, shard, name, todo, renderers, opts, task_labeler, sidecars, writers)
+        splits = planned_splits(spec, source, shard)
+        return done + _render_into(spec, source, shard, name, todo, renderers, opts, task_labeler, sidecars, writers,
+                                   splits)
+
+
+def planned_splits(spec: Spec, source: str, shard: int) -> dict[str, str]:
+    """{base key: "train" | "val"} of one shard's items, as the build planned them
+    (lavin_data/split.py); empty when no plan is written (base shards written by hand, in
+    tests), where :func:`item_split` falls back to the source's hash rule."""
+    path = plan_path(spec.output, source)
+    if not path.exists():
+        return {}
+    table = pq.read_table(path, filters=[("shard", "=", shard)])
+    if "split" not in table.column_names:
+        return {}
+    return dict(zip(table.column("key").to_pylist(), table.column("split").to_pylist()))
+
+
+def item_split(spec: Spec, source: str, key: str, splits: dict[str, str]) -> str:
+    """The planned split of a base key, or (not planned) the source's hash rule."""
+    if key in splits:
+        return splits[key]
+    src = spec.source(source)
+    return assign_split(key, src.val_fraction, src.holdout)
 
 
 def coverage(img: np.ndarray) -> float:
@@ -222,16 +247,18 @@ class TargetStats:
         return {"coverage_hist": self.hist, "near_black": self.near_black, "n": self.n}
 
 
-def _render_into(spec, source, shard, name, todo, renderers, opts, task_labeler, sidecars, writers) -> list[dict]:
+def _render_into(spec, source, shard, name, todo, renderers, opts, task_labeler, sidecars, writers,
+                 splits: dict[str, str]) -> list[dict]:
     seconds = dict.fromkeys(todo, 0.0)
     targets = {t: TargetStats() for t in todo}
     base = base_tar(spec.output, source, shard)
     for key, members in iter_tar_samples(base):
+        split = item_split(spec, source, key, splits)
         try:
             view = view_from_base(key, members, spec.resolution, spec.resize)
         except Exception as e:  # noqa: BLE001
             for w in writers.values():
-                w.fail(key, "decode", _short_error(e))
+                w.fail(key, "decode", _short_error(e), split=split)
             continue
         enc = PairEncoder(spec, view)
         labelled: dict[str, tuple[View, dict]] = {}
@@ -248,37 +275,38 @@ def _render_into(spec, source, shard, name, todo, renderers, opts, task_labeler,
                     tview, lab_meta = labelled[lab]
                 pairs = renderers[task](tview, sample_rng(spec.seed, "render", task, name, key), opts[task])
                 if not pairs:
-                    writers[task].skip(key, "render", f"the {task} renderer gave no pair for this view")
+                    writers[task].skip(key, "render", f"the {task} renderer gave no pair for this view", split=split)
                 # Variants in key order, so the writer's stream is usually sorted already.
                 for k, p in sorted(((sample_key(source, view.item_id, p.variant), p) for p in pairs),
                                    key=lambda kp: kp[0]):
                     cov = coverage(p.target)
                     problem = coverage_problem(p, cov, opts[task]["min_target_coverage"])
                     if problem:
-                        writers[task].skip(k, "render", problem, "target_coverage")
+                        writers[task].skip(k, "render", problem, "target_coverage", split=split)
                         continue
-                    writers[task].add(k, enc.encode(task, k, p, lab_meta))
+                    writers[task].add(k, enc.encode(task, k, p, lab_meta, split), split=split)
                     targets[task].add(p.target, cov)
             except NothingToRender as e:
-                writers[task].skip(key, "render", f"{task}: {e}", e.code)
+                writers[task].skip(key, "render", f"{task}: {e}", e.code, split=split)
             except Exception as e:  # noqa: BLE001
-                writers[task].fail(key, "render", _short_error(e))
+                writers[task].fail(key, "render", _short_error(e), split=split)
             seconds[task] += time.perf_counter() - t0
     # Samples the ingest stage failed or skipped are carried into every task's index.
     out = []
     for task, w in writers.items():
-        _carry_not_ok(base, w)
+        _carry_not_ok(base, w, splits)
         out.append(dict(w.commit({"stage": "render", "task": task, "source": source, "spec_hash": spec.spec_hash(),
                                   "targets": targets[task].as_dict()},
                                  {"seconds": round(seconds[task], 3)}), skipped=False))
     return out
 
 
-def _carry_not_ok(tar, w: ShardWriter) -> None:
+def _carry_not_ok(tar, w: ShardWriter, splits: dict[str, str] | None = None) -> None:
     """Record in ``w`` the samples that the shard ``tar`` (an earlier stage) failed or skipped,
-    so that every stage's index accounts for every planned item."""
+    so that every stage's index accounts for every planned item (with its split, if given)."""
     for r in pq.read_table(index_path(tar), filters=[("status", "!=", "ok")]).to_pylist():
-        (w.fail if r["status"] == "error" else w.skip)(r["key"], r["stage"], r["error"], r.get("reason"))
+        (w.fail if r["status"] == "error" else w.skip)(r["key"], r["stage"], r["error"], r.get("reason"),
+                                                       split=(splits or {}).get(r["key"]))
 
 
 def run_shard_job(spec_json: str, row: dict) -> dict:

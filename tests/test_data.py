@@ -90,7 +90,7 @@ def test_task_weights_and_context_drop_rate(latents):
     assert set(counts) == {"task0", "task2"}
     assert 2.5 < counts["task2"] / counts["task0"] < 3.5
     assert 30 < drops < 70  # 200 x 0.25 = 50
-    with pytest.raises(ValueError, match=r"no committed latent shards for task\(s\) \['nope'\]"):
+    with pytest.raises(ValueError, match=r"no committed latent shards with train samples for task\(s\) \[.nope.\]"):
         InContextBatches(latents, batch_size=2, task_weights={"nope": 1})
 
 
@@ -143,3 +143,55 @@ def test_bad_folders_and_samples_are_named(tmp_path):
     ds = InContextBatches(root, batch_size=1, context=(1, 1))
     with pytest.raises(ValueError, match=rf"{tar}: sample t0_000_000[01] has no target_moments.npy"):
         next(iter(InContextLoader(ds, num_workers=0)))
+
+
+def _items_and_splits(root: Path) -> dict[str, tuple[str, str]]:
+    """{key: (item, split)} read straight from the shards' json (independently of the loader)."""
+    import json
+
+    out = {}
+    for tar in sorted(root.glob("*/*.tar")):
+        for key, m in iter_tar_samples(tar):
+            info = json.loads(m["json"])
+            out[key] = (info["item"], info["split"])
+    return out
+
+
+def test_context_never_comes_from_the_query_source_item(tmp_path):
+    # Three variants per source item, stored next to each other, and a shuffle buffer of 4: without
+    # the check, a query's own variants would land in its context in most batches.
+    root = synthetic_latent_shards(tmp_path, tasks=2, shards=2, per_shard=12, latent=2, variants=3)
+    truth = _items_and_splits(root)
+    ds = InContextBatches(root, batch_size=8, context=(3, 6), drop_rate=0.0, seed=2, shuffle_buffer=4,
+                          shards_per_round=1)
+    draws = 0
+    for _, b in zip(range(120), InContextLoader(ds, num_workers=0)):
+        for keys in b["keys"]:
+            query_item = truth[keys[-1]][0]
+            assert all(truth[k][0] != query_item for k in keys[:-1]), keys
+            draws += len(keys) - 1
+    assert draws > 3000
+
+
+def test_a_task_with_a_single_source_item_is_a_clear_error(tmp_path):
+    root = synthetic_latent_shards(tmp_path, tasks=1, shards=1, per_shard=3, latent=2, variants=3)
+    ds = InContextBatches(root, batch_size=1, context=(1, 1), drop_rate=0.0)
+    with pytest.raises(ValueError, match="task task0: 1000 samples in a row come from the query's own source item"):
+        next(iter(InContextLoader(ds, num_workers=0)))
+
+
+def test_training_batches_hold_train_items_only(tmp_path):
+    root = synthetic_latent_shards(tmp_path, tasks=2, shards=3, per_shard=8, latent=2, val_every=4)
+    truth = _items_and_splits(root)
+    val_keys = {k for k, (_i, s) in truth.items() if s == "val"}
+    assert 0 < len(val_keys) < len(truth)
+    seen = set()
+    ds = InContextBatches(root, batch_size=6, context=(1, 4), drop_rate=0.0, seed=1)
+    for _, b in zip(range(80), InContextLoader(ds, num_workers=0)):
+        seen.update(k for keys in b["keys"] for k in keys)
+    assert seen and not seen & val_keys
+    assert seen == set(truth) - val_keys  # every train sample is read
+    # and a val-only loader reads val samples only
+    vds = InContextBatches(root, batch_size=2, context=(1, 1), drop_rate=0.0, split="val")
+    vseen = {k for _, b in zip(range(20), InContextLoader(vds, num_workers=0)) for keys in b["keys"] for k in keys}
+    assert vseen and vseen <= val_keys

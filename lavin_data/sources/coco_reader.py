@@ -146,6 +146,15 @@ def frames(src) -> str:
     return "image"
 
 
+def own_split(src, item: dict) -> str | None:
+    """COCO's own split: every image of a source whose annotation files are a val split
+    (``instances_val2017.json``) is held out (:mod:`lavin_data.split`)."""
+    from lavin_data.split import names_val
+
+    files = [Path(f).name for f in (src.instances, src.keypoints, src.panoptic) if f]
+    return "val" if files and all(names_val(f) for f in files) else None
+
+
 def provides(src) -> frozenset[str]:
     return frozenset({"instances"} | ({"keypoints"} if src.keypoints else set())
                      | ({"segments"} if src.panoptic else set()))

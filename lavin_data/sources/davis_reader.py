@@ -61,6 +61,13 @@ def frames(src) -> str:
     return "video"
 
 
+def own_split(src, item: dict) -> str | None:
+    """Sequences listed in a val split (``ImageSets/2017/val.txt``) are held out (:mod:`lavin_data.split`)."""
+    from lavin_data.split import names_val
+
+    return "val" if names_val(src.split) else None
+
+
 def provides(src) -> frozenset[str]:
     return frozenset({"tracks"})
 

@@ -66,6 +66,13 @@ def frames(src) -> str:
     return "image"
 
 
+def own_split(src, item: dict) -> str | None:
+    """A ``validation`` or ``test`` split of the dataset is held out (:mod:`lavin_data.split`)."""
+    from lavin_data.split import names_val
+
+    return "val" if names_val(src.split) else None
+
+
 def provides(src) -> frozenset[str]:
     return frozenset()
 

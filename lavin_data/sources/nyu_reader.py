@@ -65,6 +65,14 @@ def frames(src) -> str:
     return "image"
 
 
+def own_split(src, item: dict) -> str | None:
+    """NYU's own split: a source read through a test split list (the Eigen/BTS
+    ``nyudepthv2_test_files_with_gt.txt``) is held out (:mod:`lavin_data.split`)."""
+    from lavin_data.split import names_val
+
+    return "val" if src.split_file and names_val(Path(src.split_file).name) else None
+
+
 def provides(src) -> frozenset[str]:
     return frozenset({"depth"} | ({"normals"} if src.normals else set()))
 
