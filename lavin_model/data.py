@@ -345,3 +345,85 @@ class InContextLoader:
             self.states[st["stream"]] = st
             self.batches += 1
             yield {k: v.to(self.device, non_blocking=True) if torch.is_tensor(v) else v for k, v in batch.items()}
+
+
+def validation_batches(root: str | Path, n_context: int = 2, max_per_task: int = 16, seed: int = 0,
+                       tasks: list[str] | None = None, pool: int = 64) -> dict[str, dict[str, torch.Tensor]]:
+    """Fixed validation examples per task, so that successive validation losses compare:
+    ``{task: {"cond": (V, 16, 2N+1, h, w), "target": (V, 16, 1, h, w), "keys": [...]}}``.
+
+    The queries are the task's ``val`` samples (the first ``max_per_task`` by shard and key);
+    each has ``n_context`` context pairs drawn (by ``seed``) from the first ``pool`` ``train``
+    samples of the task, none from the query's own source item. Latents are the normalised
+    posterior means (no sampling noise). Tasks without val samples are left out."""
+    from lavin_data.stvae import mean_latent
+
+    try:
+        val_shards = find_task_shards(root, tasks, "val")
+    except ValueError:
+        return {}
+    try:
+        train_shards = find_task_shards(root, None, "train")
+    except ValueError:
+        train_shards = {}
+    out = {}
+    for ti, task in enumerate(sorted(val_shards)):
+        queries = _first_samples(val_shards[task], "val", max_per_task)
+        candidates = _first_samples(train_shards.get(task, []), "train", pool)
+        rng = np.random.default_rng(_seed(seed, ti))
+        conds, targets, keys = [], [], []
+        for q in queries:
+            others = [c for c in candidates if c["__item__"] != q["__item__"]]
+            if len(others) < n_context:
+                continue
+            ctx = [others[i] for i in rng.choice(len(others), n_context, replace=False)]
+            frames = [_moments(p, m) for p in ctx for m in MEMBERS] + [_moments(q, MEMBERS[0])]
+            z = mean_latent(torch.from_numpy(np.stack(frames)))  # (2N+1, 16, T', h, w)
+            conds.append(z.permute(1, 0, 2, 3, 4).flatten(1, 2))  # (16, (2N+1)T', h, w)
+            targets.append(mean_latent(torch.from_numpy(_moments(q, MEMBERS[1])[None]))[0])
+            keys.append([c["__key__"] for c in ctx] + [q["__key__"]])
+        if conds:
+            out[task] = {"cond": torch.stack(conds), "target": torch.stack(targets), "keys": keys}
+    return out
+
+
+def _first_samples(urls: list[str], split: str, n: int) -> list[dict]:
+    """The first ``n`` samples of ``split`` in ``urls``, in order (with ``__split__``, ``__item__``)."""
+    from lavin_data.shards import iter_tar_samples
+
+    got = []
+    for url in urls:
+        for key, m in iter_tar_samples(url):
+            s = _with_info(dict(m, __key__=key, __url__=url))
+            if s["__split__"] == split:
+                got.append(s)
+                if len(got) == n:
+                    return got
+    return got
+
+
+VAL_T = (0.1, 0.3, 0.5, 0.7, 0.9)  # the fixed time grid of the validation loss
+
+
+@torch.no_grad()
+def validation_loss(model, batches: dict[str, dict], seed: int = 0, batch_size: int = 8,
+                    t_grid: tuple[float, ...] = VAL_T) -> dict[str, float]:
+    """Per task: the flow loss (:func:`lavin_model.flow.flow_loss`) averaged over the fixed
+    ``t_grid`` and the task's validation examples, with noise fixed by ``seed`` and the
+    example's position: the same model gives the same number every time."""
+    from lavin_model.flow import flow_loss
+
+    device = next(model.parameters()).device if isinstance(model, torch.nn.Module) else torch.device("cpu")
+    losses = {}
+    for ti, (task, b) in enumerate(sorted(batches.items())):
+        gen = torch.Generator().manual_seed(_seed(seed, ti, 7))
+        x0 = torch.randn(b["target"].shape, generator=gen)
+        total, n = 0.0, 0
+        for i in range(0, len(b["target"]), batch_size):
+            x1, cond, noise = (v[i:i + batch_size].to(device) for v in (b["target"], b["cond"], x0))
+            for t in t_grid:
+                tt = torch.full((len(x1),), t, device=device)
+                total += float(flow_loss(model, x1, cond, t=tt, x0=noise)) * len(x1)
+                n += len(x1)
+        losses[task] = total / n
+    return losses

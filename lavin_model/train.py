@@ -25,6 +25,7 @@ The latents' json names the VAE they were encoded with; that record is only comp
 from __future__ import annotations
 
 import argparse
+import copy
 import json
 import os
 import resource
@@ -70,6 +71,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--sample-count", type=int, default=4)
     ap.add_argument("--sample-steps", type=int, default=20)
     ap.add_argument("--cfg-scale", type=float, default=1.5)
+    ap.add_argument("--ema-decay", type=float, default=0.9999,
+                    help="EMA of the weights (fp32); the decay at step s is min(this, (1+s)/(10+s))")
+    ap.add_argument("--export", choices=["ema", "raw"], default="ema",
+                    help="weights written to model/ and used for samples and the validation loss")
+    ap.add_argument("--val-every", type=int, default=500, help="validation loss every N steps (0: never)")
+    ap.add_argument("--val-max", type=int, default=16, help="val examples per task for the validation loss")
+    ap.add_argument("--val-context", type=int, default=2, help="context pairs of each validation example")
     ap.add_argument("--vae", help="ST-VAE checkpoint to decode samples with; must have the weight hash recorded "
                     "in the latents. Without --vae (or --vae-config) samples are not decoded or written")
     ap.add_argument("--vae-config", help="JSON architecture overrides; alone: a random-weight VAE (tests)")
@@ -199,6 +207,26 @@ def weights_only_load(path: str, map_location=None):
                               "since that would run code from the file") from None
 
 
+EMA_FILE = "ema.safetensors"  # in each checkpoint folder, beside DeepSpeed's files
+
+
+def ema_decay(decay: float, updates: int) -> float:
+    """The EMA decay for the update after ``updates`` earlier ones: min(decay, (1 + u) / (10 + u)),
+    the warm-up of diffusers' EMAModel, so that a short run's EMA is not its initial weights
+    (0.1 for the first update, 0.5 at the 8th, 0.99 at the 890th; DiT's 0.9999 from ~90k on)."""
+    return min(decay, (1 + updates) / (10 + updates))
+
+
+def update_ema(ema, model, decay: float) -> None:
+    """ema = decay * ema + (1 - decay) * model, parameter by parameter, in fp32 (DiT's update_ema)."""
+    import torch
+
+    with torch.no_grad():
+        params = dict(model.named_parameters())
+        for name, e in ema.named_parameters():
+            e.mul_(decay).add_(params[name].detach().float(), alpha=1 - decay)
+
+
 def memory_mib(device) -> float:
     import torch
 
@@ -209,6 +237,8 @@ def memory_mib(device) -> float:
 
 def main(argv: list[str] | None = None) -> dict:
     args = parse_args(argv)
+    if not 0 <= args.ema_decay < 1:
+        raise SystemExit(f"error: --ema-decay must be in [0, 1), got {args.ema_decay}")
     single_process_env()
     vae_note = check_vae(args.vae, Path(args.latents)) if args.vae else None  # every rank, before any work
     import deepspeed
@@ -218,7 +248,7 @@ def main(argv: list[str] | None = None) -> dict:
     from deepspeed.accelerator import get_accelerator
 
     from lavin_data.weights import read_state_dict
-    from lavin_model.data import InContextBatches, InContextLoader
+    from lavin_model.data import InContextBatches, InContextLoader, validation_batches, validation_loss
     from lavin_model.flow import flow_loss, rank_generator, sample
     from lavin_model.jdit import SIZES, JDiT, load_lavin_checkpoint
 
@@ -250,6 +280,10 @@ def main(argv: list[str] | None = None) -> dict:
     if args.init and not resuming:
         load_lavin_checkpoint(model, read_state_dict(args.init))
         log(f"[train] initialised from {args.init}")
+    # The EMA of the weights, in fp32 on every rank (ZeRO-2 keeps whole weights on each), as DiT
+    # keeps it; samples, the validation loss and model/ use it unless --export raw.
+    ema = copy.deepcopy(model).float().to(device).eval().requires_grad_(False)
+    ema.gradient_checkpointing = False
     config = deepspeed_config(args, on_gpu)
     wd = config["optimizer"]["params"].get("weight_decay", 0.0)
     engine, _opt, _, scheduler = deepspeed.initialize(model=model, model_parameters=param_groups(model, wd),
@@ -275,6 +309,14 @@ def main(argv: list[str] | None = None) -> dict:
     if resuming:
         _path, client = engine.load_checkpoint(str(ckpt_dir))
         step = client["step"]
+        ema_file = ckpt_dir / (ckpt_dir / "latest").read_text().strip() / EMA_FILE
+        if ema_file.is_file():
+            from safetensors.torch import load_file
+
+            ema.load_state_dict(load_file(str(ema_file), device=str(device)), strict=True)
+        else:
+            log(f"[train] {ema_file} not found (a checkpoint without an EMA): the EMA restarts from the weights")
+            update_ema(ema, engine.module, 0.0)
         mine = client["ranks"][rank] if rank < len(client["ranks"]) else None
         if mine is not None and len(client["ranks"]) == world:
             loader.load_state_dict(mine["loader"])
@@ -288,18 +330,48 @@ def main(argv: list[str] | None = None) -> dict:
         states = [None] * world
         dist.all_gather_object(states, step_state)
         tag = f"step{step:08d}"
+        from safetensors.torch import save_file
+
+        if rank == 0:  # before DeepSpeed writes `latest`: a checkpoint it names always has its EMA
+            (ckpt_dir / tag).mkdir(parents=True, exist_ok=True)
+            save_file({k: v.detach().cpu().contiguous() for k, v in ema.state_dict().items()},
+                      str(ckpt_dir / tag / EMA_FILE))
         engine.save_checkpoint(str(ckpt_dir), tag=tag, client_state={"step": step, "ranks": states})
         if rank == 0:
-            from safetensors.torch import save_file
-
             (out / "model").mkdir(parents=True, exist_ok=True)
-            sd = {k: v.detach().float().cpu().contiguous() for k, v in engine.module.state_dict().items()}
+            sd = {k: v.detach().float().cpu().contiguous() for k, v in shown().state_dict().items()}
             save_file(sd, str(out / "model" / "model.safetensors"))
             (out / "model" / "config.json").write_text(json.dumps(engine.module.config, indent=1) + "\n")
             for old in sorted(ckpt_dir.glob("step*"))[: -args.keep]:
                 shutil.rmtree(old, ignore_errors=True)
         dist.barrier()
         log(f"[train] saved {ckpt_dir / tag}")
+
+    def shown():
+        """The weights samples, validation and model/ use: the EMA, or with --export raw the trained ones."""
+        return ema if args.export == "ema" else engine.module
+
+    # ---- validation loss (rank 0): fixed val examples, noise and t-grid --------------------
+    val_sets = {}
+    if args.val_every and rank == 0:
+        val_sets = validation_batches(args.latents, args.val_context, args.val_max, args.seed)
+        if val_sets:
+            log(f"[train] validation: {sum(len(v['target']) for v in val_sets.values())} val examples of "
+                f"{len(val_sets)} task(s), {args.val_context} context pairs each, every {args.val_every} steps")
+        else:
+            log("[train] validation: no val samples in --latents (build with val_fraction > 0 or a val source): "
+                "no validation loss")
+    last_val: dict[str, float] = {}
+
+    def validate() -> None:
+        nonlocal last_val
+        last_val = validation_loss(shown(), val_sets, args.seed, batch_size=micro)
+        mean = sum(last_val.values()) / len(last_val)
+        with open(out / "val.jsonl", "a") as f:
+            f.write(json.dumps({"step": step, "weights": args.export, "val_loss_mean": mean,
+                                "val_loss": last_val}) + "\n")
+        log(f"[train] step {step} | val loss {mean:.4f} ({args.export}) | "
+            + " ".join(f"{t} {v:.4f}" for t, v in sorted(last_val.items())))
 
     # ---- periodic samples (rank 0) -------------------------------------------------------
     preview, vae = None, None
@@ -328,8 +400,8 @@ def main(argv: list[str] | None = None) -> dict:
             vae = build_stvae(vae_cfg, args.vae).to(device)
         engine.module.eval()
         gen = torch.Generator(device=device).manual_seed(args.seed + step)
-        pred = sample(engine.module, preview["cond"], tuple(preview["target"].shape), args.sample_steps,
-                      args.cfg_scale, gen)
+        pred = sample(shown(), preview["cond"].to(next(shown().parameters()).dtype),
+                      tuple(preview["target"].shape), args.sample_steps, args.cfg_scale, gen)
         engine.module.train()
         frames = [preview["cond"][:, :, i:i + 1] for i in (0, 1)] + [preview["cond"][:, :, -1:], pred,
                                                                     preview["target"]]
@@ -373,6 +445,7 @@ def main(argv: list[str] | None = None) -> dict:
             for acc in (window, totals):
                 acc["samples"] += b * world
                 acc["tokens"] += tokens * world
+        update_ema(ema, engine.module, ema_decay(args.ema_decay, step))
         step += 1
         step_state = {"loader": loader.state_dict(), "noise": noise.get_state().cpu()}
         # the mean loss over ranks and micro-steps of this step
@@ -401,6 +474,8 @@ def main(argv: list[str] | None = None) -> dict:
             window = {"t": time.perf_counter(), "wait": 0.0, "samples": 0, "tokens": 0, "loss": 0.0, "n": 0}
         if args.sample_every and step % args.sample_every == 0 and rank == 0 and decode_samples:
             write_samples()
+        if val_sets and (step % args.val_every == 0 or step == args.steps):
+            validate()
         if args.save_every and (step % args.save_every == 0 or stop["now"]):
             save()
         if window["n"] == 0:  # throughput windows exclude sampling and saving
@@ -409,7 +484,8 @@ def main(argv: list[str] | None = None) -> dict:
         save()
     if logf is not None:
         logf.close()
-    return {"step": step, "loss": last_loss, "data_wait_share": totals["wait"] / max(totals["time"], 1e-9),
+    return {"step": step, "loss": last_loss, "val_loss": last_val,
+            "data_wait_share": totals["wait"] / max(totals["time"], 1e-9),
             "step_s": totals["time"] / max(totals["steps"], 1), "params": n_params, **{
                 k: totals[k] for k in ("samples", "tokens")}}
 

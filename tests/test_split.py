@@ -13,8 +13,8 @@ import pyarrow.parquet as pq
 import pytest
 
 from lavin_data.shards import index_path, iter_tar_samples, read_stats
-from lavin_data.split import assign_split, key_fraction, names_val
 from lavin_data.sources import coco_reader, davis_reader, hf_dataset_reader, nyu_reader
+from lavin_data.split import assign_split, key_fraction, names_val
 from tests.conftest import small_demo_spec
 
 

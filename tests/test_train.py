@@ -18,6 +18,7 @@ import numpy as np
 import pytest
 import torch
 
+from lavin_data.shards import iter_tar_samples
 from lavin_data.testing import synthetic_latent_shards
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -47,25 +48,44 @@ def _train(out: Path, latents: Path, *extra: str, launcher: bool = False, check:
     return r
 
 
+def _val(out: Path) -> dict[int, dict[str, float]]:
+    return {(rec := json.loads(line))["step"]: rec["val_loss"] for line in (out / "val.jsonl").read_text().splitlines()}
+
+
 def _losses(out: Path) -> dict[int, float]:
     return {(rec := json.loads(line))["step"]: rec["loss"] for line in (out / "log.jsonl").read_text().splitlines()}
 
 
 @pytest.fixture(scope="module")
 def latents(tmp_path_factory) -> Path:
-    return synthetic_latent_shards(tmp_path_factory.mktemp("lat"), tasks=3, shards=4, per_shard=8, latent=8)
+    # every 4th source item held out as val: the validation loss has examples of every task
+    return synthetic_latent_shards(tmp_path_factory.mktemp("lat"), tasks=3, shards=4, per_shard=8, latent=8,
+                                   val_every=4)
 
 
 def test_stopped_and_resumed_run_matches_an_uninterrupted_one(latents, tmp_path):
-    _train(tmp_path / "a", latents, "--steps", "12", launcher=True)
-    _train(tmp_path / "b", latents, "--steps", "5", launcher=True)
-    assert (tmp_path / "b" / "checkpoints" / "step00000005").is_dir()
-    r = _train(tmp_path / "b", latents, "--steps", "12", launcher=True)
+    from safetensors.torch import load_file
+
+    val = ("--val-every", "4", "--ema-decay", "0.9")
+    _train(tmp_path / "a", latents, "--steps", "12", *val, launcher=True)
+    _train(tmp_path / "b", latents, "--steps", "5", *val, launcher=True)
+    assert (tmp_path / "b" / "checkpoints" / "step00000005" / "ema.safetensors").is_file()
+    r = _train(tmp_path / "b", latents, "--steps", "12", *val, launcher=True)
     assert "resumed from" in r.stdout and "at step 5" in r.stdout
     a, b = _losses(tmp_path / "a"), _losses(tmp_path / "b")
     assert sorted(b) == list(range(1, 13))
     assert [a[s] for s in range(6, 13)] == [b[s] for s in range(6, 13)]  # bit-identical
     assert len({a[s] for s in range(6, 13)}) > 1
+    # The EMA resumes exactly: checkpoint and exported model (the EMA by default) are the same bytes.
+    for rel in ("checkpoints/step00000012/ema.safetensors", "model/model.safetensors"):
+        assert (tmp_path / "a" / rel).read_bytes() == (tmp_path / "b" / rel).read_bytes(), rel
+    exported = load_file(tmp_path / "a" / "model" / "model.safetensors")
+    ema = load_file(tmp_path / "a" / "checkpoints" / "step00000012" / "ema.safetensors")
+    assert exported.keys() == ema.keys() and all(torch.equal(v, ema[k]) for k, v in exported.items())
+    # The validation loss: per task, at the same steps, and the same numbers after the resume.
+    va, vb = (_val(tmp_path / x) for x in "ab")
+    assert sorted(va) == [4, 8, 12] and set(va[12]) == {"task0", "task1", "task2"}
+    assert all(va[s] == vb[s] for s in (8, 12))
 
 
 class _Planted:
@@ -325,3 +345,61 @@ def test_real_photos_through_latents_loader_and_inference(ray_session, tmp_path)
                         "--steps", "3"], cwd=ROOT, env=_env(), capture_output=True, text=True, timeout=300)
     assert r.returncode == 0, r.stderr[-3000:]
     assert cv2.imread(str(tmp_path / "pred.png")).shape == cv2.imread(str(query)).shape
+
+
+def test_ema_update_and_decay_schedule_by_hand():
+    from lavin_model.train import ema_decay, update_ema
+
+    assert ema_decay(0.9999, 0) == 0.1 and ema_decay(0.9999, 8) == 0.5 and ema_decay(0.9999, 10**6) == 0.9999
+    assert ema_decay(0.9, 200) == 0.9
+    model, ema = torch.nn.Linear(2, 1), torch.nn.Linear(2, 1)
+    with torch.no_grad():
+        model.weight.copy_(torch.tensor([[1.0, 2.0]]))
+        model.bias.fill_(4.0)
+        ema.weight.copy_(torch.tensor([[3.0, -2.0]]))
+        ema.bias.fill_(0.0)
+    update_ema(ema, model.to(torch.bfloat16), 0.75)  # bf16 weights (a GPU run) into the fp32 EMA
+    assert torch.equal(ema.weight, torch.tensor([[0.75 * 3 + 0.25 * 1, 0.75 * -2 + 0.25 * 2]]))  # [[2.5, -1.0]]
+    assert torch.equal(ema.bias, torch.tensor([1.0])) and ema.weight.dtype == torch.float32
+
+
+def test_validation_loss_uses_fixed_noise_the_t_grid_and_val_examples_only(latents):
+    from lavin_model.data import VAL_T, validation_batches, validation_loss
+
+    batches = validation_batches(latents, n_context=2, max_per_task=3, seed=0)
+    assert sorted(batches) == ["task0", "task1", "task2"]
+    truth = {}
+    for tar in sorted(latents.glob("*/*.tar")):
+        for key, m in iter_tar_samples(tar):
+            truth[key] = json.loads(m["json"])
+    for b in batches.values():
+        assert b["cond"].shape == (3, 16, 5, 8, 8) and b["target"].shape == (3, 16, 1, 8, 8)
+        for keys in b["keys"]:
+            assert truth[keys[-1]]["split"] == "val" and all(truth[k]["split"] == "train" for k in keys[:-1])
+            assert all(truth[k]["item"] != truth[keys[-1]]["item"] for k in keys[:-1])
+    seen = []
+
+    def model(x_t, t, cond):  # records what it is given; predicts zero velocity
+        seen.append((x_t.clone(), t.clone(), cond.shape[0]))
+        return torch.zeros_like(x_t)
+
+    a = validation_loss(model, batches, seed=0, batch_size=2)
+    calls = list(seen)
+    assert validation_loss(model, batches, seed=0, batch_size=2) == a  # the same number every time
+    assert a != validation_loss(model, batches, seed=1, batch_size=2)
+    # Calls: per task, per chunk of 2 examples, one per grid time; x_t = t x1 + (1 - t) x0 with one
+    # x0 per example shared by every t (fixed noise), so x0 is recovered from two grid points.
+    x1 = batches["task0"]["target"][:2]
+    (xa, ta, _), (xb, tb, _) = calls[0], calls[1]
+    assert [float(c[1][0]) for c in calls[: len(VAL_T)]] == [pytest.approx(t) for t in VAL_T]
+    x0a = (xa - ta[0] * x1) / (1 - ta[0])
+    x0b = (xb - tb[0] * x1) / (1 - tb[0])
+    torch.testing.assert_close(x0a, x0b, atol=1e-5, rtol=0)
+    # Zero velocity: the loss of a chunk is mean (x1 - x0)^2 + 0.1 mean |x1 - x0| at every t; the
+    # task's loss is the mean over its examples (chunks of 2 and 1).
+    n = len(VAL_T)
+    x1b, (xc, tc, _) = batches["task0"]["target"][2:], calls[n]
+    x0c = (xc - tc[0] * x1b) / (1 - tc[0])
+    parts = [(x1 - x0a, 2), (x1b - x0c, 1)]
+    expect = sum(float(v.pow(2).mean() + 0.1 * v.abs().mean()) * k for v, k in parts) / 3
+    assert a["task0"] == pytest.approx(expect, rel=1e-4)

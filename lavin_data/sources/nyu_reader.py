@@ -193,5 +193,8 @@ def read(src, item: dict, seed: int, source_meta: dict) -> BaseSample:
     if normals_file is not None:
         # Black pixels are invalid ground truth: they stay 0 (rendered black), not a unit vector.
         normals = read_normals_png(normals_file, "rgb", src.normals_frame, src.max_image_pixels)
+        if normals.shape[:2] != image.shape[:2]:
+            raise ValueError(f"normals file {normals_file} is {normals.shape[1]}x{normals.shape[0]}, its image "
+                             f"{image.shape[1]}x{image.shape[0]}: they must have the same size")
     meta.update(width=image.shape[1], height=image.shape[0], intrinsics=intr)
     return BaseSample(meta, image=image, image_file=image_bytes, depth=depth, normals=normals)
