@@ -119,3 +119,29 @@ def restamp_stats(tar) -> None:
     stats = json.loads(p.read_text())
     stats.update(bytes=os.path.getsize(tar), tar_sha256=file_sha256(tar))
     p.write_text(json.dumps(stats, indent=1, sort_keys=True) + "\n")
+
+
+TINY_STVAE = {"block_out_channels": [32, 64, 64, 64], "layers_per_block": 1}
+
+
+def tiny_stvae(path: str | Path, seed: int = 0, logvar: float | None = -10.0) -> Path:
+    """A random-weight ST-VAE of the test architecture (:data:`TINY_STVAE`) saved in the
+    released format (``{"state_dict": ...}``). With ``logvar``, its encoder's log-variance
+    output is that constant: a random encoder's posterior is as wide as its prior (logvar
+    about 0, std 1.09 in normalised units, against a spread of the means of 0.2-0.4), so
+    posterior samples would be mostly noise and nothing learnable; a trained VAE's
+    posterior is sharp, which ``-10`` (std 0.007) stands in for. None keeps the random one."""
+    import torch
+
+    from lavin_data.stvae import build_stvae
+
+    torch.manual_seed(seed)
+    vae = build_stvae(TINY_STVAE)
+    if logvar is not None:
+        conv = vae.encoder.conv_out.conv  # 32 output channels: 16 means, then 16 log-variances
+        with torch.no_grad():
+            conv.weight[16:] = 0.0
+            conv.bias[16:] = logvar
+    path = Path(path)
+    torch.save({"state_dict": vae.state_dict()}, path)
+    return path

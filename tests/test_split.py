@@ -46,8 +46,10 @@ def test_sources_own_val_splits_are_recognised():
     assert coco_reader.own_split(coco, {}) == "val"
     coco.keypoints = "/d/person_keypoints_train2017.json"  # mixed files: not a val source
     assert coco_reader.own_split(coco, {}) is None
-    assert nyu_reader.own_split(SimpleNamespace(split_file="/s/nyudepthv2_test_files_with_gt.txt"), {}) == "val"
-    assert nyu_reader.own_split(SimpleNamespace(split_file=None), {}) is None
+    nyu = SimpleNamespace(split_file="/s/nyudepthv2_test_files_with_gt.txt", annotations=None)
+    assert nyu_reader.own_split(nyu, {}) == "val"
+    assert nyu_reader.own_split(SimpleNamespace(split_file=None, annotations="/m/test_annotations.json"), {}) == "val"
+    assert nyu_reader.own_split(SimpleNamespace(split_file=None, annotations=None), {}) is None
     assert hf_dataset_reader.own_split(SimpleNamespace(split="validation"), {}) == "val"
     assert hf_dataset_reader.own_split(SimpleNamespace(split="train"), {}) is None
     assert davis_reader.own_split(SimpleNamespace(split="2017/val"), {}) == "val"

@@ -67,10 +67,12 @@ def frames(src) -> str:
 
 def own_split(src, item: dict) -> str | None:
     """NYU's own split: a source read through a test split list (the Eigen/BTS
-    ``nyudepthv2_test_files_with_gt.txt``) is held out (:mod:`lavin_data.split`)."""
+    ``nyudepthv2_test_files_with_gt.txt``) or a test annotation file (Metric3D's
+    ``test_annotations.json``) is held out (:mod:`lavin_data.split`)."""
     from lavin_data.split import names_val
 
-    return "val" if src.split_file and names_val(Path(src.split_file).name) else None
+    files = [Path(f).name for f in (src.split_file, src.annotations) if f]
+    return "val" if files and all(names_val(f) for f in files) else None
 
 
 def provides(src) -> frozenset[str]:
