@@ -19,7 +19,8 @@ DISTRIBUTION = {"cv2": "opencv-python-headless", "PIL": "pillow", "yaml": "pyyam
                 "pycocotools": "pycocotools", "h5py": "h5py", "pyarrow": "pyarrow", "pydantic": "pydantic",
                 "ray": "ray", "torch": "torch", "transformers": "transformers", "diffusers": "diffusers",
                 "deepspeed": "deepspeed", "safetensors": "safetensors", "webdataset": "webdataset",
-                "datasets": "datasets", "accelerate": "accelerate", "av": "av"}
+                "datasets": "datasets", "accelerate": "accelerate", "av": "av", "matplotlib": "matplotlib",
+                "skimage": "scikit-image"}
 # Modules that exist to wrap an extra's package may import it at the top.
 EXTRA_MODULES = {"lavin_data/stvae.py": {"torch", "diffusers"}}
 
