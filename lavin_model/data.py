@@ -53,11 +53,10 @@ def _seed(*parts: int) -> int:
                .view(np.uint64)[0] >> np.uint64(1))
 
 
-def find_task_shards(root: str | Path, tasks: list[str] | None = None, split: str | None = "train"
-                     ) -> dict[str, list[str]]:
+def committed_task_shards(root: str | Path, split: str | None = "train") -> dict[str, list[str]]:
     """{task: sorted committed latent shard paths with at least one sample of ``split``}
-    ("train" | "val", as the index records it; None: any). Samples without a recorded split
-    (latents of builds before splits existed) count as ``train``."""
+    ("train" | "val", as the stats record it; None: any), possibly empty. A shard changed
+    after its commit is an error naming it."""
     root = Path(root)
     if not root.is_dir():
         raise FileNotFoundError(f"{root}: no such latent folder (the --out of lavin_data.encode_latents)")
@@ -71,10 +70,19 @@ def find_task_shards(root: str | Path, tasks: list[str] | None = None, split: st
                 raise ValueError(f"{t}: changed or cut short after its commit (its size or its index's differs from "
                                  f"{stats_path(t).name}); re-run python -m lavin_data.encode_latents to rebuild it "
                                  "(python -m lavin_data.verify says what differs)")
-            if read_stats(t).get("n_ok", 0) > 0 and (split is None or split_count(t, split) > 0):
+            if split_count(read_stats(t), split) > 0:
                 urls.append(str(t))
         if urls:
             found[d.name] = urls
+    return found
+
+
+def find_task_shards(root: str | Path, tasks: list[str] | None = None, split: str | None = "train"
+                     ) -> dict[str, list[str]]:
+    """:func:`committed_task_shards`, restricted to ``tasks``; an error when a task (or every
+    task) has none. Samples without a recorded split (latents of builds before splits
+    existed) count as ``train``."""
+    found = committed_task_shards(root, split)
     which = "" if split is None else f" with {split} samples"
     if tasks is not None:
         missing = sorted(set(tasks) - set(found))
@@ -86,13 +94,15 @@ def find_task_shards(root: str | Path, tasks: list[str] | None = None, split: st
     return found
 
 
-def split_count(tar: str | Path, split: str) -> int:
-    """Samples of ``split`` in a committed shard, from its stats (``splits``) or, for shards
-    committed before splits were recorded, all its samples when ``split`` is train."""
-    st = read_stats(tar)
-    if "splits" in st and st["splits"]:
-        return int(st["splits"].get(split, 0))
-    return int(st.get("n_ok", 0)) if split == "train" else 0
+def split_count(stats: dict, split: str | None) -> int:
+    """Samples of ``split`` (None: all) in a committed shard, from its stats (``splits``) or,
+    for shards committed before splits were recorded, all its samples when ``split`` is train."""
+    n_ok = int(stats.get("n_ok", 0))
+    if split is None:
+        return n_ok
+    if stats.get("splits"):
+        return int(stats["splits"].get(split, 0))
+    return n_ok if split == "train" else 0
 
 
 def sample_info(sample: dict) -> tuple[str, str]:
@@ -358,14 +368,8 @@ def validation_batches(root: str | Path, n_context: int = 2, max_per_task: int =
     posterior means (no sampling noise). Tasks without val samples are left out."""
     from lavin_data.stvae import mean_latent
 
-    try:
-        val_shards = find_task_shards(root, tasks, "val")
-    except ValueError:
-        return {}
-    try:
-        train_shards = find_task_shards(root, None, "train")
-    except ValueError:
-        train_shards = {}
+    val_shards = {t: urls for t, urls in committed_task_shards(root, "val").items() if tasks is None or t in tasks}
+    train_shards = committed_task_shards(root, "train")
     out = {}
     for ti, task in enumerate(sorted(val_shards)):
         queries = _first_samples(val_shards[task], "val", max_per_task)

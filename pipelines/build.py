@@ -143,12 +143,9 @@ def plan_source(spec: Spec, source: str) -> tuple[list[dict], bool]:
     """A source's planned rows and whether they are already written: a resumed build reuses
     the written plan unchanged; otherwise the reader lists the items (nothing is written)."""
     path = plan_path(spec.output, source)
-    src = spec.source(source)
     if path.exists():
-        rows = pq.read_table(path).to_pylist()
-        if rows and "split" not in rows[0]:  # a plan written before splits: the same rule, applied now
-            rows = [dict(r, split=assign_split(r["key"], src.val_fraction, src.holdout)) for r in rows]
-        return rows, True
+        return pq.read_table(path).to_pylist(), True
+    src = spec.source(source)
     reader = reader_for(src.kind)
     items = reader.plan(src)
     if not items:  # a wrong layout or an empty folder: say so here, not as an empty-table error later

@@ -199,9 +199,7 @@ def planned_splits(spec: Spec, source: str, shard: int) -> dict[str, str]:
     path = plan_path(spec.output, source)
     if not path.exists():
         return {}
-    table = pq.read_table(path, filters=[("shard", "=", shard)])
-    if "split" not in table.column_names:
-        return {}
+    table = pq.read_table(path, filters=[("shard", "=", shard)], columns=["key", "split"])
     return dict(zip(table.column("key").to_pylist(), table.column("split").to_pylist()))
 
 
