@@ -15,8 +15,6 @@ import tempfile
 import time
 from pathlib import Path
 
-import numpy as np
-
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m benchmarks.bench_encode")
@@ -30,7 +28,7 @@ def main(argv: list[str] | None = None) -> int:
 
     from lavin_data.encode_latents import Encoder
     from lavin_data.spec import load_spec
-    from lavin_data.stvae import encode_moments
+    from lavin_data.stvae import encode_moments, uint8_to_pixels
     from pipelines.build import build
 
     gpu = torch.cuda.is_available()
@@ -57,8 +55,7 @@ def main(argv: list[str] | None = None) -> int:
         batches = [pairs[i:i + args.batch_size] for i in range(0, len(pairs), args.batch_size)]
         xs = []
         for b in batches:
-            x = torch.from_numpy(np.stack([p[0] for p in b] + [p[1] for p in b])).permute(0, 3, 1, 2)
-            xs.append((x.to(enc.device, enc.dtype) / 127.5 - 1.0)[:, :, None])
+            xs.append(uint8_to_pixels([p[0] for p in b] + [p[1] for p in b], enc.device, enc.dtype))
         encode_moments(enc.vae, xs[0][:1])  # warm-up outside both timings
         sync = torch.cuda.synchronize if gpu else (lambda: None)
         sync()

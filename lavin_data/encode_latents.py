@@ -39,6 +39,7 @@ from lavin_data.shards import (
     remove_temporaries,
     shard_done,
 )
+from lavin_data.split import pair_split
 
 MEMBERS = ("input_moments.npy", "target_moments.npy", "json")
 
@@ -62,16 +63,6 @@ def _decode_pair(key: str, m: dict[str, bytes], res: int) -> tuple[np.ndarray, n
     return a, b, meta
 
 
-def pair_split(key: str, meta: dict) -> tuple[str, str]:
-    """(split, source item) of a pair from its json: ``split`` as the build assigned it
-    (pairs built before splits existed count as ``train``), and the key of its source item
-    (``base_key``), which the loader uses to keep a query's own item out of its context."""
-    split = meta.get("split") or "train"
-    if split not in ("train", "val"):
-        raise ValueError(f"pair {key}: json split is {split!r}, expected 'train' or 'val'")
-    return split, str(meta.get("base_key") or key)
-
-
 class Encoder:
     """Holds one ST-VAE (loaded once) and encodes whole pair shards."""
 
@@ -90,11 +81,9 @@ class Encoder:
 
     def moments(self, images: list[np.ndarray]) -> np.ndarray:
         """(N, H, W, 3) uint8 -> (N, 32, 1, H/8, W/8) float16 moments."""
-        from lavin_data.stvae import encode_moments
+        from lavin_data.stvae import encode_uint8
 
-        x = self.torch.from_numpy(np.stack(images)).to(self.device).permute(0, 3, 1, 2)
-        x = (x.to(self.dtype) / 127.5 - 1.0)[:, :, None]
-        return encode_moments(self.vae, x).float().cpu().numpy().astype(np.float16)
+        return encode_uint8(self.vae, images).float().cpu().numpy().astype(np.float16)
 
     def encode_shard(self, src: Path, dst: Path, res: int, batch_size: int) -> dict:
         if shard_done(dst):

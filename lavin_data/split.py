@@ -48,3 +48,13 @@ def assign_split(key: str, val_fraction: float, holdout: str = "auto", own: str 
     if holdout == "auto" and own == "val":
         return "val"
     return "val" if key_fraction(key) < val_fraction else "train"
+
+
+def pair_split(key: str, meta: dict) -> tuple[str, str]:
+    """(split, source item) of a pair from its json: ``split`` as the build assigned it
+    (pairs built before splits existed count as ``train``), and the key of its source item
+    (``base_key``), which the loader uses to keep a query's own item out of its context."""
+    split = meta.get("split") or "train"
+    if split not in SPLITS:
+        raise ValueError(f"pair {key}: json split is {split!r}, expected 'train' or 'val'")
+    return split, str(meta.get("base_key") or key)

@@ -82,6 +82,22 @@ def encode_moments(vae, x: torch.Tensor) -> torch.Tensor:
     return vae.encode(x).latent_dist.parameters
 
 
+def uint8_to_pixels(images, device=None, dtype=None) -> torch.Tensor:
+    """Images (N, H, W, 3) uint8 (an array or a list of them) -> pixels (N, 3, 1, H, W) in
+    [-1, 1] on ``device`` as ``dtype`` (default fp32): the VAE's input, one frame each."""
+    import numpy as np
+
+    x = torch.from_numpy(np.stack(images)).to(device).permute(0, 3, 1, 2)[:, :, None]
+    return x.to(dtype or torch.float32) / 127.5 - 1.0
+
+
+def encode_uint8(vae, images) -> torch.Tensor:
+    """Images (N, H, W, 3) uint8 -> posterior moments (N, 32, 1, H/8, W/8), on the VAE's
+    device and in its dtype (the inverse of :func:`decode_to_uint8`, up to the VAE)."""
+    p = next(vae.parameters())
+    return encode_moments(vae, uint8_to_pixels(images, p.device, p.dtype))
+
+
 def sample_latent(moments: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
     """Moments (B, 32, T', h, w) -> a normalised latent z_norm = (mean + std*eps - SHIFT) * SCALE."""
     mean, logvar = moments.float().chunk(2, dim=1)

@@ -34,7 +34,6 @@ or checkpoint.
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import math
 import sys
@@ -48,16 +47,17 @@ import cv2
 import numpy as np
 
 from lavin_data.codecs import decode_image, decode_npy
-from lavin_data.geometry import plan_resize
 from lavin_data.registry import TASKS
 from lavin_data.render import COCO_SKELETON, PALETTE, decode_depth, decode_keypoints, decode_normals, grey
 from lavin_data.render.dense import to_disparity
+from lavin_data.rng import sample_rng
 from lavin_data.shards import ShardReader, shard_done
+from lavin_data.split import pair_split
 from lavin_model import metrics as M
+from lavin_model.infer import squash, to_rgb_uint8
 
 PCK_ALPHA = 0.05  # a keypoint is correct within 5 % of the image's longer side
 RESTORATION = ("denoise", "derain", "deblur_motion", "deblur_glass", "low_light", "inpainting")
-SEGMENTATION = ("semantic_segmentation", "panoptic_segmentation", "instance_segmentation")
 VIDEO_TASKS = frozenset(name for name, t in TASKS.items() if t.frames == "video")
 LPIPS_NOTE = ("LPIPS not computed: it needs the lpips package and its pretrained AlexNet/VGG (torchvision) weights, "
               "which are not available offline here; MSE of RGB in [0, 1] is the metric")
@@ -112,27 +112,17 @@ FAMILIES = {
 }
 
 
+# Tasks measured by their own protocol; every other task by the generic image metric.
+TASK_FAMILY = {"depth_estimation": "depth", "surface_normal_estimation": "normals",
+               "panoptic_segmentation": "panoptic", "foreground_segmentation": "foreground",
+               "single_object_detection": "box", "pose_estimation": "pose", "colorization": "colorization",
+               **dict.fromkeys(("semantic_segmentation", "instance_segmentation"), "segmentation"),
+               **dict.fromkeys(RESTORATION, "restoration")}
+
+
 def task_family(task: str) -> Family:
     """The :class:`Family` that measures ``task``."""
-    if task == "depth_estimation":
-        return FAMILIES["depth"]
-    if task == "surface_normal_estimation":
-        return FAMILIES["normals"]
-    if task == "panoptic_segmentation":
-        return FAMILIES["panoptic"]
-    if task in SEGMENTATION:
-        return FAMILIES["segmentation"]
-    if task == "foreground_segmentation":
-        return FAMILIES["foreground"]
-    if task == "single_object_detection":
-        return FAMILIES["box"]
-    if task == "pose_estimation":
-        return FAMILIES["pose"]
-    if task in RESTORATION:
-        return FAMILIES["restoration"]
-    if task == "colorization":
-        return FAMILIES["colorization"]
-    return FAMILIES["generic"]
+    return FAMILIES[TASK_FAMILY.get(task, "generic")]
 
 
 # --------------------------------------------------------------------------- scoring
@@ -273,11 +263,11 @@ def scan_pairs(root: str | Path, tasks: list[str] | None = None) -> tuple[dict[s
                     skipped[task] = (f"video task folder (clips: {tar}: {key} has {meta['frames']} frames): "
                                      "not evaluated")
                     break
-                split = meta.get("split", "train")
-                if not isinstance(split, str):
-                    raise EvalError(f"{tar}: {key}.json: split must be a string, got {split!r}")
-                base = meta.get("base_key") or f"{meta.get('source', '')}_{meta.get('item_id', key)}"
-                out.append(PairRef(task, tar, key, str(base), split, meta))
+                try:
+                    split, base = pair_split(key, meta)
+                except ValueError as e:
+                    raise EvalError(f"{tar}: {e}") from None
+                out.append(PairRef(task, tar, key, base, split, meta))
             if task in skipped:
                 break
         if task not in skipped:
@@ -285,17 +275,11 @@ def scan_pairs(root: str | Path, tasks: list[str] | None = None) -> tuple[dict[s
     return refs, skipped
 
 
-def rng_for(seed: int, *parts: str) -> np.random.Generator:
-    """A generator seeded by ``seed`` and ``parts`` (SHA-256; independent of Python's hash salt)."""
-    digest = hashlib.sha256("\0".join([str(seed), *parts]).encode()).digest()
-    return np.random.default_rng(int.from_bytes(digest[:8], "little"))
-
-
 def select_queries(refs: list[PairRef], split: str, limit: int, seed: int) -> list[PairRef]:
     """The pairs of ``split``, at most ``limit`` of them (a draw by ``seed``), sorted by id."""
     cands = sorted((r for r in refs if r.split == split), key=lambda r: r.id)
     if len(cands) > limit:
-        pick = rng_for(seed, "queries", cands[0].task).choice(len(cands), size=limit, replace=False)
+        pick = sample_rng(seed, "queries", cands[0].task).choice(len(cands), size=limit, replace=False)
         cands = [cands[i] for i in sorted(pick.tolist())]
     return cands
 
@@ -314,18 +298,8 @@ def choose_context(pool: list[PairRef], query: PairRef, n: int, seed: int, salt:
     from ``pool`` without the pairs of the query's own source item (same ``base_key``). The
     first k of a draw for n are the draw for k, so contexts of a sweep are nested."""
     cands = sorted((r for r in pool if r.base_key != query.base_key), key=lambda r: r.id)
-    order = rng_for(seed, "context", salt, query.id).permutation(len(cands))
+    order = sample_rng(seed, "context", salt, query.id).permutation(len(cands))
     return [cands[i] for i in order[:n]]
-
-
-def _rgb(img: np.ndarray) -> np.ndarray:
-    """Any decoded image -> (H, W, 3) uint8 RGB (as lavin_model.infer.read_square converts)."""
-    if img.ndim == 2:
-        img = np.repeat(img[..., None], 3, axis=2)
-    img = img[..., :3]
-    if img.dtype != np.uint8:
-        img = (img / max(1, np.iinfo(img.dtype).max) * 255).round().astype(np.uint8)
-    return img
 
 
 class PairLoader:
@@ -349,7 +323,7 @@ class PairLoader:
         if ext is None:
             raise EvalError(f"{ref.tar}: sample {ref.key} has no {role}.png or {role}.jpg (members: {sorted(m)})")
         try:
-            return _rgb(decode_image(m[ext], f"{ref.key}.{ext}"))
+            return to_rgb_uint8(decode_image(m[ext], f"{ref.key}.{ext}"))
         except ValueError as e:
             raise EvalError(f"{ref.tar}: {e}") from None
 
@@ -377,28 +351,25 @@ class Predictor:
     latent encoded once (the logic of :func:`lavin_model.infer.predict`)."""
 
     def __init__(self, model, vae, loader: PairLoader, resolution: int, steps: int = 20, cfg_scale: float = 1.5,
-                 seed: int = 0, device="cpu", dtype=None, batch_size: int = 8, echo: Callable = print):
+                 seed: int = 0, device="cpu", batch_size: int = 8, echo: Callable = print):
         self.model, self.vae, self.loader = model, vae, loader
         self.resolution, self.steps, self.cfg_scale, self.seed = resolution, steps, cfg_scale, seed
-        self.device, self.dtype, self.batch_size, self.echo = device, dtype, batch_size, echo
+        self.device, self.batch_size, self.echo = device, batch_size, echo
         self._latents: dict[tuple[str, str], object] = {}  # (ref id, role) -> (16, h, w) float32 tensor
 
     def square(self, img: np.ndarray) -> np.ndarray:
-        """(H, W, 3) uint8 -> (R, R, 3) uint8, squashed (as ``lavin_model.infer.read_square``)."""
-        return plan_resize(img.shape[1], img.shape[0], self.resolution, "squash").image(img)
+        """(H, W, 3) uint8 -> (R, R, 3) uint8, squashed as ``lavin_model.infer`` does."""
+        return squash(img, self.resolution)
 
     def _encode(self, frames: list[tuple[PairRef, str]]) -> None:
-        import torch
-
-        from lavin_data.stvae import encode_moments, mean_latent
+        """Encode (on the VAE's device, in its dtype) the frames not encoded yet."""
+        from lavin_data.stvae import encode_uint8, mean_latent
 
         todo = list(dict.fromkeys((r, role) for r, role in frames if (r.id, role) not in self._latents))
         for i in range(0, len(todo), self.batch_size):
             part = todo[i:i + self.batch_size]
-            x = np.stack([self.square(self.loader.image(r, role)) for r, role in part])
-            x = torch.from_numpy(x).to(self.device).permute(0, 3, 1, 2)[:, :, None]
-            x = x.to(self.dtype or torch.float32) / 127.5 - 1.0
-            z = mean_latent(encode_moments(self.vae, x))[:, :, 0]  # (B, 16, h, w)
+            images = [self.square(self.loader.image(r, role)) for r, role in part]
+            z = mean_latent(encode_uint8(self.vae, images))[:, :, 0]  # (B, 16, h, w)
             for (r, role), zi in zip(part, z):
                 self._latents[(r.id, role)] = zi
 
@@ -649,7 +620,7 @@ def run(args, echo: Callable = print) -> dict:
     dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
     model, vae = load_models(args, device, dtype)
     loader = PairLoader()
-    predictor = Predictor(model, vae, loader, args.resolution, args.steps, args.cfg_scale, args.seed, device, dtype,
+    predictor = Predictor(model, vae, loader, args.resolution, args.steps, args.cfg_scale, args.seed, device,
                           args.batch_size, echo)
     sweep = parse_sweep(args.sweep) if isinstance(args.sweep, str) else args.sweep
     results: dict[str, dict] = {}

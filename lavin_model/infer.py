@@ -47,29 +47,38 @@ def template_pairs(folder: str | Path) -> list[tuple[Path, Path]]:
     return pairs
 
 
-def read_square(path: Path, res: int) -> tuple[np.ndarray, tuple[int, int]]:
-    """(res, res, 3) uint8 RGB squashed from the file, and the original (H, W)."""
-    img = decode_image(path.read_bytes(), str(path))
+def to_rgb_uint8(img: np.ndarray) -> np.ndarray:
+    """A decoded image (grey, RGB or RGBA; uint8 or 16-bit) -> (H, W, 3) uint8 RGB."""
     if img.ndim == 2:
         img = np.repeat(img[..., None], 3, axis=2)
     img = img[..., :3]
     if img.dtype != np.uint8:
         img = (img / max(1, np.iinfo(img.dtype).max) * 255).round().astype(np.uint8)
-    return plan_resize(img.shape[1], img.shape[0], res, "squash").image(img), img.shape[:2]
+    return img
+
+
+def squash(img: np.ndarray, res: int) -> np.ndarray:
+    """(H, W, 3) -> (res, res, 3), squashed: how every image reaches the model."""
+    return plan_resize(img.shape[1], img.shape[0], res, "squash").image(img)
+
+
+def read_square(path: Path, res: int) -> tuple[np.ndarray, tuple[int, int]]:
+    """(res, res, 3) uint8 RGB squashed from the file, and the original (H, W)."""
+    img = to_rgb_uint8(decode_image(path.read_bytes(), str(path)))
+    return squash(img, res), img.shape[:2]
 
 
 def predict(model, vae, examples: list[tuple[np.ndarray, np.ndarray]], queries: list[np.ndarray], steps: int = 20,
-            cfg_scale: float = 1.5, seed: int = 0, device="cpu", dtype=None) -> np.ndarray:
-    """examples [(input, target)] and queries: (R, R, 3) uint8 -> predictions (Q, R, R, 3) uint8."""
+            cfg_scale: float = 1.5, seed: int = 0, device="cpu") -> np.ndarray:
+    """examples [(input, target)] and queries: (R, R, 3) uint8 -> predictions (Q, R, R, 3) uint8.
+    Images are encoded on the VAE's device and in its dtype."""
     import torch
 
-    from lavin_data.stvae import decode_to_uint8, encode_moments, mean_latent
+    from lavin_data.stvae import decode_to_uint8, encode_uint8, mean_latent
     from lavin_model.flow import sample
 
     images = [im for pair in examples for im in pair] + list(queries)
-    x = torch.from_numpy(np.stack(images)).to(device).permute(0, 3, 1, 2)[:, :, None]
-    x = x.to(dtype or torch.float32) / 127.5 - 1.0
-    z = mean_latent(encode_moments(vae, x))  # (2N + Q, 16, 1, h, w)
+    z = mean_latent(encode_uint8(vae, images))  # (2N + Q, 16, 1, h, w)
     n = 2 * len(examples)
     ctx = z[:n, :, 0].transpose(0, 1)[None]  # (1, 16, 2N, h, w): in_1, tgt_1, ..., in_N, tgt_N
     cond = torch.cat([ctx.expand(len(queries), -1, -1, -1, -1), z[n:]], dim=2)  # (Q, 16, 2N + 1, h, w)
@@ -122,7 +131,7 @@ def main(argv: list[str] | None = None) -> int:
     except (OSError, ValueError, CheckpointError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    preds = predict(model, vae, examples, list(squares), args.steps, args.cfg_scale, args.seed, device, dtype)
+    preds = predict(model, vae, examples, list(squares), args.steps, args.cfg_scale, args.seed, device)
     out = Path(args.out)
     many = len(queries) > 1 or out.suffix.lower() != ".png"
     if many:

@@ -76,33 +76,32 @@ def ref_positions(t_total: int, grid_h: int, grid_w: int) -> torch.Tensor:
     return torch.tensor([[f, r, c] for f in range(t_total) for r in range(grid_h) for c in range(grid_w)])
 
 
-def ref_patchify(z: torch.Tensor, p: int) -> torch.Tensor:
-    """(B, C, T, H, W) -> (B, N, p*p*C): token t*(H/p)*(W/p) + row*(W/p) + col,
-    feature (ph*p + pw)*C + c, written as an explicit loop."""
-    b, c, t, h, w = z.shape
+def _patch_cells(t: int, h: int, w: int, p: int):
+    """(token, feature offset, frame, row, col) of every latent cell, written as an explicit
+    loop: token f*(H/p)*(W/p) + r*(W/p) + col, feature (ph*p + pw)*C, pixel (r*p + ph, col*p + pw)."""
     gh, gw = h // p, w // p
-    out = torch.zeros(b, t * gh * gw, p * p * c, dtype=z.dtype)
     for f in range(t):
         for r in range(gh):
             for col in range(gw):
                 for ph in range(p):
                     for pw in range(p):
-                        feat = (ph * p + pw) * c
-                        out[:, f * gh * gw + r * gw + col, feat:feat + c] = z[:, :, f, r * p + ph, col * p + pw]
+                        yield f * gh * gw + r * gw + col, ph * p + pw, f, r * p + ph, col * p + pw
+
+
+def ref_patchify(z: torch.Tensor, p: int) -> torch.Tensor:
+    """(B, C, T, H, W) -> (B, N, p*p*C) by :func:`_patch_cells`."""
+    b, c, t, h, w = z.shape
+    out = torch.zeros(b, t * (h // p) * (w // p), p * p * c, dtype=z.dtype)
+    for tok, cell, f, y, x in _patch_cells(t, h, w, p):
+        out[:, tok, cell * c:cell * c + c] = z[:, :, f, y, x]
     return out
 
 
 def ref_unpatchify(tokens: torch.Tensor, c: int, t: int, h: int, w: int, p: int) -> torch.Tensor:
-    b = tokens.shape[0]
-    gh, gw = h // p, w // p
-    z = torch.zeros(b, c, t, h, w, dtype=tokens.dtype)
-    for f in range(t):
-        for r in range(gh):
-            for col in range(gw):
-                for ph in range(p):
-                    for pw in range(p):
-                        feat = (ph * p + pw) * c
-                        z[:, :, f, r * p + ph, col * p + pw] = tokens[:, f * gh * gw + r * gw + col, feat:feat + c]
+    """The inverse of :func:`ref_patchify`, by the same cells."""
+    z = torch.zeros(tokens.shape[0], c, t, h, w, dtype=tokens.dtype)
+    for tok, cell, f, y, x in _patch_cells(t, h, w, p):
+        z[:, :, f, y, x] = tokens[:, tok, cell * c:cell * c + c]
     return z
 
 
