@@ -8,9 +8,11 @@ import os
 from pathlib import Path
 
 
-def tiny_depth_anything(path: str | Path, size: str = "tiny") -> Path:
+def tiny_depth_anything(path: str | Path, size: str = "tiny", seed: int = 0) -> Path:
     """A random Depth-Anything V2: ``tiny`` (test-sized) or ``small`` (the architecture of
-    Depth-Anything-V2-Small, 25M parameters, 518 px input)."""
+    Depth-Anything-V2-Small, 25M parameters, 518 px input), its weights drawn from ``seed``
+    (the process's own torch seed differs from run to run, and so would the model)."""
+    import torch
     from transformers import DepthAnythingConfig, DepthAnythingForDepthEstimation, Dinov2Config, DPTImageProcessorPil
 
     if size == "tiny":
@@ -30,7 +32,10 @@ def tiny_depth_anything(path: str | Path, size: str = "tiny") -> Path:
     path = Path(path)
     cfg = DepthAnythingConfig(backbone_config=Dinov2Config(patch_size=14, reshape_hidden_states=False, **bb),
                               patch_size=14, **head)
-    DepthAnythingForDepthEstimation(cfg).save_pretrained(path)
+    with torch.random.fork_rng():
+        torch.manual_seed(seed)
+        model = DepthAnythingForDepthEstimation(cfg)
+    model.save_pretrained(path)
     DPTImageProcessorPil(size={"height": side, "width": side}, keep_aspect_ratio=True, ensure_multiple_of=14,
                          do_pad=False).save_pretrained(path)
     return path

@@ -198,7 +198,8 @@ def test_fixture_build_writes_every_video_task(fixture_build):
     assert set(c) == {"frame_prediction", "video_depth", "depth_to_video", "video_normal", "normal_to_video",
                       "optical_flow", "video_instance_segmentation"}
     assert c["frame_prediction"] == {"videos": 6, "davis": 1}  # 3 videos x 2 clips; judo (bike is too short)
-    assert all(c[t]["videos"] == 6 for t in ("video_depth", "depth_to_video", "video_normal", "normal_to_video"))
+    assert all(c[t]["videos"] == 6 for t in ("video_depth", "depth_to_video", "video_normal", "normal_to_video")), {
+        t: (c[t], manifest["reasons"][t], manifest["labels"]) for t in ("video_normal", "normal_to_video")}
     assert c["optical_flow"] == {"videos": 6, "davis": 1, "chairs": 2}
     # 5 annotated frames; on two of them (judo 8 and 13: x 753-828 and 0-93 of 854) the only
     # annotated object lies outside the centre crop.
