@@ -10,6 +10,9 @@ plain data, and adds two checks on the composed node graph before anything is co
   document loads cheaply, but every consumer that walks the result (environment expansion,
   validation, JSON dumps) pays for the full expansion: hundreds of MB from a few hundred
   bytes. A real spec uses a handful of aliases, if any.
+- collections may nest at most :data:`MAX_DEPTH` deep, checked on the event stream before
+  anything is composed: libyaml composes recursively in C, and a 100 kB file of nested
+  ``[`` crashes the interpreter (a segmentation fault, not an exception); a spec nests about 5 deep.
 
 The graph walk is linear in the size of the document, not of its expansion.
 """
@@ -19,9 +22,11 @@ from __future__ import annotations
 from typing import Any
 
 import yaml
+from yaml.events import CollectionEndEvent, CollectionStartEvent
 from yaml.nodes import MappingNode, Node, ScalarNode, SequenceNode
 
 MAX_ALIAS_NODES = 10_000
+MAX_DEPTH = 100
 MERGE_TAG = "tag:yaml.org,2002:merge"
 
 _Base = getattr(yaml, "CSafeLoader", yaml.SafeLoader)  # libyaml when PyYAML was built with it
@@ -89,6 +94,26 @@ def check_node_graph(root: Node, max_alias_nodes: int = MAX_ALIAS_NODES) -> None
                              "(a spec needs few aliases, if any)")
 
 
+def check_depth(text: str | bytes, max_depth: int = MAX_DEPTH) -> None:
+    """Raise :class:`YAMLLimitError` where collections in ``text`` nest deeper than ``max_depth``.
+    Reads only the event stream (libyaml's parser keeps its own stack, so this cannot crash);
+    a syntax error is raised here as the load itself would raise it."""
+    parser = _Base(text)
+    try:
+        depth = 0
+        while parser.check_event():
+            event = parser.get_event()
+            if isinstance(event, CollectionStartEvent):
+                depth += 1
+                if depth > max_depth:
+                    raise YAMLLimitError(f"collections nested more than {max_depth} deep at line "
+                                         f"{event.start_mark.line + 1}; refused (a spec nests a few levels)")
+            elif isinstance(event, CollectionEndEvent):
+                depth -= 1
+    finally:
+        parser.dispose()
+
+
 class StrictSafeLoader(_Base):
     """``CSafeLoader``/``SafeLoader`` that checks the node graph before constructing it."""
 
@@ -103,8 +128,9 @@ class StrictSafeLoader(_Base):
 
 
 def safe_load(text: str | bytes) -> Any:
-    """Like ``yaml.safe_load(text)``, with duplicate keys and alias bombs refused; every error
+    """Like ``yaml.safe_load(text)``, with duplicate keys, alias bombs and deep nesting refused; every error
     is a ``yaml.YAMLError``."""
+    check_depth(text)
     loader = StrictSafeLoader(text)
     try:
         return loader.get_single_data()

@@ -3,8 +3,10 @@
 A bad spec fails with :class:`SpecError`, whose message names the file, the field
 (dotted path, e.g. ``tasks[3].options.sigma``) and what is wrong.
 
-``${VAR}`` and ``${VAR:-default}`` in any string are replaced from the environment
-when the file is loaded; an unset variable without a default is an error naming it.
+``${VAR}`` and ``${VAR:-default}`` in any value are replaced from the environment
+when the file is loaded (:func:`load_spec`: wherever YAML takes a plain value, flow
+mappings included; the value is inserted after parsing, so it never becomes YAML). Every
+unset variable without a default is named in one error, with the field and line of each use.
 """
 
 from __future__ import annotations
@@ -13,6 +15,9 @@ import hashlib
 import json
 import os
 import re
+import secrets
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any, Literal, get_args
 
@@ -451,24 +456,143 @@ class Spec(_Strict):
 
 # --------------------------------------------------------------------------- loading
 
+# ${NAME} or ${NAME:-default}; the default is everything up to the first "}" (so it holds no "}")
 _ENV_RE = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
+# The same in a spec's text, within one line: a stray "${" must not swallow the YAML lines after it.
+_ENV_TEXT_RE = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}\n]*))?\}")
 
 
-def _expand_env(node: Any, where: str, file: str) -> Any:
-    if isinstance(node, dict):
-        return {k: _expand_env(v, f"{where}.{k}" if where else str(k), file) for k, v in node.items()}
-    if isinstance(node, list):
-        return [_expand_env(v, f"{where}[{i}]", file) for i, v in enumerate(node)]
-    if isinstance(node, str):
-        def sub(m: re.Match) -> str:
-            var, default = m.group(1), m.group(2)
-            if var in os.environ:
-                return os.environ[var]
-            if default is not None:
-                return default
-            raise SpecError(f"{file}: field {where}: environment variable ${{{var}}} is not set")
-        return _ENV_RE.sub(sub, node)
-    return node
+@dataclass(frozen=True)
+class _Ref:
+    """One ``${VAR}`` / ``${VAR:-default}`` as written; ``line`` (1-based) where it came from a file."""
+
+    var: str
+    default: str | None
+    text: str
+    line: int | None = None
+
+
+class _EnvFill:
+    """Replaces the variable references in the strings of a loaded spec, noting every unset one.
+
+    ``pattern`` finds a reference in a string and ``ref_of`` says which: a ``${...}`` itself
+    (a spec given as data), or a placeholder that stood in for one while the text was parsed
+    (a spec file, :class:`_Masked`). Values are inserted after parsing, so whatever an
+    environment variable holds (``: ``, ``#``, ``{``, quotes, newlines, another ``${X}``) stays
+    the one string it was put into. Mapping keys are names, not values: they keep the text as written.
+    """
+
+    def __init__(self, pattern: re.Pattern, ref_of: Callable[[re.Match], _Ref]) -> None:
+        self.pattern, self.ref_of = pattern, ref_of
+        self.unset: dict[str, list[tuple[str, int | None]]] = {}  # variable -> (field, line) of each use
+
+    def _value(self, m: re.Match, where: str) -> str:
+        ref = self.ref_of(m)
+        if ref.var in os.environ:  # set, even to "": only an unset variable takes the default
+            return os.environ[ref.var]
+        if ref.default is not None:
+            return ref.default
+        self.unset.setdefault(ref.var, []).append((where, ref.line))
+        return ref.text
+
+    def walk(self, node: Any, where: str, file: str) -> Any:
+        if isinstance(node, dict):
+            out: dict = {}
+            for k, v in node.items():
+                if isinstance(k, str):
+                    k = self.pattern.sub(lambda m: self.ref_of(m).text, k)
+                    if k in out:  # two placeholders of one ${...} text: keys that read alike
+                        raise SpecError(f"{file}: not valid YAML: duplicate key {k!r} in {where or 'the spec'}")
+                out[k] = self.walk(v, f"{where}.{k}" if where else str(k), file)
+            return out
+        if isinstance(node, list):
+            return [self.walk(v, f"{where}[{i}]", file) for i, v in enumerate(node)]
+        if isinstance(node, str):
+            return self.pattern.sub(lambda m: self._value(m, where or "<root>"), node)
+        return node
+
+    def check(self, file: str) -> None:
+        """Raise one :class:`SpecError` naming every unset variable and where each is used."""
+        if not self.unset:
+            return
+        how = (f"Set {'it' if len(self.unset) == 1 else 'them'} before the build:\n"
+               f"  export {' '.join(f'{v}=...' for v in self.unset)}\n"
+               "or give the spec a default where it is used: ${NAME:-value}.")
+        if any(where == "output" for uses in self.unset.values() for where, _ in uses):
+            how += "\nThe output: field is not needed with --output DIR, which replaces it."
+        if len(self.unset) == 1:
+            (var, uses), = self.unset.items()
+            fields = ", ".join(where for where, _ in uses)
+            lines = sorted({line for _, line in uses if line})
+            at = f" (line{'s' if len(lines) > 1 else ''} {', '.join(map(str, lines))})" if lines else ""
+            raise SpecError(f"{file}: field{'s' if len(uses) > 1 else ''} {fields}: "
+                            f"environment variable ${{{var}}} is not set{at}\n{how}")
+        width = max(len(v) for v in self.unset) + 4
+        rows = [f"{file}: {len(self.unset)} environment variables are not set (and have no ${{VAR:-default}}):"]
+        for var, uses in self.unset.items():
+            used = ", ".join(where + (f" (line {line})" if line else "") for where, line in uses)
+            rows.append(f"  {'${' + var + '}':<{width}}{used}")
+        raise SpecError("\n".join(rows + [how]))
+
+
+class _Masked:
+    """A spec's text with each ``${...}`` replaced by a placeholder that YAML reads as plain text
+    wherever a value may stand (a flow mapping too, where ``{`` would start a mapping), so the
+    file parses alike whatever the environment holds.
+
+    ``refs[i]`` is the reference that placeholder ``i`` stands for; ``placeholder`` finds placeholders
+    (group 1: ``i``). Placeholders hold no newline, so lines stay where they were; :meth:`error`
+    moves YAML's columns back and writes the references back into its message.
+    """
+
+    def __init__(self, text: str) -> None:
+        prefix = "lavinenv" + secrets.token_hex(6)  # random: neither written in a spec nor made by its escapes
+        while prefix in text:
+            prefix = "lavinenv" + secrets.token_hex(6)
+        self.placeholder = re.compile(re.escape(prefix) + r"(\d+)x")
+        # what the strings YAML made of it may hold: placeholders, and ${...} that only YAML put
+        # together (a default folded over two lines, an escaped "$"), expanded as in a spec given as data
+        self.pattern = re.compile(f"{self.placeholder.pattern}|{_ENV_RE.pattern}")
+        self.refs: list[_Ref] = []
+        # 0-based line -> (start, end) column of each placeholder on it, then of its reference as written
+        self._shifts: dict[int, list[tuple[int, int, int, int]]] = {}
+        out, start, line, line_start, shift = [], 0, 0, 0, 0
+        for m in _ENV_TEXT_RE.finditer(text):
+            newlines = text.count("\n", start, m.start())
+            if newlines:
+                line, line_start, shift = line + newlines, text.rfind("\n", 0, m.start()) + 1, 0
+            ph = f"{prefix}{len(self.refs)}x"
+            col = m.start() - line_start
+            self._shifts.setdefault(line, []).append((col + shift, col + shift + len(ph), col, col + len(m.group(0))))
+            shift += len(ph) - len(m.group(0))
+            out += [text[start:m.start()], ph]
+            self.refs.append(_Ref(m.group(1), m.group(2), m.group(0), line + 1))
+            start = m.end()
+        out.append(text[start:])
+        self.text = "".join(out)
+
+    def ref(self, m: re.Match) -> _Ref:
+        """The reference of a match of :attr:`pattern`."""
+        return self.refs[int(m.group(1))] if m.group(1) is not None else _Ref(m.group(2), m.group(3), m.group(0))
+
+    def _column(self, line: int, col: int) -> int:
+        """The column in the text as written of column ``col`` (0-based) of masked line ``line``."""
+        orig = col
+        for m_start, m_end, o_start, o_end in self._shifts.get(line, []):
+            if col < m_start:
+                break
+            orig = o_start if col < m_end else o_end + col - m_end  # inside a placeholder: its reference
+        return orig
+
+    def error(self, e: yaml.YAMLError) -> str:
+        """``e``'s message as if the file had been parsed as written."""
+        if isinstance(e, yaml.MarkedYAMLError):
+            for attr in ("context_mark", "problem_mark"):
+                mark = getattr(e, attr)
+                if mark is not None:
+                    setattr(e, attr, yaml.Mark(mark.name, mark.index, mark.line,
+                                               self._column(mark.line, mark.column), None, None))
+        return self.placeholder.sub(lambda m: self.ref(m).text, str(e))
 
 
 def _loc(loc: tuple) -> str:
@@ -483,11 +607,7 @@ def _loc(loc: tuple) -> str:
     return out or "<root>"
 
 
-def parse_spec(data: Any, file: str = "<spec>") -> Spec:
-    """Validate an already-loaded mapping; ``file`` is only used in error messages."""
-    if not isinstance(data, dict):
-        raise SpecError(f"{file}: a spec is a YAML mapping, got {type(data).__name__}")
-    data = _expand_env(data, "", file)
+def _validate(data: Any, file: str) -> Spec:
     try:
         return Spec.model_validate(data)
     except ValidationError as e:
@@ -498,19 +618,52 @@ def parse_spec(data: Any, file: str = "<spec>") -> Spec:
         raise SpecError("\n".join(lines)) from None
 
 
+def _mapping(data: Any, file: str) -> dict:
+    if not isinstance(data, dict):
+        raise SpecError(f"{file}: a spec is a YAML mapping, got {type(data).__name__}")
+    return data
+
+
+def parse_spec(data: Any, file: str = "<spec>") -> Spec:
+    """Validate an already-loaded mapping, with ``${VAR}`` / ``${VAR:-default}`` in its strings
+    replaced from the environment; ``file`` is only used in error messages."""
+    fill = _EnvFill(_ENV_RE, lambda m: _Ref(m.group(1), m.group(2), m.group(0)))
+    data = fill.walk(_mapping(data, file), "", file)
+    fill.check(file)
+    return _validate(data, file)
+
+
 def load_spec(path: str | os.PathLike, output: str | None = None) -> Spec:
-    """Read, expand and validate a YAML spec. ``output`` overrides the spec's output folder."""
+    """Read, expand and validate a YAML spec.
+
+    ``${VAR}`` / ``${VAR:-default}`` may stand wherever YAML takes a plain value, flow mappings
+    included (``{kind: coco, images: ${COCO}/images}``); the value is inserted after the YAML is
+    parsed, so it is always the string it was written into, never more YAML. References in
+    comments are not read. Every unset variable without a default is named in one
+    :class:`SpecError`, with the field and line of each use.
+
+    ``output`` (the CLI's ``--output``) replaces the spec's ``output:`` field before it is
+    expanded, so variables used only there need not be set. It is taken as given: the shell
+    has already expanded it.
+    """
     path = Path(path)
     try:
         text = path.read_text()
     except OSError as e:
         raise SpecError(f"{path}: cannot read spec: {e.strerror}") from None
+    masked = _Masked(text)
     try:
         from lavin_data.safe_yaml import safe_load  # safe_load that also refuses duplicate keys, alias bombs
 
-        data = safe_load(text)
+        data = safe_load(masked.text)
     except yaml.YAMLError as e:
-        raise SpecError(f"{path}: not valid YAML: {e}") from None
-    if output is not None and isinstance(data, dict):
+        raise SpecError(f"{path}: not valid YAML: {masked.error(e)}") from None
+    data = _mapping(data, str(path))
+    if output is not None:
+        data = {k: v for k, v in data.items() if k != "output"}
+    fill = _EnvFill(masked.pattern, masked.ref)
+    data = fill.walk(data, "", str(path))
+    fill.check(str(path))
+    if output is not None:
         data["output"] = output
-    return parse_spec(data, str(path))
+    return _validate(data, str(path))

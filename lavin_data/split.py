@@ -58,3 +58,14 @@ def pair_split(key: str, meta: dict) -> tuple[str, str]:
     if split not in SPLITS:
         raise ValueError(f"pair {key}: json split is {split!r}, expected 'train' or 'val'")
     return split, str(meta.get("base_key") or key)
+
+
+def split_count(stats: dict, split: str | None) -> int:
+    """Samples of ``split`` (None: all) in a committed shard, from its stats (``splits``) or,
+    for shards committed before splits were recorded, all its samples when ``split`` is train."""
+    n_ok = int(stats.get("n_ok", 0))
+    if split is None:
+        return n_ok
+    if stats.get("splits"):
+        return int(stats["splits"].get(split, 0))
+    return n_ok if split == "train" else 0

@@ -9,6 +9,7 @@ then log-variance, as the encoder emits them.
 
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 
@@ -50,6 +51,15 @@ def build_stvae(config: dict | None = None, checkpoint: str | os.PathLike | None
     vae = AutoencoderKLCogVideoX(**cfg)
     if ckpt is not None:
         sd = read_state_dict(ckpt)
+        own = vae.state_dict()
+        wrong = [f"{k}: {tuple(v.shape)} in the file, {tuple(own[k].shape)} in the model" for k, v in sd.items()
+                 if k in own and tuple(v.shape) != tuple(own[k].shape)]
+        if wrong:  # load_state_dict would raise a RuntimeError listing every tensor, without the file
+            raise CheckpointError(
+                f"{ckpt}: its weights do not fit the ST-VAE architecture {'given' if config else 'released'}"
+                f"{' (' + json.dumps(config) + ')' if config else ''}: {len(wrong)} tensor(s) of another shape, "
+                f"e.g. {wrong[0]}. A VAE of another architecture needs its overrides (--vae-config '{{...}}', as "
+                "it was built with), or save it as a diffusers folder, whose config.json says it")
         result = vae.load_state_dict(sd, strict=False)
         if result.missing_keys or result.unexpected_keys:
             raise CheckpointError(

@@ -130,8 +130,10 @@ TINY_STVAE = {"block_out_channels": [32, 64, 64, 64], "layers_per_block": 1}
 
 
 def tiny_stvae(path: str | Path, seed: int = 0, logvar: float | None = -10.0) -> Path:
-    """A random-weight ST-VAE of the test architecture (:data:`TINY_STVAE`) saved in the
-    released format (``{"state_dict": ...}``). With ``logvar``, its encoder's log-variance
+    """A random-weight ST-VAE of the test architecture (:data:`TINY_STVAE`) saved at ``path``:
+    in the released format (``{"state_dict": ...}``) when it ends in ``.pt``, else as a
+    diffusers folder (``config.json`` + weights), which every command reads without
+    ``--vae-config`` since its config says the architecture. With ``logvar``, its encoder's log-variance
     output is that constant: a random encoder's posterior is as wide as its prior (logvar
     about 0, std 1.09 in normalised units, against a spread of the means of 0.2-0.4), so
     posterior samples would be mostly noise and nothing learnable; a trained VAE's
@@ -148,5 +150,27 @@ def tiny_stvae(path: str | Path, seed: int = 0, logvar: float | None = -10.0) ->
             conv.weight[16:] = 0.0
             conv.bias[16:] = logvar
     path = Path(path)
-    torch.save({"state_dict": vae.state_dict()}, path)
+    if path.suffix in (".pt", ".pth"):
+        torch.save({"state_dict": vae.state_dict()}, path)
+    else:
+        vae.save_pretrained(str(path))
     return path
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m lavin_data.testing tiny-stvae DIR``: the tiny random ST-VAE of the README's
+    walk-through and the tests (no released weights needed; its decodings are noise)."""
+    import argparse
+
+    ap = argparse.ArgumentParser(prog="python -m lavin_data.testing", description=main.__doc__.split(": ", 1)[1],
+                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    ap.add_argument("what", choices=["tiny-stvae"], help="the model to write")
+    ap.add_argument("path", help="a folder (diffusers layout) or a .pt file (released layout)")
+    ap.add_argument("--seed", type=int, default=0, help="random weights from this seed")
+    args = ap.parse_args(argv)
+    print(tiny_stvae(args.path, seed=args.seed))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,7 +1,10 @@
 """Model weights on disk: reading state dicts from the files people actually have (the
 released ``.pt`` files ``{"state_dict": ...}``, DeepSpeed checkpoints ``{"module": ...}`` or
-the folder with its ``latest`` tag, ``.safetensors`` files and folders of them), and the
-weight hash every labelled or encoded sample records.
+the folder with its ``latest`` tag or one of its step folders, ``.safetensors`` files and
+folders of them), and the weight hash every labelled or encoded sample records. From a
+DeepSpeed checkpoint of ``lavin_model/train.py`` the EMA weights are read when the step
+folder has them (``ema.safetensors``: what its ``model/`` export holds by default), else the
+trained weights (``mp_rank_00_model_states.pt``).
 
 Torch files are read with ``torch.load(weights_only=True)`` and nothing else: a file that
 needs a full unpickle is refused with a :class:`CheckpointError` saying how to convert it."""
@@ -11,6 +14,9 @@ from __future__ import annotations
 import hashlib
 import os
 from pathlib import Path
+
+EMA_FILE = "ema.safetensors"  # in each step folder of lavin_model/train.py, beside DeepSpeed's files
+DEEPSPEED_MODEL_FILE = "mp_rank_00_model_states.pt"
 
 
 class CheckpointError(ValueError):
@@ -58,7 +64,11 @@ def read_state_dict(path: str | os.PathLike) -> dict:
     if path.is_dir():
         if (path / "latest").is_file():  # a DeepSpeed checkpoint folder
             tag = (path / "latest").read_text().strip()
-            return read_state_dict(path / tag / "mp_rank_00_model_states.pt")
+            if not (path / tag).is_dir():
+                raise CheckpointError(f"{path / 'latest'} names {tag!r}, which is not a folder in {path}")
+            return read_state_dict(path / tag)
+        if (path / DEEPSPEED_MODEL_FILE).is_file():  # one of its step folders
+            return read_state_dict(path / EMA_FILE if (path / EMA_FILE).is_file() else path / DEEPSPEED_MODEL_FILE)
         files = sorted(path.glob("*.safetensors")) or sorted(path.glob("*.bin"))
         if not files:
             raise CheckpointError(f"{path}: no *.safetensors or *.bin weights in this folder")

@@ -41,10 +41,21 @@ import webdataset as wds
 
 from lavin_data.codecs import decode_npy
 from lavin_data.shards import read_stats, shard_done, stats_path
+from lavin_data.split import split_count
 from lavin_data.stvae import sample_latent
 from lavin_model.flow import null_context
 
 MEMBERS = ("input_moments.npy", "target_moments.npy")
+
+
+STAGE_NAMES = {"render": "pixel pair (render stage)", "ingest": "base sample (ingest stage)"}
+
+
+class LatentDataError(ValueError):
+    """A latent folder, shard or sample that cannot be trained on (the message names the file
+    and the problem). Its own type so the trainer can tell bad data, which it reports in one
+    line and exit status 2, from a bug, even when a loader worker raised it: the DataLoader
+    re-raises a worker's exception as its type with the worker's traceback in the message."""
 
 
 def _seed(*parts: int) -> int:
@@ -67,10 +78,18 @@ def committed_task_shards(root: str | Path, split: str | None = "train") -> dict
             if not stats_path(t).exists():
                 continue  # not committed: a run in progress, or one that was killed
             if not shard_done(t):
-                raise ValueError(f"{t}: changed or cut short after its commit (its size or its index's differs from "
-                                 f"{stats_path(t).name}); re-run python -m lavin_data.encode_latents to rebuild it "
-                                 "(python -m lavin_data.verify says what differs)")
-            if split_count(read_stats(t), split) > 0:
+                raise LatentDataError(
+                    f"{t}: changed or cut short after its commit (its size or its index's differs from "
+                    f"{stats_path(t).name}); re-run python -m lavin_data.encode_latents to rebuild it "
+                    "(python -m lavin_data.verify says what differs)")
+            stats = read_stats(t)
+            stage = stats.get("stage")
+            if stage not in (None, "encode_latents"):  # latents committed before stages were recorded have none
+                raise LatentDataError(
+                    f"{t}: a {STAGE_NAMES.get(stage, repr(stage) + ' stage')} shard, not a latent shard: {root} is "
+                    "not a latent folder. Give the --out of python -m lavin_data.encode_latents (which encodes a "
+                    "build's pairs/ into latents)")
+            if split_count(stats, split) > 0:
                 urls.append(str(t))
         if urls:
             found[d.name] = urls
@@ -87,22 +106,15 @@ def find_task_shards(root: str | Path, tasks: list[str] | None = None, split: st
     if tasks is not None:
         missing = sorted(set(tasks) - set(found))
         if missing:
-            raise ValueError(f"{root}: no committed latent shards{which} for task(s) {missing}; found {sorted(found)}")
+            raise LatentDataError(f"{root}: no committed latent shards{which} for task(s) {missing}; "
+                                  f"found {sorted(found)}")
         found = {t: found[t] for t in tasks}
     if not found:
-        raise ValueError(f"{root}: no committed latent shards{which} (<task>/<shard>.tar with .stats.json)")
+        hint = (f"; {root} looks like a build folder: encode its pairs/ with python -m lavin_data.encode_latents "
+                "and give that --out" if (Path(root) / "pairs").is_dir() else "")
+        raise LatentDataError(f"{root}: no committed latent shards{which} (<task>/<shard>.tar with .stats.json)"
+                              + hint)
     return found
-
-
-def split_count(stats: dict, split: str | None) -> int:
-    """Samples of ``split`` (None: all) in a committed shard, from its stats (``splits``) or,
-    for shards committed before splits were recorded, all its samples when ``split`` is train."""
-    n_ok = int(stats.get("n_ok", 0))
-    if split is None:
-        return n_ok
-    if stats.get("splits"):
-        return int(stats["splits"].get(split, 0))
-    return n_ok if split == "train" else 0
 
 
 def sample_info(sample: dict) -> tuple[str, str]:
@@ -111,7 +123,7 @@ def sample_info(sample: dict) -> tuple[str, str]:
     try:
         info = json.loads(sample["json"]) if "json" in sample else {}
     except ValueError as e:  # JSONDecodeError and UnicodeDecodeError
-        raise ValueError(f"{sample.get('__url__')}: sample {sample.get('__key__')}: json is not valid JSON "
+        raise LatentDataError(f"{sample.get('__url__')}: sample {sample.get('__key__')}: json is not valid JSON "
                          f"({e})") from None
     if not isinstance(info, dict):
         info = {}
@@ -191,21 +203,21 @@ def _moments(sample: dict, member: str) -> np.ndarray:
     if member not in sample:
         names = sorted(k for k in sample if not k.startswith("__"))
         problem = dotted_key_problem(names, (*MEMBERS, "json"))
-        raise ValueError(f"{where}: {problem}" if problem else f"{where} has no {member} (members: {names})")
+        raise LatentDataError(f"{where}: {problem}" if problem else f"{where} has no {member} (members: {names})")
     try:
         m = decode_npy(sample[member])  # allow_pickle=False: an object array is refused, never unpickled
     except ValueError as e:
         if "Object arrays" in str(e):
-            raise ValueError(f"{where}: {member} is an object array (pickled), which is refused: latent moments "
+            raise LatentDataError(f"{where}: {member} is an object array (pickled), which is refused: latent moments "
                              "are fp16 arrays") from None
         if "pickle" in str(e):  # not .npy at all: np.load took it for a pickle
-            raise ValueError(f"{where}: {member} is not an .npy array (a pickle, or other bytes), which is "
+            raise LatentDataError(f"{where}: {member} is not an .npy array (a pickle, or other bytes), which is "
                              "refused") from None
-        raise ValueError(f"{where}: {member} cannot be decoded as .npy: {e}") from None
+        raise LatentDataError(f"{where}: {member} cannot be decoded as .npy: {e}") from None
     except (OSError, EOFError) as e:  # a truncated or corrupt header
-        raise ValueError(f"{where}: {member} cannot be decoded as .npy: {type(e).__name__}: {e}") from None
+        raise LatentDataError(f"{where}: {member} cannot be decoded as .npy: {type(e).__name__}: {e}") from None
     if m.ndim != 4 or m.shape[0] != 32:
-        raise ValueError(f"{sample.get('__url__')}: sample {sample.get('__key__')}: {member} has shape {m.shape}, "
+        raise LatentDataError(f"{sample.get('__url__')}: sample {sample.get('__key__')}: {member} has shape {m.shape}, "
                          "expected (32, T', h, w) moments")
     return m
 
@@ -286,8 +298,8 @@ class InContextBatches(torch.utils.data.IterableDataset):
             moments.append([_moments(p, m) for p in pairs for m in MEMBERS])  # in_1, tgt_1, ..., query in, tgt
         shapes = {m.shape for ex in moments for m in ex}
         if len(shapes) > 1:
-            raise ValueError(f"latent shapes differ within a batch: {sorted(shapes)} (tasks {sorted(set(tasks))}); "
-                             "train on latents of one resolution")
+            raise LatentDataError(f"latent shapes differ within a batch: {sorted(shapes)} "
+                                  f"(tasks {sorted(set(tasks))}); train on latents of one resolution")
         m = torch.from_numpy(np.stack([np.stack(ex) for ex in moments]))  # (B, 2N+2, 32, T', h, w) fp16
         b, f, _, tl, h, w = m.shape
         gen = torch.Generator().manual_seed(_seed(*key, 1))
@@ -307,7 +319,7 @@ def context_pairs(stream: TaskStream, item: str, n: int, task: str, max_draws: i
     out, drawn = [], 0
     while len(out) < n:
         if drawn == max_draws:
-            raise ValueError(f"task {task}: {max_draws} samples in a row come from the query's own source item "
+            raise LatentDataError(f"task {task}: {max_draws} samples in a row come from the query's own source item "
                              f"{item!r}: in-context training needs pairs of at least two source items per task")
         s = next(stream)
         drawn += 1
@@ -350,11 +362,30 @@ class InContextLoader:
             self.dataset, batch_size=None, num_workers=self.num_workers, pin_memory=self.device.type == "cuda",
             prefetch_factor=self.prefetch_factor if self.num_workers else None,
             persistent_workers=False, worker_init_fn=_ignore_stop_signals if self.num_workers else None)
-        for batch in loader:
-            st = batch.pop("loader_state")
-            self.states[st["stream"]] = st
-            self.batches += 1
-            yield {k: v.to(self.device, non_blocking=True) if torch.is_tensor(v) else v for k, v in batch.items()}
+        it = iter(loader)
+        try:
+            for batch in it:
+                st = batch.pop("loader_state")
+                self.states[st["stream"]] = st
+                self.batches += 1
+                yield {k: v.to(self.device, non_blocking=True) if torch.is_tensor(v) else v for k, v in batch.items()}
+        finally:
+            _stop_workers(it)
+
+
+def _stop_workers(it) -> None:
+    """Ends a DataLoader iterator's worker processes now, whether iteration ended, failed or was
+    abandoned. Left to garbage collection, an iterator held by a traceback outlives the run, and
+    at interpreter exit multiprocessing SIGTERMs its workers, which ignore SIGTERM
+    (:func:`_ignore_stop_signals`), then joins them forever: a failed run would hang. The
+    polite shutdown (DataLoader's own) comes first; what survives it is killed."""
+    shutdown = getattr(it, "_shutdown_workers", None)  # private, but what DataLoader's __del__ calls
+    if shutdown is not None:
+        shutdown()
+    for w in getattr(it, "_workers", []):
+        if w.is_alive():
+            w.kill()
+            w.join(timeout=5)
 
 
 def validation_batches(root: str | Path, n_context: int = 2, max_per_task: int = 16, seed: int = 0,

@@ -9,8 +9,13 @@ query]; Euler sampling over 20 time points with classifier-free guidance 1.5 giv
 prediction, which is decoded and resized back to the query's size.
 
 CKPT: the released checkpoint (3.4B configuration), a ``model/`` folder written by
-``lavin_model/train.py`` or a DeepSpeed checkpoint folder (``--size`` when the weights alone
-do not say which configuration they are).
+``lavin_model/train.py``, its DeepSpeed ``checkpoints/`` folder or one of its step folders
+(``checkpoints/stepNNNNNNNN``; the EMA weights when the step has them), with ``--size`` when
+the weights alone do not say which configuration they are. A run of ``lavin_model/train.py``
+records the ST-VAE its latents were encoded with and their resolution in ``training.json``
+(in ``model/`` and the run folder): inference then defaults to that resolution, takes the
+VAE's architecture from it unless ``--vae-config`` is given, and refuses a ``--vae`` with other
+weights. The VAE path it records is only named in messages, never loaded: give ``--vae``.
 """
 
 from __future__ import annotations
@@ -68,6 +73,27 @@ def read_square(path: Path, res: int) -> tuple[np.ndarray, tuple[int, int]]:
     return squash(img, res), img.shape[:2]
 
 
+TRAINING_RECORD = "training.json"  # written by lavin_model/train.py (its TRAINING_RECORD)
+
+
+def training_record(checkpoint: str | Path) -> tuple[dict | None, Path | None]:
+    """The ``training.json`` of the run a checkpoint comes from, and its path: beside a
+    ``model/`` folder's weights, or in the run folder above ``checkpoints/`` or a step folder
+    in it. (None, None) for other checkpoints (the released one)."""
+    p = Path(checkpoint)
+    for d in [p, *list(p.parents)[:3]] if p.is_dir() else list(p.parents)[:3]:
+        f = d / TRAINING_RECORD
+        if f.is_file():
+            try:
+                rec = json.loads(f.read_text())
+            except ValueError as e:
+                raise ValueError(f"{f}: not valid JSON ({e})") from None
+            return (rec, f) if isinstance(rec, dict) else (None, None)
+        if d.name not in ("checkpoints", "model") and not d.name.startswith("step") and d != p:
+            break  # only the folders a run writes: a record further up belongs to something else
+    return None, None
+
+
 def predict(model, vae, examples: list[tuple[np.ndarray, np.ndarray]], queries: list[np.ndarray], steps: int = 20,
             cfg_scale: float = 1.5, seed: int = 0, device="cpu") -> np.ndarray:
     """examples [(input, target)] and queries: (R, R, 3) uint8 -> predictions (Q, R, R, 3) uint8.
@@ -87,20 +113,71 @@ def predict(model, vae, examples: list[tuple[np.ndarray, np.ndarray]], queries: 
     return decode_to_uint8(vae, pred)
 
 
+DEFAULT_RESOLUTION = 256
+
+
+def resolve_vae(args: argparse.Namespace, record: dict | None, record_file: Path | None) -> dict | None:
+    """The ST-VAE architecture overrides to build ``--vae`` with: ``--vae-config``, else the
+    run's record, else none (the released architecture, or a diffusers folder's own config).
+    Refuses (ValueError naming what to give) a missing ``--vae``, and a ``--vae`` whose weights
+    are not those the run's latents were encoded with: the prediction would be decoded wrongly."""
+    from lavin_data.weights import weight_hash
+
+    vae_rec = (record or {}).get("vae") or {}
+    if args.vae is None:
+        if args.vae_config is not None:  # a random-weight VAE: tests only
+            return json.loads(args.vae_config)
+        named = (f"; {record_file} says this model was trained on latents of the ST-VAE {vae_rec.get('path')} "
+                 f"(weight hash {vae_rec.get('weight_hash')})" if vae_rec.get("path") else "")
+        raise ValueError(f"give --vae: the ST-VAE checkpoint (the released stvae.pt, or the one the training latents "
+                         f"were encoded with){named}")
+    if not Path(args.vae).exists():
+        raise FileNotFoundError(f"--vae {args.vae}: ST-VAE checkpoint not found")
+    recorded = vae_rec.get("weight_hash")
+    if recorded and weight_hash(args.vae) != recorded:
+        raise ValueError(f"--vae {args.vae} has weight hash {weight_hash(args.vae)}, but {record_file} says the model "
+                         f"was trained on latents of the ST-VAE {vae_rec.get('path')} (weight hash {recorded}): give "
+                         "that one")
+    if args.vae_config is not None:
+        return json.loads(args.vae_config)
+    if vae_rec.get("vae_config"):
+        print(f"[infer] ST-VAE architecture from {record_file}: {json.dumps(vae_rec['vae_config'])}")
+        return dict(vae_rec["vae_config"])
+    return None
+
+
+def resolve_resolution(given: int | None, record: dict | None, record_file: Path | None) -> int:
+    """``--resolution``, else the run's training resolution, else 256; a warning on stderr when
+    it differs from the training one (the model has seen no latents of that size)."""
+    trained = (record or {}).get("resolution")
+    res = given or trained or DEFAULT_RESOLUTION
+    if res % 16:
+        raise ValueError(f"--resolution must be a multiple of 16 (VAE 8 x patch 2), got {res}")
+    if trained and res != trained:
+        print(f"warning: --resolution {res}, but the model was trained at {trained}x{trained} ({record_file}); "
+              "predictions at another resolution are usually poor", file=sys.stderr)
+    return int(res)
+
+
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m lavin_model.infer", description=__doc__.split("\n\n")[1])
-    ap.add_argument("--checkpoint", required=True)
+    ap = argparse.ArgumentParser(prog="python -m lavin_model.infer", description=__doc__.split("\n\n")[1],
+                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    ap.add_argument("--checkpoint", required=True,
+                    help="released .pt, a run's model/ folder, its checkpoints/ folder or a step folder in it")
     ap.add_argument("--size", help="tiny | 0.1B | 1B | 3.4B, when the checkpoint has no config.json")
-    ap.add_argument("--vae", help="the ST-VAE checkpoint (released stvae.pt)")
-    ap.add_argument("--vae-config", help="JSON architecture overrides of the ST-VAE (tests)")
+    ap.add_argument("--vae", help="the ST-VAE checkpoint (released stvae.pt, a .safetensors file or a diffusers "
+                    "folder): the one the training latents were encoded with")
+    ap.add_argument("--vae-config", help="JSON architecture overrides of the ST-VAE (default: the run's "
+                    "training.json, else the released architecture)")
     ap.add_argument("--examples", required=True, help="template folder: <id>_input.png + <id>_target.png")
     ap.add_argument("--query", nargs="+", required=True, help="query image(s)")
     ap.add_argument("--out", required=True, help="output PNG (one query) or folder")
     ap.add_argument("--context", type=int, default=4, help="example pairs used (the first by id)")
-    ap.add_argument("--resolution", type=int, default=256)
-    ap.add_argument("--steps", type=int, default=20)
-    ap.add_argument("--cfg-scale", type=float, default=1.5)
-    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--resolution", type=int, help="square side every image is squashed to "
+                    f"(default: the run's training resolution, else {DEFAULT_RESOLUTION})")
+    ap.add_argument("--steps", type=int, default=20, help="Euler steps")
+    ap.add_argument("--cfg-scale", type=float, default=1.5, help="classifier-free guidance scale")
+    ap.add_argument("--seed", type=int, default=0, help="sampling noise")
     ap.add_argument("--device", help="default: cuda when available")
     args = ap.parse_args(argv)
 
@@ -116,14 +193,15 @@ def main(argv: list[str] | None = None) -> int:
         for q in queries:
             if not q.is_file():
                 raise FileNotFoundError(f"{q}: no such query image")
-        if args.vae is None and args.vae_config is None:
-            raise ValueError("give --vae (the ST-VAE checkpoint)")
-        if args.resolution % 16:
-            raise ValueError(f"--resolution must be a multiple of 16 (VAE 8 x patch 2), got {args.resolution}")
+        if not Path(args.checkpoint).exists():
+            raise FileNotFoundError(f"--checkpoint {args.checkpoint}: no such file or folder")
+        record, record_file = training_record(args.checkpoint)
+        vae_config = resolve_vae(args, record, record_file)
+        args.resolution = resolve_resolution(args.resolution, record, record_file)
         device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
         dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
         model = jdit_from_checkpoint(args.checkpoint, args.size).to(device, dtype).eval()
-        vae = build_stvae(json.loads(args.vae_config) if args.vae_config else None, args.vae).to(device)
+        vae = build_stvae(vae_config, args.vae).to(device)
         if dtype != torch.float32:
             vae = vae.to(dtype)
         examples = [(read_square(a, args.resolution)[0], read_square(b, args.resolution)[0]) for a, b in pairs]

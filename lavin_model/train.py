@@ -39,17 +39,23 @@ from pathlib import Path
 if __package__ in (None, ""):  # run as a script by the deepspeed launcher
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from lavin_data.weights import EMA_FILE  # noqa: E402 - after the path set-up above
+
 DEFAULT_CONFIG = Path(__file__).with_name("ds_zero2.json")
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap = argparse.ArgumentParser(prog="python -m lavin_model.train", description=__doc__.split("\n\n")[0],
+                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+                                 usage="%(prog)s --latents LAT --out RUN [options]   (several processes: "
+                                       "deepspeed [--num_gpus N] lavin_model/train.py --latents LAT --out RUN ...)")
     ap.add_argument("--latents", required=True, help="latent shards: the --out of lavin_data.encode_latents")
     ap.add_argument("--out", required=True, help="run folder (log, checkpoints, model, samples)")
     ap.add_argument("--size", default="tiny", help="tiny | 0.1B | 1B | 3.4B (the released configuration)")
     ap.add_argument("--init", help="initialise from a checkpoint (the released LaVin-DiT .pt, a model/ folder)")
     ap.add_argument("--steps", type=int, default=1000, help="optimizer steps to train to")
-    ap.add_argument("--deepspeed-config", "--deepspeed_config", default=str(DEFAULT_CONFIG))
+    ap.add_argument("--deepspeed-config", "--deepspeed_config", default=str(DEFAULT_CONFIG),
+                    help="DeepSpeed JSON (ZeRO stage, optimizer, schedule); the flags below override it")
     ap.add_argument("--micro-batch", type=int, help="examples per GPU per micro-step (overrides the JSON)")
     ap.add_argument("--grad-accum", type=int, help="micro-steps per optimizer step (overrides the JSON)")
     ap.add_argument("--lr", type=float, help="peak learning rate (overrides the JSON)")
@@ -61,16 +67,17 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--context-drop", type=float, default=0.1, help="rate of batches whose context is dropped (CFG)")
     ap.add_argument("--task-weights", help="task=weight,... (default: every task in --latents, equal weights)")
     ap.add_argument("--num-workers", type=int, default=2, help="loader processes per rank")
-    ap.add_argument("--shuffle-buffer", type=int, default=256)
-    ap.add_argument("--shards-per-round", type=int, default=4)
-    ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--log-every", type=int, default=10)
+    ap.add_argument("--shuffle-buffer", type=int, default=256, help="samples per task mixed by each loader worker")
+    ap.add_argument("--shards-per-round", type=int, default=4,
+                    help="shards each reader draws (with replacement) per round")
+    ap.add_argument("--seed", type=int, default=0, help="initial weights, data order and noise")
+    ap.add_argument("--log-every", type=int, default=10, help="a progress line every N steps")
     ap.add_argument("--save-every", type=int, default=1000, help="0: never (benchmarks), not even at the end")
     ap.add_argument("--keep", type=int, default=2, help="checkpoints kept")
     ap.add_argument("--sample-every", type=int, default=1000, help="0: never")
-    ap.add_argument("--sample-count", type=int, default=4)
-    ap.add_argument("--sample-steps", type=int, default=20)
-    ap.add_argument("--cfg-scale", type=float, default=1.5)
+    ap.add_argument("--sample-count", type=int, default=4, help="examples in each samples/step*.png")
+    ap.add_argument("--sample-steps", type=int, default=20, help="Euler steps of the sampler")
+    ap.add_argument("--cfg-scale", type=float, default=1.5, help="classifier-free guidance scale of the sampler")
     ap.add_argument("--ema-decay", type=float, default=0.9999,
                     help="EMA of the weights (fp32); the decay at step s is min(this, (1+s)/(10+s))")
     ap.add_argument("--export", choices=["ema", "raw"], default="ema",
@@ -81,7 +88,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--vae", help="ST-VAE checkpoint to decode samples with; must have the weight hash recorded "
                     "in the latents. Without --vae (or --vae-config) samples are not decoded or written")
     ap.add_argument("--vae-config", help="JSON architecture overrides; alone: a random-weight VAE (tests)")
-    ap.add_argument("--local_rank", "--local-rank", type=int, default=int(os.environ.get("LOCAL_RANK", "0")))
+    ap.add_argument("--local_rank", "--local-rank", type=int, default=int(os.environ.get("LOCAL_RANK", "0")),
+                    help=argparse.SUPPRESS)  # set by the deepspeed launcher
     return ap.parse_args(argv)
 
 
@@ -134,45 +142,62 @@ def parse_weights(text: str | None) -> dict[str, float] | None:
 
 
 def recorded_vae(latents: Path) -> list[dict]:
-    """The ST-VAE each task's latents were encoded with, as the json of the first sample of its
-    first committed shard records it: ``[{"file", "key", "vae", "weight_hash"}]`` (``vae`` None
-    for a random-init VAE). Only for checking ``--vae``: a path from shard metadata is never
-    opened, since the shards may come from anyone."""
+    """What the first sample of each task's first committed latent shard records, checking on
+    the way that the folder holds latent shards at all (a :class:`LatentDataError` naming the
+    file otherwise, e.g. for a build's pixel ``pairs/``, before any worker starts):
+    ``[{"task", "file", "key", "vae", "weight_hash", "vae_config", "resolution"}]`` (``vae`` None
+    for a random-init VAE). A path from shard metadata is never opened (the shards may come
+    from anyone): it is only compared with ``--vae`` and recorded in the run's ``training.json``."""
     from lavin_data.shards import iter_tar_samples
-    from lavin_model.data import MEMBERS, dotted_key_problem, find_task_shards
+    from lavin_model.data import MEMBERS, LatentDataError, dotted_key_problem, find_task_shards
 
     found = []
-    for urls in find_task_shards(latents).values():
+    for task, urls in find_task_shards(latents).items():
         for key, m in iter_tar_samples(urls[0]):
             where = f"{urls[0]}: sample {key}"
-            if "json" not in m:
+            missing = [n for n in (*MEMBERS, "json") if n not in m]
+            if missing:
                 problem = dotted_key_problem(sorted(m), (*MEMBERS, "json"))
-                raise ValueError(f"{where}: {problem}" if problem else
-                                 f"{where} has no json member (members: {sorted(m)})")
+                raise LatentDataError(f"{where}: {problem}" if problem else
+                                      f"{where} has no {', '.join(missing)} (members: {sorted(m)}): not a latent "
+                                      "sample of python -m lavin_data.encode_latents")
             try:
                 info = json.loads(m["json"])
             except ValueError as e:  # JSONDecodeError and UnicodeDecodeError
-                raise ValueError(f"{where}: json is not valid JSON ({e})") from None
+                raise LatentDataError(f"{where}: json is not valid JSON ({e})") from None
             if not isinstance(info, dict):
-                raise ValueError(f"{where}: json is not an object, got {type(info).__name__}")
+                raise LatentDataError(f"{where}: json is not an object, got {type(info).__name__}")
             vae, wh = info.get("vae"), info.get("weight_hash")
-            found.append({"file": urls[0], "key": key, "vae": None if vae in (None, "random-init") else str(vae),
-                          "weight_hash": None if wh is None else str(wh)})
+            found.append({"task": task, "file": urls[0], "key": key,
+                          "vae": None if vae in (None, "random-init") else str(vae),
+                          "weight_hash": None if wh is None else str(wh),
+                          "vae_config": info.get("vae_config") if isinstance(info.get("vae_config"), dict) else {},
+                          "resolution": info.get("resolution")})
             break
     return found
 
 
-def check_vae(vae: str, latents: Path) -> str | None:
-    """Exit 2 (naming both) when ``--vae`` is not the ST-VAE the latents record by weight hash:
-    its samples would decode to wrong images. Returns a note for the log when the latents
-    record no hash to check against."""
+def training_record(args: argparse.Namespace, records: list[dict]) -> dict:
+    """``training.json`` of the run folder (and of ``model/``): what inference needs besides the
+    weights, i.e. the ST-VAE the latents were encoded with (path as recorded, weight hash,
+    architecture overrides) and the resolution trained at. ``lavin_model.infer`` reads it."""
+    first = records[0] if records else {}
+    return {"latents": str(Path(args.latents).resolve()), "tasks": sorted(r["task"] for r in records),
+            "resolution": first.get("resolution"), "size": args.size,
+            "vae": {"path": first.get("vae"), "weight_hash": first.get("weight_hash"),
+                    "vae_config": first.get("vae_config") or {}}}
+
+
+def check_vae(vae: str, records: list[dict]) -> str | None:
+    """Exit 2 (naming both) when ``--vae`` is not the ST-VAE the latents record by weight hash
+    (``records``: :func:`recorded_vae`): its samples would decode to wrong images. Returns a
+    note for the log when the latents record no hash to check against."""
     from lavin_data.weights import weight_hash
 
     if not Path(vae).exists():
         print(f"error: --vae {vae}: ST-VAE checkpoint not found", file=sys.stderr)
         raise SystemExit(2)
     mine = weight_hash(vae)
-    records = recorded_vae(latents)
     for r in records:
         if r["weight_hash"] is not None and r["weight_hash"] != mine:
             print(f"error: --vae {vae} has weight hash {mine}, but {r['file']} (sample {r['key']}) was encoded "
@@ -207,7 +232,7 @@ def weights_only_load(path: str, map_location=None):
                               "since that would run code from the file") from None
 
 
-EMA_FILE = "ema.safetensors"  # in each checkpoint folder, beside DeepSpeed's files
+TRAINING_RECORD = "training.json"  # in the run folder and in model/: read by lavin_model.infer
 
 
 def ema_decay(decay: float, updates: int) -> float:
@@ -240,7 +265,9 @@ def main(argv: list[str] | None = None) -> dict:
     if not 0 <= args.ema_decay < 1:
         raise SystemExit(f"error: --ema-decay must be in [0, 1), got {args.ema_decay}")
     single_process_env()
-    vae_note = check_vae(args.vae, Path(args.latents)) if args.vae else None  # every rank, before any work
+    records = recorded_vae(Path(args.latents))  # every rank, before any work: a wrong folder fails here
+    vae_note = check_vae(args.vae, records) if args.vae else None
+    record = training_record(args, records)
     import deepspeed
     import numpy as np
     import torch
@@ -342,6 +369,7 @@ def main(argv: list[str] | None = None) -> dict:
             sd = {k: v.detach().float().cpu().contiguous() for k, v in shown().state_dict().items()}
             save_file(sd, str(out / "model" / "model.safetensors"))
             (out / "model" / "config.json").write_text(json.dumps(engine.module.config, indent=1) + "\n")
+            (out / "model" / TRAINING_RECORD).write_text(json.dumps(record, indent=1) + "\n")
             for old in sorted(ckpt_dir.glob("step*"))[: -args.keep]:
                 shutil.rmtree(old, ignore_errors=True)
         dist.barrier()
@@ -415,84 +443,117 @@ def main(argv: list[str] | None = None) -> dict:
     stop = {"now": False}
 
     def on_signal(signum, _frame):
+        if stop["now"]:  # a second signal: the step may never end (a stuck reader); stop now
+            log(f"[train] signal {signum} again: stopping now, without a checkpoint")
+            raise KeyboardInterrupt
         stop["now"] = True
-        log(f"[train] signal {signum}: saving a checkpoint after this step")
+        log(f"[train] signal {signum}: saving a checkpoint after this step (send it again to stop at once)")
 
-    signal.signal(signal.SIGINT, on_signal)
-    signal.signal(signal.SIGTERM, on_signal)
+    previous = {s: signal.signal(s, on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
 
     # ---- the loop ----------------------------------------------------------------------
     if rank == 0:
         out.mkdir(parents=True, exist_ok=True)
+        (out / TRAINING_RECORD).write_text(json.dumps(record, indent=1) + "\n")
     logf = open(out / "log.jsonl", "a") if rank == 0 else None  # noqa: SIM115 - open for the whole run
     batches = iter(loader)
-    window = {"t": time.perf_counter(), "wait": 0.0, "samples": 0, "tokens": 0, "loss": 0.0, "n": 0}
-    totals = {"wait": 0.0, "time": 0.0, "samples": 0, "tokens": 0, "steps": 0}
-    last_loss = float("nan")
-    while step < args.steps and not stop["now"]:
-        t_step = time.perf_counter()
-        loss_sum, wait = 0.0, 0.0
-        for _ in range(accum):
-            t0 = time.perf_counter()
-            batch = next(batches)
-            wait += time.perf_counter() - t0
-            loss = flow_loss(engine, batch["target"], batch["cond"], generator=noise)
-            engine.backward(loss)
-            engine.step()
-            loss_sum += loss.item()
-            b, _, tc, h, w = batch["cond"].shape
-            tokens = b * (tc + batch["target"].shape[2]) * (h // model.patch_size) * (w // model.patch_size)
-            for acc in (window, totals):
-                acc["samples"] += b * world
-                acc["tokens"] += tokens * world
-        update_ema(ema, engine.module, ema_decay(args.ema_decay, step))
-        step += 1
-        step_state = {"loader": loader.state_dict(), "noise": noise.get_state().cpu()}
-        # the mean loss over ranks and micro-steps of this step
-        lt = torch.tensor([loss_sum / accum], device=device)
-        dist.all_reduce(lt)
-        last_loss = lt.item() / world
-        dt = time.perf_counter() - t_step
-        window["wait"] += wait
-        window["loss"] += last_loss
-        window["n"] += 1
-        totals["wait"] += wait
-        totals["time"] += dt
-        totals["steps"] += 1
-        if logf is not None:
-            rec = {"step": step, "loss": last_loss, "lr": scheduler.get_last_lr()[0] if scheduler else None,
-                   "grad_norm": float(engine.get_global_grad_norm() or 0.0), "n_context": batch["n_context"],
-                   "dropped": batch["dropped"], "step_s": round(dt, 4), "data_wait_s": round(wait, 4)}
-            logf.write(json.dumps(rec) + "\n")
-            logf.flush()
-        if step % args.log_every == 0 or step == args.steps:
-            el = time.perf_counter() - window["t"]
-            log(f"[train] step {step}/{args.steps} | loss {window['loss'] / window['n']:.4f} | lr "
-                f"{scheduler.get_last_lr()[0]:.2e} | {window['samples'] / el:.1f} samples/s | "
-                f"{window['tokens'] / el:.0f} tokens/s | data wait {100 * window['wait'] / el:.1f}% | "
-                f"mem {memory_mib(device):.0f} MiB")
-            window = {"t": time.perf_counter(), "wait": 0.0, "samples": 0, "tokens": 0, "loss": 0.0, "n": 0}
-        if args.sample_every and step % args.sample_every == 0 and rank == 0 and decode_samples:
-            write_samples()
-        if val_sets and (step % args.val_every == 0 or step == args.steps):
-            validate()
-        if args.save_every and (step % args.save_every == 0 or stop["now"]):
+    try:
+        window = {"t": time.perf_counter(), "wait": 0.0, "samples": 0, "tokens": 0, "loss": 0.0, "n": 0}
+        totals = {"wait": 0.0, "time": 0.0, "samples": 0, "tokens": 0, "steps": 0}
+        last_loss = float("nan")
+        while step < args.steps and not stop["now"]:
+            t_step = time.perf_counter()
+            loss_sum, wait = 0.0, 0.0
+            for _ in range(accum):
+                t0 = time.perf_counter()
+                batch = next(batches)
+                wait += time.perf_counter() - t0
+                loss = flow_loss(engine, batch["target"], batch["cond"], generator=noise)
+                engine.backward(loss)
+                engine.step()
+                loss_sum += loss.item()
+                b, _, tc, h, w = batch["cond"].shape
+                tokens = b * (tc + batch["target"].shape[2]) * (h // model.patch_size) * (w // model.patch_size)
+                for acc in (window, totals):
+                    acc["samples"] += b * world
+                    acc["tokens"] += tokens * world
+            update_ema(ema, engine.module, ema_decay(args.ema_decay, step))
+            step += 1
+            step_state = {"loader": loader.state_dict(), "noise": noise.get_state().cpu()}
+            # the mean loss over ranks and micro-steps of this step
+            lt = torch.tensor([loss_sum / accum], device=device)
+            dist.all_reduce(lt)
+            last_loss = lt.item() / world
+            dt = time.perf_counter() - t_step
+            window["wait"] += wait
+            window["loss"] += last_loss
+            window["n"] += 1
+            totals["wait"] += wait
+            totals["time"] += dt
+            totals["steps"] += 1
+            if logf is not None:
+                rec = {"step": step, "loss": last_loss, "lr": scheduler.get_last_lr()[0] if scheduler else None,
+                       "grad_norm": float(engine.get_global_grad_norm() or 0.0), "n_context": batch["n_context"],
+                       "dropped": batch["dropped"], "step_s": round(dt, 4), "data_wait_s": round(wait, 4)}
+                logf.write(json.dumps(rec) + "\n")
+                logf.flush()
+            if step % args.log_every == 0 or step == args.steps:
+                el = time.perf_counter() - window["t"]
+                log(f"[train] step {step}/{args.steps} | loss {window['loss'] / window['n']:.4f} | lr "
+                    f"{scheduler.get_last_lr()[0]:.2e} | {window['samples'] / el:.1f} samples/s | "
+                    f"{window['tokens'] / el:.0f} tokens/s | data wait {100 * window['wait'] / el:.1f}% | "
+                    f"mem {memory_mib(device):.0f} MiB")
+                window = {"t": time.perf_counter(), "wait": 0.0, "samples": 0, "tokens": 0, "loss": 0.0, "n": 0}
+            if args.sample_every and step % args.sample_every == 0 and rank == 0 and decode_samples:
+                write_samples()
+            if val_sets and (step % args.val_every == 0 or step == args.steps):
+                validate()
+            if args.save_every and (step % args.save_every == 0 or stop["now"]):
+                save()
+            if window["n"] == 0:  # throughput windows exclude sampling and saving
+                window["t"] = time.perf_counter()
+        if args.save_every and step == args.steps and not (ckpt_dir / f"step{step:08d}").exists():
             save()
-        if window["n"] == 0:  # throughput windows exclude sampling and saving
-            window["t"] = time.perf_counter()
-    if args.save_every and step == args.steps and not (ckpt_dir / f"step{step:08d}").exists():
-        save()
-    if logf is not None:
-        logf.close()
+    finally:
+        # Whatever ended the loop, the loader's workers end with it and signals act normally
+        # again: an error must end the run, not leave it waiting on workers that ignore SIGTERM.
+        batches.close()
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+        if logf is not None:
+            logf.close()
     return {"step": step, "loss": last_loss, "val_loss": last_val,
             "data_wait_share": totals["wait"] / max(totals["time"], 1e-9),
             "step_s": totals["time"] / max(totals["steps"], 1), "params": n_params, **{
                 k: totals[k] for k in ("samples", "tokens")}}
 
 
+def error_message(e: BaseException) -> str:
+    """The one-line message of a bad-data error, also when a DataLoader worker raised it (the
+    DataLoader re-raises it with the worker's whole traceback in the message)."""
+    text = str(e).strip()
+    if "Original Traceback" in text:
+        last = text.splitlines()[-1]
+        text = last.split(f"{type(e).__name__}: ", 1)[-1]
+    return text
+
+
 def cli() -> int:
-    """Console entry point (``lavin-train``): the training run, exit status 0."""
-    main()
+    """Console entry point (``lavin-train``, and the script the deepspeed launcher runs): exit 0
+    when the run ends (its steps done, or stopped by a signal with a checkpoint); 2 with a
+    one-line message for bad input (a folder that is not latents, a bad shard or checkpoint);
+    other errors end the run with their traceback and status 1, never a hang."""
+    from lavin_data.weights import CheckpointError
+    from lavin_model.data import LatentDataError
+
+    try:
+        main()
+    except (LatentDataError, CheckpointError) as e:
+        print(f"error: {error_message(e)}", file=sys.stderr, flush=True)
+        return 2
+    except KeyboardInterrupt:  # a second SIGINT/SIGTERM (the first saves a checkpoint and ends cleanly)
+        print("[train] stopped without a checkpoint", file=sys.stderr, flush=True)
+        return 130
     return 0
 
 

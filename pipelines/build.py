@@ -444,16 +444,30 @@ def write_manifest(spec: Spec) -> dict:
     return manifest
 
 
+class _DefaultsHelp(argparse.ArgumentDefaultsHelpFormatter):
+    """Shows each option's default; where it is None the help says in words what happens instead."""
+
+    def _get_help_string(self, action: argparse.Action) -> str | None:
+        return action.help if action.default is None else super()._get_help_string(action)
+
+
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m pipelines.build", description=__doc__.split("\n\n")[1])
-    ap.add_argument("--spec", required=True, help="build spec (YAML)")
-    ap.add_argument("--output", help="output folder (overrides the spec's `output`)")
-    ap.add_argument("--num-cpus", type=int, help="CPUs for a local Ray (default: all); ignored with RAY_ADDRESS")
+    ap = argparse.ArgumentParser(prog="python -m pipelines.build", description=__doc__.split("\n\n")[1],
+                                 formatter_class=_DefaultsHelp)
+    ap.add_argument("--spec", required=True, metavar="YAML", default=argparse.SUPPRESS,
+                    help="build spec; ${VAR} and ${VAR:-default} in it are taken from the environment")
+    ap.add_argument("--output", metavar="DIR",
+                    help="output folder, instead of the spec's output: field (whose ${VAR}s then need not be set) "
+                         "(default: the spec's output:)")
+    ap.add_argument("--num-cpus", type=int, metavar="N",
+                    help="CPUs for a local Ray; ignored with RAY_ADDRESS (default: all of this machine's)")
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     spec = None
     try:
         spec = load_spec(args.spec, output=args.output)
+        if args.output is not None:  # say so: a spec's output: may be where its author expects the build
+            print(f"[build] output {args.output} (--output; the spec's output: field is not used)")
         manifest = build(spec, args.num_cpus)
     except QualityError as e:
         print(f"error: {e}", file=sys.stderr)

@@ -1,3 +1,5 @@
+import argparse
+import re
 from pathlib import Path
 
 import pytest
@@ -100,3 +102,210 @@ def test_task_option_defaults_are_filled_when_options_are_omitted():
     spec = parse_spec(minimal(tasks=[{"task": "object_detection", "source": "syn"}]))
     assert spec.tasks[0].options == {"thickness": 2, "min_side": 4, "min_object_area": 0.001,
                                      "min_target_coverage": 0.0005}
+
+
+# --------------------------------------------------------------------------- ${VAR} in spec files
+
+UVD = ROOT / "manifests" / "uvd.yaml"
+REF_RE = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
+
+
+def uvd_uses() -> dict[str, set[int]]:
+    """Each ${VAR} without a default in uvd.yaml outside comments -> the lines it is on, read line by line."""
+    uses: dict[str, set[int]] = {}
+    for n, line in enumerate(UVD.read_text().splitlines(), 1):
+        code = line.split(" #")[0] if not line.lstrip().startswith("#") else ""
+        for var in REF_RE.findall(code):
+            uses.setdefault(var, set()).add(n)
+    return uses
+
+
+def unset_rows(err: str) -> dict[str, set[int]]:
+    """The error's table: variable -> the line numbers given for it."""
+    rows = {}
+    for line in err.splitlines():
+        m = re.match(r"\s+\$\{(\w+)\}\s+(.*)", line)
+        if m:
+            rows[m.group(1)] = {int(n) for n in re.findall(r"\(line (\d+)\)", m.group(2))}
+    return rows
+
+
+def test_every_unset_variable_is_reported_at_once_by_the_cli(monkeypatch, capsys):
+    from pipelines.build import main
+
+    uses = uvd_uses()
+    assert len(uses) >= 9 and "UVD_OUT" in uses and "COCO_ROOT" in uses
+    for var in uses:
+        monkeypatch.delenv(var, raising=False)
+    assert main(["--spec", str(UVD)]) == 2
+    err = capsys.readouterr().err
+    assert "Traceback" not in err and err.startswith(f"error: {UVD}: {len(uses)} environment variables are not set")
+    assert unset_rows(err) == uses, err  # every variable, with every line it is used on
+    lines = UVD.read_text().splitlines()
+    images = next(n for n, line in enumerate(lines, 1) if "images: ${COCO_ROOT}/train2017" in line)
+    last_model = max(n for n, line in enumerate(lines, 1) if "model: ${DEPTH_ANYTHING_DIR}" in line)
+    assert f"sources[0].images (line {images})" in err and f"labelers[3].model (line {last_model})" in err, err
+    assert re.search(r"export " + " ".join(f"{v}=\\.\\.\\." for v in uses), err), err  # how to set them
+    assert "--output DIR" in err  # UVD_OUT is used in output:
+    header = "".join(line for line in UVD.read_text().splitlines(keepends=True) if line.startswith("#"))
+    assert all(var in header for var in uses), "the comment at the top of uvd.yaml lists every variable"
+
+
+def test_only_the_unset_variables_are_reported(monkeypatch):
+    uses = uvd_uses()
+    for var in uses:
+        monkeypatch.setenv(var, f"/data/{var.lower()}")
+    monkeypatch.delenv("NYU_ROOT")
+    monkeypatch.delenv("DEPTH_ANYTHING_DIR")
+    with pytest.raises(SpecError) as e:
+        load_spec(UVD)
+    assert unset_rows(str(e.value)) == {v: uses[v] for v in ("NYU_ROOT", "DEPTH_ANYTHING_DIR")}, str(e.value)
+    assert "--output" not in str(e.value)  # output: is set
+    # a spec given as data reports all of them too (without lines)
+    with pytest.raises(SpecError, match=r"(?s)2 environment variables are not set.*\$\{NYU_ROOT\}\s+output.*"
+                                        r"\$\{DEPTH_ANYTHING_DIR\}\s+sources\[0\]\.root"):
+        parse_spec(minimal(output="${NYU_ROOT}", sources=[{"name": "s", "kind": "image_folder",
+                                                           "root": "${DEPTH_ANYTHING_DIR}"}]))
+
+
+FLOW_SPEC = """\
+name: flow
+output: ${FLOW_OUT:-out/flow}
+sources:
+  - {name: coco, kind: coco, images: ${COCO}/train2017, instances: ${COCO}/ann.json}
+  - {name: pics, kind: image_folder, root: ${PICS}, licence: ${LIC:-CC0, or [the] owner's: ask}}
+tasks:
+  - {task: inpainting, source: pics, options: {mode: ${MODE}}}
+  - {task: colorization, source: coco}
+"""
+
+
+def test_variables_in_flow_mappings_resolve(monkeypatch, tmp_path):
+    monkeypatch.setenv("COCO", "/data/coco")
+    monkeypatch.setenv("PICS", "/data/pics")
+    monkeypatch.setenv("MODE", "patches")
+    monkeypatch.delenv("LIC", raising=False)
+    monkeypatch.delenv("FLOW_OUT", raising=False)
+    p = tmp_path / "flow.yaml"
+    p.write_text(FLOW_SPEC)
+    spec = load_spec(p)
+    assert spec.output == "out/flow"
+    coco, pics = spec.sources
+    assert (coco.images, coco.instances) == ("/data/coco/train2017", "/data/coco/ann.json")
+    assert pics.root == "/data/pics"
+    assert pics.licence == "CC0, or [the] owner's: ask"  # a default may hold flow syntax
+    assert spec.tasks[0].options["mode"] == "patches"
+    monkeypatch.setenv("FLOW_OUT", "")  # set, even empty: the variable wins over the default, as before
+    assert load_spec(p).output == ""
+
+
+def test_flow_spec_text_check():
+    # the text above is not valid YAML as written: the test would prove nothing otherwise
+    import yaml
+
+    with pytest.raises(yaml.YAMLError):
+        yaml.safe_load(FLOW_SPEC)
+
+
+# values a variable may hold that are YAML syntax: each must stay the one string it is put into
+NASTY = ["a: b", "x # not a comment", "{kind: synthetic}", "[1, 2]", "it's \"quoted\"", "line\nnext: 1",
+         "- item", "&anchor *alias", "!!python/object:os.system", "${OTHER}", "'", "\"", "}", ",", "", " "]
+
+
+@pytest.mark.parametrize("value", NASTY)
+def test_a_variable_value_never_becomes_yaml(monkeypatch, tmp_path, value):
+    monkeypatch.setenv("V", value)
+    monkeypatch.setenv("OTHER", "expanded twice")
+    p = tmp_path / "s.yaml"
+    p.write_text("name: t\noutput: ${V}\nsources:\n"
+                 "  - {name: a, kind: image_folder, root: ${V}, licence: 'x ${V} y'}\n"
+                 "  - name: b\n    kind: image_folder\n    root: \"${V}/z\"\n    licence: ${V}\n"
+                 "tasks: [{task: colorization, source: a}, {task: denoise, source: b}]\n")
+    spec = load_spec(p)
+    a, b = spec.sources
+    assert spec.output == value
+    assert (a.root, a.licence, b.root, b.licence) == (value, f"x {value} y", f"{value}/z", value)
+    assert [s.name for s in spec.sources] == ["a", "b"] and [t.task for t in spec.tasks] == ["colorization", "denoise"]
+
+
+def test_variables_in_comments_are_not_read(monkeypatch, tmp_path):
+    monkeypatch.delenv("NOT_SET", raising=False)
+    p = tmp_path / "s.yaml"
+    p.write_text("# output: ${NOT_SET}\nname: t\noutput: /o  # was ${NOT_SET}\n"
+                 "sources: [{name: s, kind: synthetic}]  # {root: ${NOT_SET}}\n"
+                 "tasks: [{task: colorization, source: s}]\n")
+    assert load_spec(p).output == "/o"
+
+
+def test_yaml_errors_show_the_spec_as_written(tmp_path):
+    line = "output: ${X}: b"
+    p = tmp_path / "s.yaml"
+    p.write_text(f"name: t\n{line}\n")
+    with pytest.raises(SpecError) as e:
+        load_spec(p)
+    col = line.index("}: b") + 2  # 1-based column of the ":" YAML refuses
+    assert f"line 2, column {col}" in str(e.value), str(e.value)
+    p.write_text("name: t\noutput: o\nsources: [{name: s, kind: synthetic}]\n"
+                 "tasks: [{task: denoise, source: s, options: {${K}: 1, ${K}: 2}}]\n")
+    with pytest.raises(SpecError, match=r"duplicate key '\$\{K\}' in tasks\[0\]\.options"):
+        load_spec(p)
+
+
+def test_output_flag_replaces_the_output_field_and_its_variables(monkeypatch, tmp_path, capsys):
+    monkeypatch.delenv("UNSET_OUT", raising=False)
+    monkeypatch.delenv("UNSET_ROOT", raising=False)
+    monkeypatch.setenv("HOME_ISH", "/expanded")
+    p = tmp_path / "s.yaml"
+    p.write_text("name: t\noutput: ${UNSET_OUT}/x\nsources: [{name: s, kind: synthetic}]\n"
+                 "tasks: [{task: colorization, source: s}]\n")
+    with pytest.raises(SpecError, match=r"(?s)field output: environment variable \$\{UNSET_OUT\}.*--output DIR"):
+        load_spec(p)
+    spec = load_spec(p, output="/tmp/o")  # the field it fills is replaced: nothing to set
+    assert spec.output == "/tmp/o"
+    assert load_spec(p, output="${HOME_ISH}/o").output == "${HOME_ISH}/o"  # the shell expands a flag, not us
+    # a variable used elsewhere too is still needed there, and named only there
+    p.write_text("name: t\noutput: ${UNSET_OUT}\nsources: [{name: s, kind: image_folder, root: ${UNSET_ROOT}}]\n"
+                 "tasks: [{task: colorization, source: s}]\n")
+    with pytest.raises(SpecError) as e:
+        load_spec(p, output="/tmp/o")
+    assert "UNSET_ROOT" in str(e.value) and "UNSET_OUT" not in str(e.value) and "--output" not in str(e.value)
+    # through the CLI: the build gets --output, and says that the spec's output: is not used
+    import pipelines.build as cli
+
+    got = []
+    monkeypatch.setattr(cli, "build", lambda spec, num_cpus: got.append(spec) or
+                        {"counts": {}, "failures": {}, "run": {"seconds": 0.0}})
+    p.write_text("name: t\noutput: ${UNSET_OUT}\nsources: [{name: s, kind: synthetic}]\n"
+                 "tasks: [{task: colorization, source: s}]\n")
+    assert cli.main(["--spec", str(p), "--output", str(tmp_path / "o")]) == 0
+    assert [s.output for s in got] == [str(tmp_path / "o")]
+    assert f"output {tmp_path / 'o'} (--output; the spec's output: field is not used)" in capsys.readouterr().out
+
+
+def test_help_shows_defaults_and_the_program(capsys):
+    from pipelines.build import main
+
+    with pytest.raises(SystemExit) as e:
+        main(["--help"])
+    assert e.value.code == 0
+    out = " ".join(capsys.readouterr().out.split())  # argparse wraps lines
+    assert out.startswith("usage: python -m pipelines.build")
+    assert "--output DIR output folder" in out and "(default: the spec's output:)" in out
+    assert "--num-cpus N CPUs for a local Ray" in out and "(default: all of this machine's)" in out
+    assert "--spec YAML build spec" in out and "(default: None)" not in out
+    # the formatter shows a real default itself, and leaves None to the words in the help
+    from pipelines.build import _DefaultsHelp
+
+    ap = argparse.ArgumentParser(prog="p", formatter_class=_DefaultsHelp)
+    ap.add_argument("--size", type=int, default=256, help="side")
+    ap.add_argument("--where", help="folder (default: here)")
+    text = " ".join(ap.format_help().split())
+    assert "--size SIZE side (default: 256)" in text and "--where WHERE folder (default: here) " in text + " "
+    assert "None" not in text
+
+
+def test_deep_nesting_is_refused_not_crashed(tmp_path):
+    p = tmp_path / "deep.yaml"
+    p.write_text("name: t\noutput: o\nz: " + "[" * 3000 + "]" * 3000 + "\n")
+    with pytest.raises(SpecError, match=r"not valid YAML: collections nested more than 100 deep at line 3"):
+        load_spec(p)

@@ -116,11 +116,11 @@ def test_checkpoints_read_with_weights_only_and_resume_never_unpickles(latents, 
     state["planted"] = _Planted(marker)
     torch.save(state, optim)
     r = _train(out, latents, "--steps", "2", "--num-workers", "0", check=False)
-    assert r.returncode != 0 and not marker.exists(), r.stdout[-2000:] + r.stderr[-2000:]
-    assert f"CheckpointError: {optim}: not a checkpoint that loads with torch.load(weights_only=True)" in r.stderr
+    assert r.returncode == 2 and not marker.exists(), r.stdout[-2000:] + r.stderr[-2000:]
+    assert f"error: {optim}: not a checkpoint that loads with torch.load(weights_only=True)" in r.stderr
 
 
-def _name_vae_in_latents(root: Path, vae: str, weight_hash: str | None) -> None:
+def _name_vae_in_latents(root: Path, vae: str, weight_hash: str | None, resolution: int | None = None) -> None:
     """Rewrite every sample's json as encode_latents writes it for the ST-VAE ``vae``."""
     import io
     import tarfile
@@ -134,7 +134,7 @@ def _name_vae_in_latents(root: Path, vae: str, weight_hash: str | None) -> None:
                 data = src.extractfile(info).read()
                 if info.name.endswith(".json"):
                     data = json.dumps({**json.loads(data), "vae": vae, "vae_config": TINY_VAE,
-                                       "weight_hash": weight_hash}).encode()
+                                       "weight_hash": weight_hash, "resolution": resolution}).encode()
                 info.size = len(data)
                 dst.addfile(info, io.BytesIO(data))
         tar.write_bytes(buf.getvalue())
@@ -178,6 +178,96 @@ def test_a_vae_that_is_not_the_recorded_one_is_refused(tmp_path):
     _name_vae_in_latents(root, "/models/stvae-released.pt", weight_hash(vae))  # the same weights elsewhere: fine
     _train(out, root, *args)
     assert cv2.imread(str(out / "samples" / "step00000001.png")).shape == (64, 5 * 64, 3)
+
+
+def _leftover(pattern: str) -> list[int]:
+    """Processes (the trainer and its loader workers share its command line) still alive."""
+    import psutil
+
+    return [p.pid for p in psutil.process_iter(["cmdline"]) if pattern in " ".join(p.info["cmdline"] or [])]
+
+
+def _pixel_shards(root: Path) -> Path:
+    """A build's pairs/ folder in miniature: render-stage shards of input/target images."""
+    from lavin_data.codecs import encode_png
+    from lavin_data.shards import ShardWriter
+
+    img = encode_png(np.zeros((16, 16, 3), np.uint8))
+    for task in ("colorization", "depth_estimation"):
+        w = ShardWriter(root / "pairs" / task / "synthetic-000000.tar", stage="render")
+        for k in range(4):
+            w.add(f"synthetic_{k:06d}", {"input.png": img, "target.png": img, "json": b'{"split": "train"}'},
+                  split="train")
+        w.commit({"stage": "render", "task": task})
+    return root
+
+
+@pytest.mark.parametrize("folder", ["pairs", "build"])
+def test_pixel_shards_as_latents_end_the_run_at_once_with_exit_2(tmp_path, folder):
+    """The pairs/ folder (or the build folder) given as --latents by mistake: one line naming
+    the shard and what --latents takes, exit 2, before any worker starts; nothing left running."""
+    build = _pixel_shards(tmp_path / "out")
+    given = build / "pairs" if folder == "pairs" else build
+    out = tmp_path / "run"
+    r = _train(out, given, "--steps", "5", check=False)
+    assert r.returncode == 2, r.stdout[-2000:] + r.stderr[-2000:]
+    assert "Traceback" not in r.stderr and r.stderr.strip().count("\n") == 0, r.stderr
+    if folder == "pairs":
+        assert (f"error: {given / 'colorization' / 'synthetic-000000.tar'}: a pixel pair (render stage) shard, not "
+                "a latent shard" in r.stderr and "python -m lavin_data.encode_latents" in r.stderr), r.stderr
+    else:
+        assert f"{given} looks like a build folder: encode its pairs/" in r.stderr, r.stderr
+    assert not (out / "log.jsonl").exists() and not _leftover(str(out))
+
+
+def test_a_bad_sample_met_by_a_loader_worker_ends_the_run(tmp_path):
+    """Latents whose first samples are fine (so the start-up check passes) but a later shard's
+    samples lack their target moments: a loader worker raises, the run ends with exit 2 and the
+    worker's message in one line, and no process is left (the run used to hang for good)."""
+    from lavin_data.codecs import encode_npy
+    from lavin_data.shards import ShardWriter
+
+    root = synthetic_latent_shards(tmp_path / "lat", tasks=1, shards=2, per_shard=8, latent=8)
+    bad = root / "task0" / "s-000001.tar"
+    w = ShardWriter(bad, stage="encode_latents")
+    for k in range(8):
+        w.add(f"bad_{k:04d}", {"input_moments.npy": encode_npy(np.zeros((32, 1, 8, 8), np.float16)),
+                               "json": json.dumps({"split": "train", "item": f"bad{k}"}).encode()}, split="train")
+    w.commit({"stage": "encode_latents"})
+    out = tmp_path / "run"
+    r = _train(out, root, "--steps", "200", "--micro-batch", "4", "--save-every", "0", "--val-every", "0",
+               check=False)
+    assert r.returncode == 2, r.stdout[-2000:] + r.stderr[-2000:]
+    last = r.stderr.strip().splitlines()[-1]
+    assert last.startswith(f"error: {bad}: sample bad_") and "has no target_moments.npy" in last, r.stderr[-2000:]
+    assert not _leftover(str(out))
+
+
+def test_a_dead_loader_worker_ends_the_run_and_signals_still_act(latents, tmp_path):
+    """A loader worker killed under a running trainer (out of memory, say): the run ends by
+    itself with a non-zero status, and a SIGTERM sent meanwhile does not keep it alive."""
+    import psutil
+
+    out = tmp_path / "run"
+    cmd = [sys.executable, "-m", "lavin_model.train", "--latents", str(latents), "--out", str(out), "--size", "tiny",
+           "--steps", "100000", "--micro-batch", "2", "--context", "1-2", "--log-every", "1", "--sample-every", "0",
+           "--save-every", "0", "--val-every", "0", "--num-workers", "2"]
+    p = subprocess.Popen(cmd, cwd=ROOT, env=_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        deadline = time.time() + 120
+        while time.time() < deadline and not (out / "log.jsonl").exists():
+            time.sleep(0.2)
+        workers = psutil.Process(p.pid).children()
+        assert len(workers) == 2, workers
+        workers[0].kill()
+        time.sleep(0.5)
+        p.send_signal(signal.SIGTERM)
+        stdout, _ = p.communicate(timeout=60)  # a hang fails here
+    finally:
+        p.kill()
+    assert p.returncode not in (0, None), stdout[-3000:]
+    assert "exited unexpectedly" in stdout or "is killed by signal" in stdout, stdout[-3000:]
+    assert not _leftover(str(out))
 
 
 def test_the_loss_drops_and_samples_are_written(latents, tmp_path):
@@ -253,6 +343,83 @@ def test_init_from_a_released_format_checkpoint_and_infer(latents, tmp_path):
     r = subprocess.run([*base, "--checkpoint", str(tmp_path / "run" / "model"), "--examples", str(tpl),
                         "--out", str(tmp_path / "p2.png")], cwd=ROOT, env=_env(), capture_output=True, text=True)
     assert r.returncode == 2 and "003_input.png: has no matching target image" in r.stderr
+
+
+def test_infer_from_a_step_folder_with_the_vae_recorded_by_the_run(tmp_path):
+    """The run records the latents' ST-VAE (architecture, weight hash) and resolution in
+    training.json: infer then needs only --vae, from model/, checkpoints/ or a step folder (whose
+    EMA weights it uses), warns at another resolution, names the recorded VAE when --vae is
+    missing and refuses other weights; a .pt VAE of another architecture without --vae-config is
+    one line naming the file, not a traceback."""
+    from safetensors.torch import load_file
+
+    from lavin_data.stvae import build_stvae
+    from lavin_data.weights import weight_hash
+    from lavin_model.jdit import jdit_from_checkpoint
+
+    root = synthetic_latent_shards(tmp_path / "lat", tasks=2, shards=1, per_shard=8, latent=8)
+    vae = tmp_path / "vae.pt"
+    torch.manual_seed(0)
+    torch.save({"state_dict": build_stvae(TINY_VAE).state_dict()}, vae)
+    _name_vae_in_latents(root, str(vae), weight_hash(vae), resolution=64)
+    out = tmp_path / "run"
+    _train(out, root, "--steps", "4", "--save-every", "4", "--num-workers", "0", "--micro-batch", "2",
+           "--ema-decay", "0.5", "--val-every", "0")
+    rec = json.loads((out / "model" / "training.json").read_text())
+    assert rec["resolution"] == 64 and rec["vae"] == {"path": str(vae), "weight_hash": weight_hash(vae),
+                                                       "vae_config": TINY_VAE}, rec
+    step = out / "checkpoints" / "step00000004"
+    ema, model = load_file(step / "ema.safetensors"), jdit_from_checkpoint(step).state_dict()
+    exported = load_file(out / "model" / "model.safetensors")
+    assert all(torch.equal(model[k], ema[k]) and torch.equal(exported[k], ema[k]) for k in ema)  # EMA, as model/
+    raw = torch.load(step / "mp_rank_00_model_states.pt", weights_only=False)["module"]  # our own file
+    assert any(not torch.equal(raw[k].float(), ema[k]) for k in ema)  # the step folder's EMA is not the raw one
+
+    tpl = tmp_path / "templates" / "task0"
+    tpl.mkdir(parents=True)
+    rng = np.random.default_rng(0)
+    for i in range(2):
+        cv2.imwrite(str(tpl / f"{i:03d}_input.png"), rng.integers(0, 255, (40, 50, 3), np.uint8))
+        cv2.imwrite(str(tpl / f"{i:03d}_target.png"), rng.integers(0, 255, (40, 50, 3), np.uint8))
+    query = tmp_path / "q.png"
+    cv2.imwrite(str(query), rng.integers(0, 255, (30, 70, 3), np.uint8))
+
+    def infer(checkpoint: Path, *extra: str) -> subprocess.CompletedProcess:
+        return subprocess.run([sys.executable, "-m", "lavin_model.infer", "--checkpoint", str(checkpoint),
+                               "--examples", str(tpl), "--query", str(query), "--steps", "3", *extra],
+                              cwd=ROOT, env=_env(), capture_output=True, text=True)
+
+    for i, ckpt in enumerate((step, out / "checkpoints", out / "model")):
+        r = infer(ckpt, "--vae", str(vae), "--out", str(tmp_path / f"p{i}.png"))
+        assert r.returncode == 0, r.stderr[-3000:]
+        assert f"ST-VAE architecture from {out / ('model' if ckpt.name == 'model' else '') / 'training.json'}" \
+            .replace("//", "/") in r.stdout, r.stdout
+        assert "warning" not in r.stderr and cv2.imread(str(tmp_path / f"p{i}.png")).shape == (30, 70, 3)
+    same = [cv2.imread(str(tmp_path / f"p{i}.png")) for i in range(3)]
+    assert np.array_equal(same[0], same[1]) and np.array_equal(same[0], same[2])  # the same (EMA) weights
+
+    r = infer(step, "--vae", str(vae), "--out", str(tmp_path / "p128.png"), "--resolution", "128")
+    assert r.returncode == 0 and "warning: --resolution 128, but the model was trained at 64x64" in r.stderr, r.stderr
+
+    r = infer(step, "--out", str(tmp_path / "x.png"))  # no --vae
+    assert r.returncode == 2 and "error: give --vae" in r.stderr and f"ST-VAE {vae} (weight hash" in r.stderr, \
+        r.stderr
+    other = tmp_path / "other.pt"
+    torch.manual_seed(1)
+    torch.save({"state_dict": build_stvae(TINY_VAE).state_dict()}, other)
+    r = infer(step, "--vae", str(other), "--out", str(tmp_path / "x.png"))
+    assert r.returncode == 2 and f"error: --vae {other} has weight hash" in r.stderr, r.stderr
+
+    # A checkpoint without a record (released layout) and a VAE .pt of a non-released architecture:
+    released = tmp_path / "released.pt"
+    torch.save({"state_dict": jdit_from_checkpoint(out / "model").state_dict()}, released)
+    r = infer(released, "--vae", str(vae), "--out", str(tmp_path / "x.png"), "--resolution", "64")
+    assert r.returncode == 2 and "Traceback" not in r.stderr, r.stderr[-3000:]
+    assert r.stderr.startswith(f"error: {vae}: its weights do not fit the ST-VAE architecture released") \
+        and "--vae-config" in r.stderr and r.stderr.count("\n") == 1, r.stderr[-3000:]
+    r = infer(released, "--vae", str(vae), "--vae-config", json.dumps(TINY_VAE), "--out", str(tmp_path / "y.png"),
+              "--resolution", "64")
+    assert r.returncode == 0 and np.array_equal(cv2.imread(str(tmp_path / "y.png")), same[0]), r.stderr[-3000:]
 
 
 def test_model_flops_match_torch_flop_counter():
