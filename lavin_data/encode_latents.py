@@ -10,12 +10,15 @@ Done shards (stats present) are skipped; a pair that cannot be decoded is record
 index and the rest of its shard is encoded. Encoders are a Ray Data actor pool (one model
 per actor, on a GPU when ``--num-gpus`` > 0); the next batch is decoded in a background
 thread while the VAE runs. ``--preview N`` decodes the first N latents of each task back to
-PNG beside the originals in ``<out>/preview/``.
+PNG beside the originals in ``<out>/preview/``. ``--pixels`` may also be the build folder
+itself (its ``pairs/`` is used); a folder of other shards (base, labels, latents), a
+``--tasks`` name without a folder, or nothing to encode is an error (exit 2).
 """
 
 from __future__ import annotations
 
 import argparse
+import difflib
 import functools
 import json
 import os
@@ -127,21 +130,147 @@ class EncodeWorker:
             return dict(row, stats="{}", error=f"{row['src']}: {type(e).__name__}: {e}\n{traceback.format_exc()}")
 
 
-def shard_pairs(pixels: Path, out: Path, tasks: list[str] | None) -> list[dict]:
-    """Every committed pair shard (stats present) with its latent destination. Video tasks
-    (clip pairs) are left out with a note: encoding clips is not built yet."""
+class PixelsError(ValueError):
+    """``--pixels``/``--tasks`` give nothing this run can encode; the message says what was
+    found there and what was expected (the CLI prints it and exits 2)."""
+
+
+EXPECTED = "<pixels>/<task>/<shard>.tar, each with its <shard>.stats.json (a build's pairs/ folder)"
+# What each ``stage`` in a shard's stats means, for telling a user which folder they gave.
+STAGE_KINDS = {"render": "pair shards", "ingest": "base shards (a build's base/ folder)",
+               "label": "label shards (a build's labels/ folder)",
+               "encode_latents": "latent shards (an encode_latents output)"}
+
+
+def _subdirs(folder: Path) -> list[Path]:
+    return sorted(p for p in folder.iterdir() if p.is_dir() and not p.name.startswith("."))
+
+
+def _first_stats(folder: Path) -> dict | None:
+    """The first readable ``*.stats.json`` directly in ``folder`` (None: there is none)."""
+    for f in sorted(folder.glob("*.stats.json")):
+        try:
+            stats = json.loads(f.read_text())
+        except (OSError, ValueError):
+            continue
+        if isinstance(stats, dict):
+            return stats
+    return None
+
+
+def _stats_below(folder: Path) -> tuple[Path, dict] | None:
+    """(sub-folder, stats) of the first shard one folder below ``folder``; one stats file
+    per sub-folder is read, so a large build costs a few dozen reads."""
+    for d in _subdirs(folder):
+        stats = _first_stats(d)
+        if stats is not None:
+            return d, stats
+    return None
+
+
+def _not_pairs(stats: dict) -> str | None:
+    """What shards of another stage are (``STAGE_KINDS``), None for pair shards. A stats
+    file that records no stage counts as pairs: only a known other stage is refused."""
+    stage = stats.get("stage")
+    return STAGE_KINDS[stage] if stage in STAGE_KINDS and stage != "render" else None
+
+
+def resolve_pixels(pixels: Path) -> tuple[Path, list[str]]:
+    """The pair-shard folder that ``--pixels`` names, and notes for the user. A build folder
+    (one with ``pairs/`` holding task folders) stands for its ``pairs/``. Raises
+    :class:`PixelsError` for a folder of other shards (base, labels, latents: told apart by
+    the ``stage`` their stats record), a single task's folder, or one with no pair shards."""
+    pairs = pixels / "pairs"
+    if pairs.is_dir() and _subdirs(pairs):
+        return pairs, [f"{pixels} is a build folder: encoding its pair shards in {pairs}"]
+    here = _first_stats(pixels)
+    if here is not None:
+        kind = _not_pairs(here)
+        if kind is None:
+            raise PixelsError(f"{pixels} is one task's folder of pair shards; give the pairs/ folder above it: "
+                              f"--pixels {pixels.parent} --tasks {pixels.name}")
+        raise PixelsError(f"{pixels} holds {kind}, not pixel pair shards; expected {EXPECTED}")
+    below = _stats_below(pixels)
+    if below is not None:
+        stats = below[1]
+        kind = _not_pairs(stats)
+        if kind is None:
+            return pixels, []
+        hint = ""
+        if stats.get("stage") == "encode_latents" and stats.get("source_shard"):
+            hint = f" (its shards were encoded from {Path(stats['source_shard']).parent.parent})"
+        elif (pixels.parent / "pairs").is_dir():  # base/ or labels/<labeler>/ of a build
+            hint = f"; the pair shards of this build are in {pixels.parent / 'pairs'}"
+        raise PixelsError(f"{pixels} holds {kind}, not pixel pair shards{hint}; expected {EXPECTED}")
+    builds = [d for d in _subdirs(pixels) if (d / "pairs").is_dir() and _subdirs(d / "pairs")]
+    if builds:
+        raise PixelsError(f"{pixels} holds build folders, not pair shards; give one of them (or its pairs/): "
+                          + ", ".join(str(b) for b in builds))
+    for d in _subdirs(pixels):  # labels/<labeler>/<source>/ or latents/<name>/<task>/: shards two folders down
+        below = _stats_below(d)
+        kind = _not_pairs(below[1]) if below else None
+        if kind:
+            raise PixelsError(f"{pixels} holds no pair shards ({d} holds {kind}); expected {EXPECTED}")
+    uncommitted = sum(1 for d in _subdirs(pixels) for _ in d.glob("*.tar"))
+    if uncommitted:
+        raise PixelsError(f"{pixels}: no committed pair shards ({uncommitted} .tar files without their "
+                          ".stats.json: a build still running, or stopped before committing any? re-run it)")
+    what = "a build folder without pairs/ (has the build rendered any pairs?)" if any(
+        (pixels / f).exists() for f in ("spec.json", "manifest.json")) else "no pair shards"
+    raise PixelsError(f"{pixels}: {what}; expected {EXPECTED}")
+
+
+def select_tasks(pixels: Path, tasks: list[str] | None) -> tuple[list[str], list[str]]:
+    """(image task folders to encode, video task folders left out) of the pairs folder
+    ``pixels``: those named in ``tasks`` (None: all). Raises :class:`PixelsError` for a task
+    name without a folder (with the folders there and a close match) or when only video
+    tasks are left: encoding clip pairs is not built yet."""
     from lavin_data.registry import TASKS
 
-    rows = []
-    for task_dir in sorted(p for p in pixels.iterdir() if p.is_dir()):
-        if tasks and task_dir.name not in tasks:
-            continue
-        if task_dir.name in TASKS and TASKS[task_dir.name].frames == "video":
-            print(f"[encode] skipping {task_dir.name}: clip pairs are not encoded yet (image pairs only)")
-            continue
-        for tar in sorted(task_dir.glob("*.tar")):
+    found = [d.name for d in _subdirs(pixels)]
+    if tasks is not None:
+        unknown = [t for t in tasks if t not in found]
+        if unknown:
+            named = []
+            for t in unknown:
+                close = difflib.get_close_matches(t, found, n=1)
+                named.append(f"{t} (did you mean {close[0]}?)" if close else t)
+            raise PixelsError(f"--tasks: no task folder{'s' if len(named) > 1 else ''} {', '.join(named)} in {pixels}; "
+                              f"task folders there: {', '.join(found) or 'none'}")
+    chosen = found if tasks is None else [t for t in found if t in tasks]
+    video = [t for t in chosen if t in TASKS and TASKS[t].frames == "video"]
+    image = [t for t in chosen if t not in video]
+    if not image and video:
+        others = [t for t in found if t not in video and not (t in TASKS and TASKS[t].frames == "video")]
+        which = "--tasks names only video tasks" if tasks is not None else f"{pixels} holds only video task folders"
+        raise PixelsError(f"{which} ({', '.join(video)}): clip pairs are not encoded yet (image pairs only); "
+                          f"image task folders there: {', '.join(others) or 'none'}")
+    return image, video
+
+
+def shard_pairs(pixels: Path, out: Path, tasks: list[str] | None) -> list[dict]:
+    """Every committed pair shard (stats present) of the image tasks of ``pixels`` (a pairs
+    folder; ``tasks``: those task folders, None: all) with its latent destination and its
+    pair count. Video tasks (clip pairs) are left out with a note: encoding clips is not
+    built yet. Raises :class:`PixelsError` when nothing is there to encode (see
+    :func:`select_tasks`), or when the chosen tasks have no committed shard."""
+    image, video = select_tasks(pixels, tasks)
+    if video:
+        print(f"[encode] skipping video tasks (clip pairs are not encoded yet, image pairs only): {', '.join(video)}")
+    rows, uncommitted = [], 0
+    for task in image:
+        for tar in sorted((pixels / task).glob("*.tar")):
             if shard_done(tar):
-                rows.append({"src": str(tar), "dst": str(out / task_dir.name / tar.name)})
+                rows.append({"src": str(tar), "dst": str(out / task / tar.name),
+                             "pairs": int(read_stats(tar).get("n_ok", 0))})
+            else:
+                uncommitted += 1
+    if not rows:
+        why = f" ({uncommitted} .tar files without their .stats.json: a build still running?)" if uncommitted else ""
+        raise PixelsError(f"no committed pair shards for {', '.join(image) or 'any task'} in {pixels}{why}; "
+                          f"expected {EXPECTED}")
+    if uncommitted:
+        print(f"[encode] note: {uncommitted} pair shards not committed yet (no .stats.json) are left out")
     return rows
 
 
@@ -177,20 +306,32 @@ def preview(pixels: Path, out: Path, vae: str | None, vae_config: dict | None, n
     return written
 
 
+class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """Shows each option's default, except where it has none (required, or None)."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        if action.default is None or action.required:
+            return action.help or ""
+        return super()._get_help_string(action)
+
+
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m lavin_data.encode_latents", description=__doc__.split("\n\n")[1])
-    ap.add_argument("--pixels", required=True, help="a build's pairs/ folder")
-    ap.add_argument("--out", required=True, help="e.g. OUT/latents/stvae-256")
-    ap.add_argument("--resolution", type=int, default=256)
+    ap = argparse.ArgumentParser(prog="python -m lavin_data.encode_latents", description=__doc__.split("\n\n")[1],
+                                 formatter_class=_HelpFormatter)
+    ap.add_argument("--pixels", required=True,
+                    help="a build's pairs/ folder (<pixels>/<task>/<shard>.tar), or the build folder holding it")
+    ap.add_argument("--out", required=True, help="the latent output folder, e.g. OUT/latents/stvae-256")
+    ap.add_argument("--resolution", type=int, default=256,
+                    help="square side in pixels that pairs are encoded at, a multiple of 8")
     ap.add_argument("--vae", help="released stvae.pt, a .safetensors file or a diffusers folder")
     ap.add_argument("--vae-config", help="JSON overrides of the architecture (tests: a tiny VAE)")
-    ap.add_argument("--tasks", help="comma-separated task folders (default: all)")
+    ap.add_argument("--tasks", help="comma-separated task folders (default: every image task folder)")
     ap.add_argument("--batch-size", type=int, default=8, help="pairs per forward (2x images)")
-    ap.add_argument("--num-cpus", type=int, help="local Ray CPUs (ignored with RAY_ADDRESS)")
-    ap.add_argument("--num-gpus", type=float, default=0, help="GPUs per encoder actor")
-    ap.add_argument("--num-actors", type=int, default=1)
+    ap.add_argument("--num-cpus", type=int, help="local Ray CPUs (default: all of them; ignored with RAY_ADDRESS)")
+    ap.add_argument("--num-gpus", type=float, default=0, help="GPUs per encoder actor (0: encode on the CPU)")
+    ap.add_argument("--num-actors", type=int, default=1, help="encoder actors, one VAE each")
     ap.add_argument("--dtype", choices=["fp32", "fp16", "bf16"], default="bf16", help="on GPU; CPU runs fp32")
-    ap.add_argument("--preview", type=int, default=0, help="decode N latents per task to PNG")
+    ap.add_argument("--preview", type=int, default=0, help="decode N latents per task to PNG (0: none)")
     args = ap.parse_args(argv)
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     pixels, out = Path(args.pixels), Path(args.out)
@@ -200,7 +341,11 @@ def main(argv: list[str] | None = None) -> int:
     if not pixels.is_dir():
         print(f"error: {pixels}: no such pairs folder", file=sys.stderr)
         return 2
-    vae_config = json.loads(args.vae_config) if args.vae_config else None
+    try:
+        vae_config = json.loads(args.vae_config) if args.vae_config else None
+    except ValueError as e:
+        print(f"error: --vae-config is not JSON: {e}", file=sys.stderr)
+        return 2
     if args.vae is None and vae_config is None:
         print("error: give --vae (a checkpoint) or --vae-config (random weights, for tests)", file=sys.stderr)
         return 2
@@ -213,10 +358,24 @@ def main(argv: list[str] | None = None) -> int:
         if not torch.cuda.is_available():
             print(f"error: --num-gpus {args.num_gpus} but no CUDA device is visible to torch", file=sys.stderr)
             return 2
+    tasks = [t.strip() for t in args.tasks.split(",") if t.strip()] if args.tasks else None
+    fresh = not out.exists()
     try:
+        # The folder checks run under the lock so that a second run into the same --out is
+        # told about the lock first, whatever it gave as --pixels.
         with OutputLock(out):
             remove_temporaries(out)  # of killed runs; this run is the only writer now
-            return _encode(args, pixels, out, vae_config)
+            try:
+                pairs, notes = resolve_pixels(pixels)
+                for note in notes:
+                    print(f"[encode] note: {note}")
+                rows = shard_pairs(pairs, out, tasks)
+            except PixelsError as e:
+                if fresh:  # leave no empty output folder behind a mistyped command
+                    _remove_fresh_output(out)
+                print(f"error: {e}", file=sys.stderr)
+                return 2
+            return _encode(args, pairs, out, rows, vae_config)
     except OutputLockError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
@@ -225,18 +384,34 @@ def main(argv: list[str] | None = None) -> int:
         return 2
 
 
-def _encode(args, pixels: Path, out: Path, vae_config: dict | None) -> int:
-    rows = shard_pairs(pixels, out, args.tasks.split(",") if args.tasks else None)
+def _remove_fresh_output(out: Path) -> None:
+    """Remove ``out``, created by this run and holding only its lock file. Called with the
+    lock held: a run that opened the lock file before the unlink is refused, one that
+    starts after it makes a new lock file, which keeps the folder (rmdir fails: not empty)."""
+    try:
+        (out / ".lock").unlink()
+        out.rmdir()
+    except OSError:
+        pass
+
+
+def _encode(args, pixels: Path, out: Path, rows: list[dict], vae_config: dict | None) -> int:
     todo = [r for r in rows if not shard_done(r["dst"])]
-    print(f"[encode] {len(rows)} pair shards, {len(rows) - len(todo)} already done, {len(todo)} to do -> {out}")
+    tasks = sorted({Path(r["src"]).parent.name for r in rows})
+    n_pairs, n_todo = sum(r["pairs"] for r in rows), sum(r["pairs"] for r in todo)
+    print(f"[encode] {len(tasks)} task{'s' * (len(tasks) > 1)}, {len(rows)} pair shards ({n_pairs} pairs): "
+          f"{len(rows) - len(todo)} shards already done, {len(todo)} to encode ({n_todo} pairs) -> {out}", flush=True)
     errors = []
     if todo:
         import ray
 
         from lavin_data.ray_session import ensure_ray
 
-        ensure_ray(args.num_cpus)
         device = "cuda" if args.num_gpus > 0 else "cpu"
+        if device == "cpu":
+            print("[encode] note: encoding on the CPU (--num-gpus 0) is slow: a full demo build takes minutes; "
+                  "a line follows each finished shard", flush=True)
+        ensure_ray(args.num_cpus)
         ds = ray.data.from_items(todo, override_num_blocks=len(todo)).map(
             EncodeWorker, fn_constructor_args=(args.vae, vae_config, device, args.dtype, args.resolution,
                                                args.batch_size),

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import numpy as np
 import pyarrow.parquet as pq
+import pytest
 import torch
 
 from lavin_data.codecs import decode_npy
@@ -80,3 +82,140 @@ def test_bad_arguments_are_refused(tmp_path, capsys):
     assert "VAE checkpoint not found" in capsys.readouterr().err
     assert main(["--pixels", str(tmp_path / "p"), "--out", str(tmp_path / "o"), "--vae-config", "{}",
                  "--resolution", "100"]) == 2
+
+
+# --------------------------------------------------------------------------- what --pixels and --tasks may name
+
+
+def _pairs(demo_build, pixels: Path, tasks=("colorization", "denoise"), n: int = 3) -> Path:
+    """``pixels/<task>/synthetic-000000.tar``: the first ``n`` pairs of the demo's first shard
+    of each task, committed as the render stage commits them (a few pairs: a fast encode)."""
+    spec, _ = demo_build
+    for task in tasks:
+        src = Path(spec.output) / "pairs" / task / "synthetic-000000.tar"
+        w = ShardWriter(pixels / task / src.name, stage="render")
+        for key, m in list(iter_tar_samples(src))[:n]:
+            w.add(key, m)
+        w.commit({"stage": "render", "task": task})
+    return pixels
+
+
+def _video_task(pixels: Path, task: str = "video_depth") -> None:
+    """A committed pair shard in a video task's folder (its content is never read)."""
+    w = ShardWriter(pixels / task / "synthetic-video-000000.tar", stage="render")
+    w.add("clip_000000", {"json": b"{}"})
+    w.commit({"stage": "render", "task": task})
+
+
+def _refused(pixels, out, *extra) -> int:
+    """A run that must stop before loading a VAE: random weights by config, no checkpoint."""
+    return main(["--pixels", str(pixels), "--out", str(out), "--vae-config", json.dumps(TINY), *extra])
+
+
+def test_an_unknown_task_is_exit_2_naming_it_and_the_task_folders(demo_build, tmp_path, capsys):
+    pixels, out = _pairs(demo_build, tmp_path / "pairs"), tmp_path / "lat"
+    found = ", ".join(sorted(p.name for p in pixels.iterdir()))
+    assert found == "colorization, denoise"
+    assert _refused(pixels, out, "--tasks", "colourization") == 2
+    err = capsys.readouterr().err
+    assert "no task folder colourization (did you mean colorization?)" in err
+    assert f"task folders there: {found}" in err and "Traceback" not in err
+    assert not out.exists()  # not even the lock: a fresh --out is removed again
+    # One good name does not let a typo through; an --out that exists keeps what it holds.
+    out.mkdir()
+    (out / "keep.txt").write_text("x")
+    assert _refused(pixels, out, "--tasks", "denoise,colourization,nope") == 2
+    err = capsys.readouterr().err
+    assert "no task folders colourization (did you mean colorization?), nope in" in err
+    assert sorted(p.name for p in out.iterdir()) == [".lock", "keep.txt"]
+    assert not list(out.rglob("*.tar"))
+
+
+def test_only_video_tasks_are_exit_2_saying_clips_are_not_encoded(demo_build, tmp_path, capsys):
+    pixels = _pairs(demo_build, tmp_path / "pairs", tasks=("colorization",))
+    _video_task(pixels)
+    assert _refused(pixels, tmp_path / "lat", "--tasks", "video_depth") == 2
+    err = capsys.readouterr().err
+    assert "--tasks names only video tasks (video_depth): clip pairs are not encoded yet" in err
+    assert "image task folders there: colorization" in err
+    videos = tmp_path / "videos"
+    _video_task(videos)
+    _video_task(videos, "optical_flow")
+    assert _refused(videos, tmp_path / "lat") == 2
+    assert "holds only video task folders (optical_flow, video_depth)" in capsys.readouterr().err
+    assert not (tmp_path / "lat").exists()
+
+
+def test_a_folder_without_pair_shards_is_exit_2(tmp_path, capsys):
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    assert _refused(empty, tmp_path / "lat") == 2
+    err = capsys.readouterr().err
+    assert f"{empty}: no pair shards; expected <pixels>/<task>/<shard>.tar" in err and "pairs/ folder" in err
+    # A task folder whose shard was never committed (no stats: a build still running).
+    (empty / "colorization").mkdir()
+    (empty / "colorization" / "synthetic-000000.tar").write_bytes(b"")
+    assert _refused(empty, tmp_path / "lat") == 2
+    assert "no committed pair shards (1 .tar files without their .stats.json" in capsys.readouterr().err
+    assert not (tmp_path / "lat").exists()
+
+
+def test_a_latent_base_or_task_folder_as_pixels_is_exit_2(demo_build, tmp_path, capsys):
+    from lavin_data.testing import synthetic_latent_shards
+
+    spec, _ = demo_build
+    latents = synthetic_latent_shards(tmp_path / "latents", tasks=1, shards=1, per_shard=1)
+    assert _refused(latents, tmp_path / "lat") == 2
+    assert f"{latents} holds latent shards (an encode_latents output), not pixel pair shards" in \
+        capsys.readouterr().err
+    base = Path(spec.output) / "base"
+    assert _refused(base, tmp_path / "lat") == 2
+    err = capsys.readouterr().err
+    assert f"{base} holds base shards" in err and f"the pair shards of this build are in {base.parent / 'pairs'}" in err
+    task = Path(spec.output) / "pairs" / "colorization"
+    assert _refused(task, tmp_path / "lat") == 2
+    assert f"--pixels {task.parent} --tasks colorization" in capsys.readouterr().err
+    assert not (tmp_path / "lat").exists()
+
+
+def test_the_build_folder_encodes_like_its_pairs_folder(ray_session, demo_build, tmp_path, capsys):
+    build, vae = tmp_path / "build", _vae(tmp_path)
+    pairs = _pairs(demo_build, build / "pairs")
+    _video_task(pairs)  # skipped with a note, as in a real build
+    shutil.copytree(Path(demo_build[0].output) / "base", build / "base")  # a build's other folders are ignored
+    (build / "spec.json").write_text("{}")
+    capsys.readouterr()
+    assert _run(build, tmp_path / "a", vae) == 0
+    printed = capsys.readouterr().out.splitlines()
+    assert _run(pairs, tmp_path / "b", vae) == 0
+    assert f"[encode] note: {build} is a build folder: encoding its pair shards in {pairs}" in printed
+    # Before any shard is encoded: how much there is to do, counted here from the source shards.
+    sources = sorted(pairs.glob("[!v]*/*.tar"))
+    n = sum(1 for tar in sources for _ in iter_tar_samples(tar))
+    plan = (f"[encode] 2 tasks, {len(sources)} pair shards ({n} pairs): 0 shards already done, {len(sources)} to "
+            f"encode ({n} pairs) -> {tmp_path / 'a'}")
+    first_done = next(i for i, line in enumerate(printed) if line.startswith(f"[encode] 1/{len(sources)} shards"))
+    assert plan in printed and printed.index(plan) < first_done
+    names = [str(t.relative_to(pairs)) for t in sources]
+    for out in (tmp_path / "a", tmp_path / "b"):
+        assert sorted(str(t.relative_to(out)) for t in out.rglob("*.tar")) == names
+    for name in names:
+        a, b = dict(iter_tar_samples(tmp_path / "a" / name)), dict(iter_tar_samples(tmp_path / "b" / name))
+        assert list(a) == list(b) == [k for k, _ in iter_tar_samples(pairs / name)]
+        assert a == b  # the same moments and json, byte for byte
+        assert json.loads(stats_path(tmp_path / "a" / name).read_text())["source_shard"] == str(pairs / name)
+    # Everything done already is a resumption, not a mistake: exit 0, nothing to encode.
+    assert _run(build, tmp_path / "a", vae) == 0
+    assert f"{len(sources)} shards already done, 0 to encode (0 pairs)" in capsys.readouterr().out
+
+
+def test_help_shows_every_default(capsys):
+    with pytest.raises(SystemExit) as e:
+        main(["--help"])
+    assert e.value.code == 0
+    text = " ".join(capsys.readouterr().out.split())  # argparse wraps lines
+    assert text.startswith("usage: python -m lavin_data.encode_latents")
+    for option, default in [("--resolution", 256), ("--batch-size", 8), ("--num-gpus", 0), ("--num-actors", 1),
+                            ("--dtype", "bf16"), ("--preview", 0)]:
+        assert f"(default: {default})" in text.split(f" {option} ", 1)[1].split(" --", 1)[0], option
+    assert "(default: None)" not in text and "(default: every image task folder)" in text
