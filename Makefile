@@ -1,16 +1,21 @@
-# The two commands of the README. Both set up what they need first (scripts/setup.sh).
+# The commands of the README. Each sets up what it needs first (scripts/setup.sh).
 PY := $(if $(or $(VIRTUAL_ENV),$(CONDA_PREFIX)),python,.venv/bin/python)
 SPEC ?= manifests/demo.yaml
 OUT ?=
 NUM_CPUS ?=
 
-.PHONY: setup demo test lint bench
+.PHONY: setup demo pipeline test lint bench
 
 setup:
 	@scripts/setup.sh dev
 
 demo: setup
 	$(PY) -m pipelines.build --spec $(SPEC) $(if $(OUT),--output $(OUT)) $(if $(NUM_CPUS),--num-cpus $(NUM_CPUS))
+
+# From zero to a prediction (README): every stage on a small build, into out/pipeline (or OUT=DIR).
+pipeline: setup
+	@scripts/setup.sh dev,train
+	$(if $(or $(VIRTUAL_ENV),$(CONDA_PREFIX)),,. .venv/bin/activate && )scripts/pipeline.sh $(or $(OUT),out/pipeline)
 
 lint: setup
 	$(PY) -m ruff check .

@@ -1,5 +1,8 @@
 """``python -m benchmarks.bench_clip_storage [--resolution 256] [--frames 17] [--videos DIR]``
 
+How to store a clip's frames in a sample, measured: bytes per clip, PSNR against the source
+frames and decode time per clip of PNG, JPEG, FFV1 and H.264 storage.
+
 How to store a clip's frames in a sample, measured: for clips of the fixture videos
 (PyAV decode, crop-resize to ``--resolution``), each candidate's bytes per clip, PSNR of
 the stored frames against the source frames, and decode time per clip (one core):
@@ -8,12 +11,16 @@ the stored frames against the source frames, and decode time per clip (one core)
 - JPEG per frame, quality 95 and 98, 4:4:4 (OpenCV);
 - FFV1 in Matroska (PyAV): lossless video, one member per clip;
 - H.264 in MP4 at crf 10 (PyAV, libx264, yuv444p): near-lossless video, one member.
+
+A ``contended: ...`` line says when the decode times were slowed by other work
+(:mod:`benchmarks.contention`).
 """
 
 from __future__ import annotations
 
 import argparse
 import io
+import os
 import time
 from pathlib import Path
 
@@ -21,6 +28,8 @@ import av
 import cv2
 import numpy as np
 
+from benchmarks.contention import Meter
+from lavin_data.cli import HelpFormatter
 from lavin_data.codecs import decode_image, encode_jpeg, encode_png
 from lavin_data.geometry import plan_resize
 from lavin_data.video import plan_clips, probe, read_frames
@@ -64,12 +73,20 @@ CANDIDATES = {
 }
 
 
+def build_parser() -> argparse.ArgumentParser:
+    ap = argparse.ArgumentParser(prog="python -m benchmarks.bench_clip_storage",
+                                 description=__doc__.split("\n\n")[1],
+                                 formatter_class=HelpFormatter)
+    ap.add_argument("--videos", default="../shared/fixtures/videos", help="folder of .mp4/.avi videos")
+    ap.add_argument("--resolution", type=int, default=256, help="square side the frames are crop-resized to")
+    ap.add_argument("--frames", type=int, default=17, help="frames per clip")
+    return ap
+
+
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m benchmarks.bench_clip_storage")
-    ap.add_argument("--videos", default="../shared/fixtures/videos")
-    ap.add_argument("--resolution", type=int, default=256)
-    ap.add_argument("--frames", type=int, default=17)
-    args = ap.parse_args(argv)
+    args = build_parser().parse_args(argv)
+    # The encoders (libx264) use every CPU outside the timed decodes.
+    meter = Meter(own_cpus=os.cpu_count() or 1)
     cv2.setNumThreads(1)
     clips = []
     for path in sorted(Path(args.videos).iterdir()):
@@ -87,14 +104,19 @@ def main(argv: list[str] | None = None) -> int:
         for clip in clips:
             data = enc(clip)
             sizes.append(sum(map(len, data)))
-            t0 = time.perf_counter()
-            back = dec(data)
-            times.append(time.perf_counter() - t0)
+            # OpenCV decodes on this thread alone; PyAV's video decoders may run threads of their own.
+            with meter.section(own_cpus=1, single_threaded=dec is images):
+                t0 = time.perf_counter()
+                back = dec(data)
+                times.append(time.perf_counter() - t0)
             assert back.shape == clip.shape, (name, back.shape)
             psnrs += [psnr(a, b) for a, b in zip(back, clip)]
         mean_psnr = np.mean([p for p in psnrs if np.isfinite(p)]) if np.isfinite(psnrs).any() else float("inf")
         print(f"{name:28s} {np.mean(sizes) / 1024:9.1f} {mean_psnr:7.1f} ({min(psnrs):5.1f}) "
               f"{np.mean(times) * 1e3:15.1f}")
+    note = meter.note()
+    if note:
+        print(note)
     return 0
 
 

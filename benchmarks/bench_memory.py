@@ -1,11 +1,15 @@
 """``python -m benchmarks.bench_memory [--spec manifests/demo.yaml] [--shard-size N] [--resolution R] [--shards K]``
 
+Peak resident memory of one build worker running the spec's first shard jobs, beside its
+memory after imports alone.
+
 Peak resident memory of one build worker: a fresh process runs the spec's first ``--shards``
 shard jobs one after another exactly as a Ray worker of the build does
 (:func:`pipelines.stages.run_shard_job`: ingest, then render for every task) and reports
 its peak RSS (``getrusage`` max RSS), beside the RSS after imports alone (what the code
 costs before any shard). ``--shard-size`` and ``--resolution`` override the spec, to see
-how memory grows with what one shard holds.
+how memory grows with what one shard holds. Its seconds (not its memory) depend on how busy
+the machine is: a ``contended: ...`` line says when it was (:mod:`benchmarks.contention`).
 """
 
 from __future__ import annotations
@@ -15,6 +19,9 @@ import json
 import subprocess
 import sys
 import tempfile
+
+from benchmarks.contention import Meter
+from lavin_data.cli import HelpFormatter
 
 CHILD = r"""
 import json, resource, sys, time
@@ -49,18 +56,27 @@ def measure(spec: str, shard_size: int | None, resolution: int | None, shards: i
         return json.loads(res.stdout.strip().splitlines()[-1])
 
 
-def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m benchmarks.bench_memory")
-    ap.add_argument("--spec", default="manifests/demo.yaml")
-    ap.add_argument("--shard-size", type=int, help="items per shard (default: the spec's)")
-    ap.add_argument("--resolution", type=int, help="pair resolution (default: the spec's)")
+def build_parser() -> argparse.ArgumentParser:
+    ap = argparse.ArgumentParser(prog="python -m benchmarks.bench_memory", description=__doc__.split("\n\n")[1],
+                                 formatter_class=HelpFormatter)
+    ap.add_argument("--spec", default="manifests/demo.yaml", help="build spec (YAML) whose shard jobs the worker runs")
+    ap.add_argument("--shard-size", type=int, help="items per shard; unset, the spec's")
+    ap.add_argument("--resolution", type=int, help="pair resolution; unset, the spec's")
     ap.add_argument("--shards", type=int, default=3, help="shard jobs the worker runs")
-    args = ap.parse_args(argv)
+    return ap
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    meter = Meter(own_cpus=1)  # the child: one worker, one OpenCV thread
     r = measure(args.spec, args.shard_size, args.resolution, args.shards)
     print(f"one worker, {r['shards']} shards of {r['items_per_shard']} items at {r['resolution']}^2 "
           f"({r['pairs']} pairs, {r['seconds']}s): peak RSS {r['rss_peak_mib']:.0f} MiB "
           f"(after imports {r['rss_imports_mib']:.0f} MiB, "
           f"shard work {r['rss_peak_mib'] - r['rss_imports_mib']:.0f} MiB)")
+    note = meter.note()
+    if note:
+        print(note + " (for its seconds; memory does not depend on it)")
     return 0
 
 

@@ -1,5 +1,8 @@
 """``python -m benchmarks.coco_fidelity [--output OUT] [--fixtures DIR]``
 
+How faithfully the COCO fixture build's renderings decode back to the annotations: mask and
+box IoU, panoptic pixel counts and keypoint errors.
+
 Builds ``manifests/coco_fixtures.yaml`` (unless OUT already holds that build) and prints
 how faithfully its renderings decode back to what pycocotools itself decodes from the
 same annotations after the same resize: instance-mask IoU, box IoU, panoptic pixel counts,
@@ -15,6 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
+from lavin_data.cli import HelpFormatter
 from lavin_data.codecs import decode_image
 from lavin_data.geometry import plan_resize
 from lavin_data.render import THING_OFFSET, box_iou, decode_boxes, decode_instances, decode_panoptic, mask_iou
@@ -116,9 +120,12 @@ def keypoint_errors(ann_file: Path, res: int, policy: str, min_labelled: int = 1
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m benchmarks.coco_fidelity")
-    ap.add_argument("--output", default="out/coco-fixtures")
-    ap.add_argument("--fixtures", default=os.environ.get("LAVIN_FIXTURES", "../shared/fixtures"))
+    ap = argparse.ArgumentParser(prog="python -m benchmarks.coco_fidelity", description=__doc__.split("\n\n")[1],
+                                 formatter_class=HelpFormatter)
+    ap.add_argument("--output", default="out/coco-fixtures",
+                    help="where manifests/coco_fixtures.yaml is built (reused when already built)")
+    ap.add_argument("--fixtures", default=os.environ.get("LAVIN_FIXTURES", "../shared/fixtures"),
+                    help="the fixtures folder (LAVIN_FIXTURES when set)")
     args = ap.parse_args(argv)
     from lavin_data.spec import load_spec
     from pipelines.build import build

@@ -1,5 +1,8 @@
-"""Does a trained J-DiT use its context? The validation loss per task (fixed val examples,
-noise and t-grid: ``lavin_model.data.validation_loss``) with three conditions:
+"""Does a trained J-DiT use its context? Its validation loss per task with the right task's
+context pairs, with another task's, and with none.
+
+The validation loss per task (fixed val examples, noise and t-grid:
+``lavin_model.data.validation_loss``) with three conditions:
 
 - ``right``: the example's own context pairs (other source items of the same task);
 - ``wrong``: the context pairs of another task's validation example (the next task in
@@ -19,6 +22,8 @@ from __future__ import annotations
 import argparse
 import json
 from pathlib import Path
+
+from lavin_data.cli import HelpFormatter
 
 
 def probe(model, batches: dict[str, dict], seed: int = 0, batch_size: int = 8) -> dict[str, dict[str, float]]:
@@ -41,12 +46,14 @@ def probe(model, batches: dict[str, dict], seed: int = 0, batch_size: int = 8) -
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--model", required=True, help="a model/ folder written by lavin_model/train.py (or a checkpoint)")
-    ap.add_argument("--latents", required=True, help="latent shards with a val split")
+    ap = argparse.ArgumentParser(prog="python -m benchmarks.context_probe", description=__doc__.split("\n\n")[0],
+                                 formatter_class=HelpFormatter)
+    ap.add_argument("--model", required=True, default=argparse.SUPPRESS,
+                    help="a model/ folder written by lavin_model.train (or a checkpoint)")
+    ap.add_argument("--latents", required=True, default=argparse.SUPPRESS, help="latent shards with a val split")
     ap.add_argument("--context", type=int, default=2, help="context pairs per example")
-    ap.add_argument("--max-per-task", type=int, default=16)
-    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--max-per-task", type=int, default=16, help="validation examples per task")
+    ap.add_argument("--seed", type=int, default=0, help="seed of the examples' draw and of the noise")
     ap.add_argument("--json", help="also write the table here")
     args = ap.parse_args(argv)
     import torch

@@ -1,5 +1,8 @@
 """``python -m benchmarks.flow_fidelity [--flow DIR]``
 
+Optical flow against the fixture ground truth: end-point error of the colour-wheel rendering
+decoded back and of the dis_flow labeler at each DIS preset, next to zero flow.
+
 Optical flow against ground truth (the fixture .flo files: FlyingChairs and FlyingChairsOcc
 crops): mean end-point error of (1) the colour-wheel rendering decoded back
 (:func:`lavin_data.render.decode_flow`), (2) the ``dis_flow`` labeler at each OpenCV DIS
@@ -13,6 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
+from lavin_data.cli import HelpFormatter
 from lavin_data.codecs import decode_flo, decode_image
 from lavin_data.labelers.dis_flow import PRESETS, dis_flow
 from lavin_data.render.flow import decode_flow, end_point_error, render_flow
@@ -22,8 +26,9 @@ PAIRS = [("00001_img1.ppm", "00001_img2.ppm", "00001_flow.flo"),
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m benchmarks.flow_fidelity")
-    ap.add_argument("--flow", default="../shared/fixtures/flow")
+    ap = argparse.ArgumentParser(prog="python -m benchmarks.flow_fidelity", description=__doc__.split("\n\n")[1],
+                                 formatter_class=HelpFormatter)
+    ap.add_argument("--flow", default="../shared/fixtures/flow", help="folder of the fixture images and .flo files")
     args = ap.parse_args(argv)
     d = Path(args.flow)
     print(f"{'ground truth':24s} {'|flow| mean':>11s} {'render->decode EPE':>19s} "

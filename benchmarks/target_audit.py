@@ -1,5 +1,9 @@
 """``python -m benchmarks.target_audit OUT [--min-coverage 0.0005]``: junk pairs in a build.
 
+Junk pairs in a build, measured apart from its gate code: per task, the ok pairs whose target
+(or rendered input) is near-empty, and the smallest coverage and valid fraction seen. Exits 1
+when any ok pair is near-empty.
+
 Decodes every ``ok`` pair of a build output and measures, apart from the build's own gate
 code, the fraction of non-black pixels of its target (and of its input where the input is
 a rendering, stored as PNG), and the valid fraction of its ``target_raw`` (depth > 0,
@@ -21,6 +25,7 @@ import numpy as np
 import pyarrow.parquet as pq
 from PIL import Image
 
+from lavin_data.cli import HelpFormatter
 from lavin_data.shards import iter_tar_samples
 
 
@@ -66,9 +71,11 @@ def audit(out: str | Path, min_coverage: float = 0.0005) -> dict[str, dict]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m benchmarks.target_audit", description=__doc__.split("\n\n")[1])
+    ap = argparse.ArgumentParser(prog="python -m benchmarks.target_audit", description=__doc__.split("\n\n")[1],
+                                 formatter_class=HelpFormatter)
     ap.add_argument("output", help="a build's output folder")
-    ap.add_argument("--min-coverage", type=float, default=0.0005)
+    ap.add_argument("--min-coverage", type=float, default=0.0005,
+                    help="a rendering with a smaller fraction of non-black pixels counts as near-empty")
     args = ap.parse_args(argv)
     if not Path(args.output, "pairs").is_dir():
         print(f"error: {args.output} has no pairs/ folder; is it a build output?", file=sys.stderr)

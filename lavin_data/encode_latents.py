@@ -30,6 +30,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+from lavin_data.cli import HelpFormatter
 from lavin_data.codecs import decode_image, encode_npy
 from lavin_data.geometry import plan_resize
 from lavin_data.output_lock import OutputLock, OutputLockError, os_problem
@@ -306,18 +307,10 @@ def preview(pixels: Path, out: Path, vae: str | None, vae_config: dict | None, n
     return written
 
 
-class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
-    """Shows each option's default, except where it has none (required, or None)."""
-
-    def _get_help_string(self, action: argparse.Action) -> str:
-        if action.default is None or action.required:
-            return action.help or ""
-        return super()._get_help_string(action)
-
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m lavin_data.encode_latents", description=__doc__.split("\n\n")[1],
-                                 formatter_class=_HelpFormatter)
+                                 formatter_class=HelpFormatter)
     ap.add_argument("--pixels", required=True,
                     help="a build's pairs/ folder (<pixels>/<task>/<shard>.tar), or the build folder holding it")
     ap.add_argument("--out", required=True, help="the latent output folder, e.g. OUT/latents/stvae-256")

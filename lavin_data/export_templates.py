@@ -44,6 +44,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+from lavin_data.cli import HelpFormatter
 from lavin_data.shards import check_key, read_stats, shard_done, stats_path
 from lavin_data.split import SPLITS, pair_split, split_count
 
@@ -374,7 +375,7 @@ def export(pairs: str | os.PathLike, out: str | os.PathLike, tasks: list[str] | 
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m lavin_data.export_templates", description=__doc__.split("\n\n")[1],
-                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+                                 formatter_class=HelpFormatter)
     ap.add_argument("--pairs", required=True, help="a build's pairs/ folder (OUT/pairs), or the build folder OUT")
     ap.add_argument("--out", required=True, help="template folder to write: <out>/<task>/<id>_input.<ext> + "
                                                  "<id>_target.<ext>; other files there are left alone")

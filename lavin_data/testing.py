@@ -7,6 +7,8 @@ import json
 import os
 from pathlib import Path
 
+from lavin_data.cli import HelpFormatter
+
 
 def tiny_depth_anything(path: str | Path, size: str = "tiny", seed: int = 0) -> Path:
     """A random Depth-Anything V2: ``tiny`` (test-sized) or ``small`` (the architecture of
@@ -163,7 +165,7 @@ def main(argv: list[str] | None = None) -> int:
     import argparse
 
     ap = argparse.ArgumentParser(prog="python -m lavin_data.testing", description=main.__doc__.split(": ", 1)[1],
-                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+                                 formatter_class=HelpFormatter)
     ap.add_argument("what", choices=["tiny-stvae"], help="the model to write")
     ap.add_argument("path", help="a folder (diffusers layout) or a .pt file (released layout)")
     ap.add_argument("--seed", type=int, default=0, help="random weights from this seed")

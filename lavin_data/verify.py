@@ -50,6 +50,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from lavin_data.cli import HelpFormatter
 from lavin_data.codecs import decode_image
 from lavin_data.shards import HashingFile, ShardReader, index_path, stats_path
 
@@ -661,7 +662,11 @@ def _few(keys: list[str], n: int = 10) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m lavin_data.verify", description=__doc__.split("\n\n")[0])
+    ap = argparse.ArgumentParser(prog="python -m lavin_data.verify",
+                                 description="Check a finished build output (or an encode_latents output) end to end, "
+                                             "reading every shard once. Exits 0 when everything checks, 1 with one "
+                                             "line per problem, 2 when OUT is not an output.",
+                                 formatter_class=HelpFormatter)
     ap.add_argument("out", help="a build's output folder (or an encode_latents output)")
     ap.add_argument("--quick", action="store_true", help="do not decode images (hashes, indexes, members still)")
     args = ap.parse_args(argv)

@@ -46,6 +46,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+from lavin_data.cli import HelpFormatter
 from lavin_data.codecs import decode_image, decode_npy
 from lavin_data.registry import TASKS
 from lavin_data.render import COCO_SKELETON, PALETTE, decode_depth, decode_keypoints, decode_normals, grey
@@ -54,7 +55,7 @@ from lavin_data.rng import sample_rng
 from lavin_data.shards import ShardReader, shard_done
 from lavin_data.split import pair_split
 from lavin_model import metrics as M
-from lavin_model.infer import squash, to_rgb_uint8
+from lavin_model.infer import resolve_resolution, resolve_vae, squash, to_rgb_uint8, training_record
 
 PCK_ALPHA = 0.05  # a keypoint is correct within 5 % of the image's longer side
 RESTORATION = ("denoise", "derain", "deblur_motion", "deblur_glass", "low_light", "inpainting")
@@ -660,38 +661,50 @@ def run(args, echo: Callable = print) -> dict:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    ap = argparse.ArgumentParser(prog="python -m lavin_model.evaluate", description=__doc__.split("\n\n")[1])
-    ap.add_argument("--checkpoint", required=True, help="model/ folder written by training, or the released checkpoint")
+    ap = argparse.ArgumentParser(prog="python -m lavin_model.evaluate", description=__doc__.split("\n\n")[1],
+                                 formatter_class=HelpFormatter)
+    # Required options have no default to show.
+    ap.add_argument("--checkpoint", required=True, default=argparse.SUPPRESS,
+                    help="model/ folder written by training, or the released checkpoint")
     ap.add_argument("--size", help="tiny | 0.1B | 1B | 3.4B, when the checkpoint has no config.json")
     ap.add_argument("--vae", help="the ST-VAE checkpoint (released stvae.pt)")
     ap.add_argument("--vae-config", help="JSON architecture overrides of the ST-VAE (tests)")
-    ap.add_argument("--pairs", required=True, help="OUT/pairs of a build: <task>/<source>-NNNNNN.tar")
-    ap.add_argument("--out", required=True, help="folder for metrics.json and metrics.png")
-    ap.add_argument("--tasks", help="comma-separated task folders (default: every image task)")
-    ap.add_argument("--split", default="val", help="the queries' split (default val)")
+    ap.add_argument("--pairs", required=True, default=argparse.SUPPRESS,
+                    help="OUT/pairs of a build: <task>/<source>-NNNNNN.tar")
+    ap.add_argument("--out", required=True, default=argparse.SUPPRESS, help="folder for metrics.json and metrics.png")
+    ap.add_argument("--tasks", help="comma-separated task folders; unset, every image task")
+    ap.add_argument("--split", default="val", help="the queries' split")
     ap.add_argument("--context", type=_positive, default=4, help="context pairs of the main metrics")
     ap.add_argument("--sweep", type=parse_sweep, default="1-8", help="context lengths of the sweep, e.g. 1-8, 1,2,4 "
                     "or none")
     ap.add_argument("--probe", action=argparse.BooleanOptionalAction, default=True,
                     help="the context-sensitivity probe (right / other task / no context)")
-    ap.add_argument("--probe-task", help="the other task of the probe (default: the first other task by name)")
+    ap.add_argument("--probe-task", help="the other task of the probe; unset, the first other task by name")
     ap.add_argument("--limit", type=_positive, default=16, help="queries per task")
-    ap.add_argument("--resolution", type=int, default=256)
-    ap.add_argument("--steps", type=_positive, default=20)
-    ap.add_argument("--cfg-scale", type=float, default=1.5)
+    ap.add_argument("--resolution", type=int, help="square side every image is squashed to, a multiple of 16 "
+                    "(default: the run's training resolution from its training.json, else 256)")
+    ap.add_argument("--steps", type=_positive, default=20, help="sampling steps from noise to data (>= 2)")
+    ap.add_argument("--cfg-scale", type=float, default=1.5, help="classifier-free guidance scale")
     ap.add_argument("--batch-size", type=_positive, default=8, help="queries per forward pass")
-    ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--device", help="default: cuda when available")
+    ap.add_argument("--seed", type=int, default=0, help="seed of the query and context draws and of the noise")
+    ap.add_argument("--device", help="torch device; unset, cuda when available")
     return ap
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
-        if args.vae is None and args.vae_config is None:
-            raise EvalError("give --vae (the ST-VAE checkpoint) or --vae-config")
-        if args.resolution < 16 or args.resolution % 16:
+        if not Path(args.checkpoint).exists():
+            raise EvalError(f"--checkpoint {args.checkpoint}: no such file or folder")
+        if args.resolution is not None and args.resolution < 16:
             raise EvalError(f"--resolution must be a positive multiple of 16 (VAE 8 x patch 2), got {args.resolution}")
+        try:  # as infer does: the VAE and resolution the run recorded in its training.json
+            record, record_file = training_record(args.checkpoint)
+            cfg = resolve_vae(args, record, record_file)
+            args.vae_config = json.dumps(cfg) if cfg else None
+            args.resolution = resolve_resolution(args.resolution, record, record_file)
+        except ValueError as e:
+            raise EvalError(str(e)) from None
         if args.steps < 2:
             raise EvalError(f"--steps must be at least 2 (time points from noise to data), got {args.steps}")
         run(args)

@@ -28,6 +28,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+from lavin_data.cli import HelpFormatter
 from lavin_data.codecs import decode_image
 from lavin_data.geometry import plan_resize
 
@@ -126,7 +127,7 @@ def resolve_vae(args: argparse.Namespace, record: dict | None, record_file: Path
     vae_rec = (record or {}).get("vae") or {}
     if args.vae is None:
         if args.vae_config is not None:  # a random-weight VAE: tests only
-            return json.loads(args.vae_config)
+            return _config_json(args.vae_config)
         named = (f"; {record_file} says this model was trained on latents of the ST-VAE {vae_rec.get('path')} "
                  f"(weight hash {vae_rec.get('weight_hash')})" if vae_rec.get("path") else "")
         raise ValueError(f"give --vae: the ST-VAE checkpoint (the released stvae.pt, or the one the training latents "
@@ -139,11 +140,21 @@ def resolve_vae(args: argparse.Namespace, record: dict | None, record_file: Path
                          f"was trained on latents of the ST-VAE {vae_rec.get('path')} (weight hash {recorded}): give "
                          "that one")
     if args.vae_config is not None:
-        return json.loads(args.vae_config)
+        return _config_json(args.vae_config)
     if vae_rec.get("vae_config"):
         print(f"[infer] ST-VAE architecture from {record_file}: {json.dumps(vae_rec['vae_config'])}")
         return dict(vae_rec["vae_config"])
     return None
+
+
+def _config_json(text: str) -> dict:
+    try:
+        cfg = json.loads(text)
+    except ValueError as e:
+        raise ValueError(f"--vae-config is not valid JSON ({e}): {text!r}") from None
+    if not isinstance(cfg, dict):
+        raise ValueError(f"--vae-config must be a JSON object of architecture overrides, got {text!r}")
+    return cfg
 
 
 def resolve_resolution(given: int | None, record: dict | None, record_file: Path | None) -> int:
@@ -161,7 +172,7 @@ def resolve_resolution(given: int | None, record: dict | None, record_file: Path
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m lavin_model.infer", description=__doc__.split("\n\n")[1],
-                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+                                 formatter_class=HelpFormatter)
     ap.add_argument("--checkpoint", required=True,
                     help="released .pt, a run's model/ folder, its checkpoints/ folder or a step folder in it")
     ap.add_argument("--size", help="tiny | 0.1B | 1B | 3.4B, when the checkpoint has no config.json")

@@ -39,6 +39,7 @@ from pathlib import Path
 if __package__ in (None, ""):  # run as a script by the deepspeed launcher
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from lavin_data.cli import HelpFormatter
 from lavin_data.weights import EMA_FILE  # noqa: E402 - after the path set-up above
 
 DEFAULT_CONFIG = Path(__file__).with_name("ds_zero2.json")
@@ -46,7 +47,7 @@ DEFAULT_CONFIG = Path(__file__).with_name("ds_zero2.json")
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap = argparse.ArgumentParser(prog="python -m lavin_model.train", description=__doc__.split("\n\n")[0],
-                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+                                 formatter_class=HelpFormatter,
                                  usage="%(prog)s --latents LAT --out RUN [options]   (several processes: "
                                        "deepspeed [--num_gpus N] lavin_model/train.py --latents LAT --out RUN ...)")
     ap.add_argument("--latents", required=True, help="latent shards: the --out of lavin_data.encode_latents")

@@ -26,6 +26,7 @@ import pyarrow.parquet as pq
 
 from lavin_data import __version__
 from lavin_data.base import BASE_FORMAT
+from lavin_data.cli import HelpFormatter
 from lavin_data.labelers import LabelerError, labeler_class
 from lavin_data.output_lock import OutputLock, OutputLockError, os_problem
 from lavin_data.ray_session import ensure_ray
@@ -444,16 +445,10 @@ def write_manifest(spec: Spec) -> dict:
     return manifest
 
 
-class _DefaultsHelp(argparse.ArgumentDefaultsHelpFormatter):
-    """Shows each option's default; where it is None the help says in words what happens instead."""
-
-    def _get_help_string(self, action: argparse.Action) -> str | None:
-        return action.help if action.default is None else super()._get_help_string(action)
-
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m pipelines.build", description=__doc__.split("\n\n")[1],
-                                 formatter_class=_DefaultsHelp)
+                                 formatter_class=HelpFormatter)
     ap.add_argument("--spec", required=True, metavar="YAML", default=argparse.SUPPRESS,
                     help="build spec; ${VAR} and ${VAR:-default} in it are taken from the environment")
     ap.add_argument("--output", metavar="DIR",

@@ -32,6 +32,7 @@ import cv2
 import numpy as np
 import pyarrow.parquet as pq
 
+from lavin_data.cli import HelpFormatter
 from lavin_data.codecs import decode_image
 from lavin_data.shards import atomic_write, error_code, index_path, iter_tar_samples, shard_done
 from lavin_data.spec import Spec
@@ -692,8 +693,9 @@ def spec_of(out: Path, manifest: dict) -> Spec:
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m pipelines.report",
                                  description="Regenerate OUT/report/index.html (with contact sheets) and the dataset "
-                                             "card OUT/README.md from OUT/manifest.json.")
-    ap.add_argument("--output", required=True, help="a build's output folder")
+                                             "card OUT/README.md from OUT/manifest.json.",
+                                 formatter_class=HelpFormatter)
+    ap.add_argument("--output", required=True, default=argparse.SUPPRESS, help="a build's output folder")
     ap.add_argument("--per-task", type=int, default=4, help="pairs shown per task")
     args = ap.parse_args(argv)
     out = Path(args.output)

@@ -294,14 +294,17 @@ def test_help_shows_defaults_and_the_program(capsys):
     assert "--num-cpus N CPUs for a local Ray" in out and "(default: all of this machine's)" in out
     assert "--spec YAML build spec" in out and "(default: None)" not in out
     # the formatter shows a real default itself, and leaves None to the words in the help
-    from pipelines.build import _DefaultsHelp
+    from lavin_data.cli import HelpFormatter
 
-    ap = argparse.ArgumentParser(prog="p", formatter_class=_DefaultsHelp)
+    ap = argparse.ArgumentParser(prog="p", formatter_class=HelpFormatter)
     ap.add_argument("--size", type=int, default=256, help="side")
     ap.add_argument("--where", help="folder (default: here)")
+    ap.add_argument("--quick", action="store_true", help="skip decoding")
+    ap.add_argument("--pixels", required=True, default="x", help="pairs")
     text = " ".join(ap.format_help().split())
     assert "--size SIZE side (default: 256)" in text and "--where WHERE folder (default: here) " in text + " "
-    assert "None" not in text
+    assert "--quick skip decoding " in text + " " and "--pixels PIXELS pairs " in text + " "
+    assert "None" not in text and "False" not in text and "(default: x)" not in text
 
 
 def test_deep_nesting_is_refused_not_crashed(tmp_path):

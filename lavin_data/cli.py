@@ -1,0 +1,16 @@
+"""What every command line of the project shares: its ``--help`` formatter."""
+
+from __future__ import annotations
+
+import argparse
+
+
+class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """``--help`` with each option's default, ``(default: X)``, where it has one worth showing:
+    not for required options, None (the help says in words what happens instead) or flags."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        if (action.required or action.default in (None, argparse.SUPPRESS)
+                or (action.nargs == 0 and action.default is False)):
+            return action.help or ""
+        return super()._get_help_string(action)
