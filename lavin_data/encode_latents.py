@@ -356,7 +356,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         # The folder checks run under the lock so that a second run into the same --out is
         # told about the lock first, whatever it gave as --pixels.
-        with OutputLock(out):
+        with OutputLock(out, flag="--out"):
             remove_temporaries(out)  # of killed runs; this run is the only writer now
             try:
                 pairs, notes = resolve_pixels(pixels)

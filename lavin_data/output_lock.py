@@ -32,8 +32,8 @@ class OutputLock:
     file (``"pid 123 on host h since ..."``), or None.
     """
 
-    def __init__(self, output: str | os.PathLike):
-        self.output = Path(output)
+    def __init__(self, output: str | os.PathLike, flag: str = "--output"):
+        self.output, self.flag = Path(output), flag  # the command's option naming the folder, for messages
         self.path = self.output / ".lock"
         self.stale_holder: str | None = None
         self._fd: int | None = None
@@ -47,7 +47,7 @@ class OutputLock:
             holder = os.pread(fd, 512, 0).decode(errors="replace").strip() or "a run that has not said who it is"
             os.close(fd)
             raise OutputLockError(f"{self.output} is being written by another run ({holder}); wait for it to "
-                                  "finish, or use another --output") from None
+                                  f"finish, or use another {self.flag}") from None
         except OSError:
             os.close(fd)
             raise

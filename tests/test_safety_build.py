@@ -304,6 +304,7 @@ def test_encode_latents_takes_the_output_lock(tmp_path, capsys):
                             "--vae-config", "{}"]) == 2
     err = capsys.readouterr().err
     assert f"{tmp_path / 'lat'} is being written by another run (pid {os.getpid()}" in err
+    assert "or use another --out\n" in err  # encode_latents' own option
 
 
 def test_encode_latents_output_that_cannot_be_written_is_exit_2(tmp_path, capsys):
