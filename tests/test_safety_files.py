@@ -358,7 +358,8 @@ def test_bad_members_in_latent_json_are_named(tmp_path):
     root = synthetic_latent_shards(tmp_path / "lat", tasks=1, shards=1, per_shard=2, latent=4)
     tar = next(root.glob("*/*.tar"))
     info = recorded_vae(root)
-    assert info == [{"file": str(tar), "key": "t0_000_0000", "vae": None, "weight_hash": None}]
+    assert info == [{"task": "task0", "file": str(tar), "key": "t0_000_0000", "vae": None, "weight_hash": None,
+                     "vae_config": {}, "resolution": None}]
     _rewrite(tar, lambda name, data: (name.replace(".", ".v2.", 1), data))
     with pytest.raises(ValueError, match=rf"{tar}: sample t0_000_0000: member names .* have a dot in the key"):
         recorded_vae(root)
@@ -369,5 +370,5 @@ def test_bad_members_in_latent_json_are_named(tmp_path):
     with pytest.raises(ValueError, match=rf"{tar}: sample t0_000_0000: json is not valid JSON"):
         recorded_vae(root)
     _rewrite(tar, lambda name, data: (name.replace(".json", ".txt") if name.endswith(".json") else name, data))
-    with pytest.raises(ValueError, match=rf"{tar}: sample t0_000_0000 has no json member"):
+    with pytest.raises(ValueError, match=rf"{tar}: sample t0_000_0000 has no json \(members: "):
         recorded_vae(root)
