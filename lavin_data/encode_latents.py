@@ -315,7 +315,8 @@ def main(argv: list[str] | None = None) -> int:
                     help="a build's pairs/ folder (<pixels>/<task>/<shard>.tar), or the build folder holding it")
     ap.add_argument("--out", required=True, help="the latent output folder, e.g. OUT/latents/stvae-256")
     ap.add_argument("--resolution", type=int, default=256,
-                    help="square side in pixels that pairs are encoded at, a multiple of 8")
+                    help="square side in pixels that pairs are encoded at, a multiple of 16 "
+                    "(the VAE's 8 x J-DiT's patch 2)")
     ap.add_argument("--vae", help="released stvae.pt, a .safetensors file or a diffusers folder")
     ap.add_argument("--vae-config", help="JSON overrides of the architecture (tests: a tiny VAE)")
     ap.add_argument("--tasks", help="comma-separated task folders (default: every image task folder)")
@@ -328,8 +329,9 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     pixels, out = Path(args.pixels), Path(args.out)
-    if args.resolution % 8:
-        print(f"error: --resolution must be a multiple of 8, got {args.resolution}", file=sys.stderr)
+    if args.resolution < 16 or args.resolution % 16:  # latents of R/8 that J-DiT's 2x2 patches tile
+        print(f"error: --resolution must be a positive multiple of 16 (the ST-VAE's 8 x J-DiT's patch 2), got "
+              f"{args.resolution}", file=sys.stderr)
         return 2
     if not pixels.is_dir():
         print(f"error: {pixels}: no such pairs folder", file=sys.stderr)

@@ -379,12 +379,13 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--pairs", required=True, help="a build's pairs/ folder (OUT/pairs), or the build folder OUT")
     ap.add_argument("--out", required=True, help="template folder to write: <out>/<task>/<id>_input.<ext> + "
                                                  "<id>_target.<ext>; other files there are left alone")
-    ap.add_argument("--tasks", help="comma-separated tasks; None: every image task with committed shards")
+    ap.add_argument("--tasks", help="comma-separated tasks (default: every image task with committed shards)")
     ap.add_argument("--split", default="train", choices=[*SPLITS, "any"],
                     help="the pairs' split, as their json records it (any: both)")
     ap.add_argument("--count", type=int, default=8, help="pairs per task (fewer when a task has fewer)")
     ap.add_argument("--seed", type=int, default=None,
-                    help="None: the first --count pairs in shard and key order; S: --count drawn uniformly with seed S")
+                    help="draw --count pairs uniformly with this seed "
+                    "(default: the first --count pairs in shard and key order)")
     ap.add_argument("--no-json", action="store_true", help="do not write <id>.json (the pair's json) beside the images")
     args = ap.parse_args(argv)
     tasks = [t.strip() for t in args.tasks.split(",") if t.strip()] if args.tasks else None

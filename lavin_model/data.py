@@ -70,7 +70,7 @@ def committed_task_shards(root: str | Path, split: str | None = "train") -> dict
     after its commit is an error naming it."""
     root = Path(root)
     if not root.is_dir():
-        raise FileNotFoundError(f"{root}: no such latent folder (the --out of lavin_data.encode_latents)")
+        raise LatentDataError(f"{root}: no such latent folder (the --out of lavin_data.encode_latents)")
     found = {}
     for d in sorted(p for p in root.iterdir() if p.is_dir() and p.name != "preview"):
         urls = []

@@ -241,6 +241,8 @@ def scan_pairs(root: str | Path, tasks: list[str] | None = None) -> tuple[dict[s
     root = Path(root)
     if not root.is_dir():
         raise EvalError(f"{root}: pairs folder not found (expected OUT/pairs/<task>/<source>-NNNNNN.tar)")
+    if (root / "pairs").is_dir() and (root / "manifest.json").is_file():  # a build folder: its pairs/
+        root = root / "pairs"
     present = sorted(p.name for p in root.iterdir() if p.is_dir())
     if tasks:
         for t in tasks:

@@ -19,8 +19,8 @@ step() {  # step NAME COMMAND...: run it, then say how long it took
 # --8<-- the README's commands, in order (tests/test_pipeline.py checks that they agree)
 step build python -m pipelines.build --spec manifests/pipeline.yaml --output $OUT
 step vae python -m lavin_data.testing tiny-stvae $OUT/tiny-stvae
-step encode python -m lavin_data.encode_latents --pixels $OUT --out $OUT/latents --resolution 64 --vae $OUT/tiny-stvae
-step train python -m lavin_model.train --latents $OUT/latents --out $OUT/run --steps 300 --micro-batch 8 --context 1-3 --lr 1e-3 --warmup 20 --ema-decay 0.99 --log-every 50 --val-every 100 --save-every 300 --sample-every 300 --vae $OUT/tiny-stvae
+step encode python -m lavin_data.encode_latents --pixels $OUT --out $OUT/latents/tiny-64 --resolution 64 --vae $OUT/tiny-stvae
+step train python -m lavin_model.train --latents $OUT/latents/tiny-64 --out $OUT/run --steps 300 --micro-batch 8 --context 1-3 --lr 1e-3 --warmup 20 --ema-decay 0.99 --log-every 50 --val-every 100 --save-every 300 --sample-every 300 --vae $OUT/tiny-stvae
 step templates python -m lavin_data.export_templates --pairs $OUT --out $OUT/templates --tasks depth_estimation --count 4
 step queries python -m lavin_data.export_templates --pairs $OUT --out $OUT/queries --tasks depth_estimation --split val --count 2
 step infer python -m lavin_model.infer --checkpoint $OUT/run/model --vae $OUT/tiny-stvae --examples $OUT/templates/depth_estimation --query $OUT/queries/depth_estimation/0000_*_input.* --out $OUT/prediction.png

@@ -20,6 +20,7 @@ from lavin_data.testing import restamp_stats, synthetic_latent_shards
 from lavin_model.data import (
     InContextBatches,
     InContextLoader,
+    LatentDataError,
     find_task_shards,
     reader_slice,
 )
@@ -124,7 +125,7 @@ def test_resume_continues_with_exactly_the_same_batches(latents, workers, stop):
 
 
 def test_bad_folders_and_samples_are_named(tmp_path):
-    with pytest.raises(FileNotFoundError, match="no such latent folder"):
+    with pytest.raises(LatentDataError, match="no such latent folder"):
         find_task_shards(tmp_path / "missing")
     (tmp_path / "empty" / "task").mkdir(parents=True)
     with pytest.raises(ValueError, match="no committed latent shards"):

@@ -82,6 +82,10 @@ def test_bad_arguments_are_refused(tmp_path, capsys):
     assert "VAE checkpoint not found" in capsys.readouterr().err
     assert main(["--pixels", str(tmp_path / "p"), "--out", str(tmp_path / "o"), "--vae-config", "{}",
                  "--resolution", "100"]) == 2
+    # a multiple of the VAE's 8 but not of 16: latents J-DiT's 2x2 patches cannot tile
+    assert main(["--pixels", str(tmp_path / "p"), "--out", str(tmp_path / "o"), "--vae-config", "{}",
+                 "--resolution", "72"]) == 2
+    assert "--resolution must be a positive multiple of 16" in capsys.readouterr().err
 
 
 # --------------------------------------------------------------------------- what --pixels and --tasks may name

@@ -466,6 +466,7 @@ def test_end_to_end_on_an_nyu_build(ray_session, tiny_checkpoint, tmp_path, caps
 
     # the protocol on real NYU depth: the target rendering as the prediction is nearly exact
     refs, _ = scan_pairs(pairs)
+    assert scan_pairs(tmp_path / "build")[0] == refs  # the build folder stands for its pairs/
     loader = PairLoader()
     for r in refs["depth_estimation"]:
         t = loader.image(r, "target")
