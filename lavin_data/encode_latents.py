@@ -36,6 +36,7 @@ from lavin_data.geometry import plan_resize
 from lavin_data.output_lock import OutputLock, OutputLockError, os_problem
 from lavin_data.shards import (
     ShardWriter,
+    build_pairs_folder,
     decoded_batches,
     iter_tar_samples,
     prefetch,
@@ -181,8 +182,8 @@ def resolve_pixels(pixels: Path) -> tuple[Path, list[str]]:
     (one with ``pairs/`` holding task folders) stands for its ``pairs/``. Raises
     :class:`PixelsError` for a folder of other shards (base, labels, latents: told apart by
     the ``stage`` their stats record), a single task's folder, or one with no pair shards."""
-    pairs = pixels / "pairs"
-    if pairs.is_dir() and _subdirs(pairs):
+    pairs = build_pairs_folder(pixels)
+    if pairs is not None:
         return pairs, [f"{pixels} is a build folder: encoding its pair shards in {pairs}"]
     here = _first_stats(pixels)
     if here is not None:

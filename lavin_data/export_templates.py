@@ -45,7 +45,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from lavin_data.cli import HelpFormatter
-from lavin_data.shards import check_key, read_stats, shard_done, stats_path
+from lavin_data.shards import build_pairs_folder, check_key, read_stats, shard_done, stats_path
 from lavin_data.split import SPLITS, pair_split, split_count
 
 IMAGE_EXTS = ("png", "jpg", "jpeg")  # what lavin_model.infer.template_pairs reads (its IMAGE_EXTS, lower case)
@@ -94,8 +94,8 @@ def pairs_root(path: str | os.PathLike) -> Path:
     p = Path(path)
     if not p.is_dir():
         raise ExportError(f"{p}: no such folder (expected a build's pairs/ folder, or the build folder)")
-    if (p / "pairs").is_dir():
-        return p / "pairs"
+    if (pairs := build_pairs_folder(p)) is not None:
+        return pairs
     if any(p.glob("*.tar")):
         raise ExportError(f"{p}: holds shards itself, so it looks like one task's folder; pass its parent "
                           f"({p.parent}) with --tasks {p.name}")

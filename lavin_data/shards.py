@@ -56,6 +56,13 @@ def stats_path(tar_path: str | os.PathLike) -> Path:
     return p.with_name(p.name.removesuffix(".tar") + ".stats.json")
 
 
+def build_pairs_folder(path: str | os.PathLike) -> Path | None:
+    """``path/pairs`` when ``path`` is a build's output folder (its ``pairs/`` holds task
+    folders), else None: every command that reads pair shards takes the build folder for it."""
+    pairs = Path(path) / "pairs"
+    return pairs if pairs.is_dir() and any(d.is_dir() for d in pairs.iterdir()) else None
+
+
 def timing_path(tar_path: str | os.PathLike) -> Path:
     p = Path(tar_path)
     return p.with_name(p.name.removesuffix(".tar") + ".timing.json")

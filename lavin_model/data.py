@@ -40,7 +40,7 @@ import torch
 import webdataset as wds
 
 from lavin_data.codecs import decode_npy
-from lavin_data.shards import read_stats, shard_done, stats_path
+from lavin_data.shards import build_pairs_folder, read_stats, shard_done, stats_path
 from lavin_data.split import split_count
 from lavin_data.stvae import sample_latent
 from lavin_model.flow import null_context
@@ -111,7 +111,7 @@ def find_task_shards(root: str | Path, tasks: list[str] | None = None, split: st
         found = {t: found[t] for t in tasks}
     if not found:
         hint = (f"; {root} looks like a build folder: encode its pairs/ with python -m lavin_data.encode_latents "
-                "and give that --out" if (Path(root) / "pairs").is_dir() else "")
+                "and give that --out" if build_pairs_folder(root) else "")
         raise LatentDataError(f"{root}: no committed latent shards{which} (<task>/<shard>.tar with .stats.json)"
                               + hint)
     return found
@@ -124,7 +124,7 @@ def sample_info(sample: dict) -> tuple[str, str]:
         info = json.loads(sample["json"]) if "json" in sample else {}
     except ValueError as e:  # JSONDecodeError and UnicodeDecodeError
         raise LatentDataError(f"{sample.get('__url__')}: sample {sample.get('__key__')}: json is not valid JSON "
-                         f"({e})") from None
+                              f"({e})") from None
     if not isinstance(info, dict):
         info = {}
     pair = info.get("pair") if isinstance(info.get("pair"), dict) else {}
@@ -209,16 +209,16 @@ def _moments(sample: dict, member: str) -> np.ndarray:
     except ValueError as e:
         if "Object arrays" in str(e):
             raise LatentDataError(f"{where}: {member} is an object array (pickled), which is refused: latent moments "
-                             "are fp16 arrays") from None
+                                  "are fp16 arrays") from None
         if "pickle" in str(e):  # not .npy at all: np.load took it for a pickle
             raise LatentDataError(f"{where}: {member} is not an .npy array (a pickle, or other bytes), which is "
-                             "refused") from None
+                                  "refused") from None
         raise LatentDataError(f"{where}: {member} cannot be decoded as .npy: {e}") from None
     except (OSError, EOFError) as e:  # a truncated or corrupt header
         raise LatentDataError(f"{where}: {member} cannot be decoded as .npy: {type(e).__name__}: {e}") from None
     if m.ndim != 4 or m.shape[0] != 32:
         raise LatentDataError(f"{sample.get('__url__')}: sample {sample.get('__key__')}: {member} has shape {m.shape}, "
-                         "expected (32, T', h, w) moments")
+                              "expected (32, T', h, w) moments")
     return m
 
 
@@ -320,7 +320,7 @@ def context_pairs(stream: TaskStream, item: str, n: int, task: str, max_draws: i
     while len(out) < n:
         if drawn == max_draws:
             raise LatentDataError(f"task {task}: {max_draws} samples in a row come from the query's own source item "
-                             f"{item!r}: in-context training needs pairs of at least two source items per task")
+                                  f"{item!r}: in-context training needs pairs of at least two source items per task")
         s = next(stream)
         drawn += 1
         if s["__item__"] != item:

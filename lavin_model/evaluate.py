@@ -52,7 +52,7 @@ from lavin_data.registry import TASKS
 from lavin_data.render import COCO_SKELETON, PALETTE, decode_depth, decode_keypoints, decode_normals, grey
 from lavin_data.render.dense import to_disparity
 from lavin_data.rng import sample_rng
-from lavin_data.shards import ShardReader, shard_done
+from lavin_data.shards import ShardReader, build_pairs_folder, shard_done
 from lavin_data.split import pair_split
 from lavin_model import metrics as M
 from lavin_model.infer import resolve_resolution, resolve_vae, squash, to_rgb_uint8, training_record
@@ -236,13 +236,13 @@ def _read_jsons(tar: Path) -> list[tuple[str, dict]]:
 
 def scan_pairs(root: str | Path, tasks: list[str] | None = None) -> tuple[dict[str, list[PairRef]], dict[str, str]]:
     """The pairs of the committed shards (:func:`lavin_data.shards.shard_done`) under
-    ``root/<task>/*.tar``, by task, and {task: why skipped} for video and empty folders.
-    ``tasks`` restricts the folders read (each must exist)."""
+    ``root/<task>/*.tar`` (``root``: a pairs folder, or a build folder for its ``pairs/``), by
+    task, and {task: why skipped} for video and empty folders. ``tasks`` restricts the folders
+    read (each must exist)."""
     root = Path(root)
     if not root.is_dir():
         raise EvalError(f"{root}: pairs folder not found (expected OUT/pairs/<task>/<source>-NNNNNN.tar)")
-    if (root / "pairs").is_dir() and (root / "manifest.json").is_file():  # a build folder: its pairs/
-        root = root / "pairs"
+    root = build_pairs_folder(root) or root
     present = sorted(p.name for p in root.iterdir() if p.is_dir())
     if tasks:
         for t in tasks:

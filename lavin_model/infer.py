@@ -74,7 +74,7 @@ def read_square(path: Path, res: int) -> tuple[np.ndarray, tuple[int, int]]:
     return squash(img, res), img.shape[:2]
 
 
-TRAINING_RECORD = "training.json"  # written by lavin_model/train.py (its TRAINING_RECORD)
+TRAINING_RECORD = "training.json"  # written by lavin_model/train.py into the run folder and model/
 
 
 def training_record(checkpoint: str | Path) -> tuple[dict | None, Path | None]:
@@ -135,8 +135,8 @@ def resolve_vae(args: argparse.Namespace, record: dict | None, record_file: Path
     if not Path(args.vae).exists():
         raise FileNotFoundError(f"--vae {args.vae}: ST-VAE checkpoint not found")
     recorded = vae_rec.get("weight_hash")
-    if recorded and weight_hash(args.vae) != recorded:
-        raise ValueError(f"--vae {args.vae} has weight hash {weight_hash(args.vae)}, but {record_file} says the model "
+    if recorded and (mine := weight_hash(args.vae)) != recorded:
+        raise ValueError(f"--vae {args.vae} has weight hash {mine}, but {record_file} says the model "
                          f"was trained on latents of the ST-VAE {vae_rec.get('path')} (weight hash {recorded}): give "
                          "that one")
     if args.vae_config is not None:

@@ -178,7 +178,7 @@ def recorded_vae(latents: Path) -> list[dict]:
     return found
 
 
-def training_record(args: argparse.Namespace, records: list[dict]) -> dict:
+def run_record(args: argparse.Namespace, records: list[dict]) -> dict:
     """``training.json`` of the run folder (and of ``model/``): what inference needs besides the
     weights, i.e. the ST-VAE the latents were encoded with (path as recorded, weight hash,
     architecture overrides) and the resolution trained at. ``lavin_model.infer`` reads it."""
@@ -233,7 +233,6 @@ def weights_only_load(path: str, map_location=None):
                               "since that would run code from the file") from None
 
 
-TRAINING_RECORD = "training.json"  # in the run folder and in model/: read by lavin_model.infer
 
 
 def ema_decay(decay: float, updates: int) -> float:
@@ -268,7 +267,7 @@ def main(argv: list[str] | None = None) -> dict:
     single_process_env()
     records = recorded_vae(Path(args.latents))  # every rank, before any work: a wrong folder fails here
     vae_note = check_vae(args.vae, records) if args.vae else None
-    record = training_record(args, records)
+    record = run_record(args, records)
     import deepspeed
     import numpy as np
     import torch
@@ -278,6 +277,7 @@ def main(argv: list[str] | None = None) -> dict:
     from lavin_data.weights import read_state_dict
     from lavin_model.data import InContextBatches, InContextLoader, validation_batches, validation_loss
     from lavin_model.flow import flow_loss, rank_generator, sample
+    from lavin_model.infer import TRAINING_RECORD  # what infer and evaluate read beside a checkpoint
     from lavin_model.jdit import SIZES, JDiT, load_lavin_checkpoint
 
     accel = get_accelerator()
