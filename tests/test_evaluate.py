@@ -467,6 +467,24 @@ def test_end_to_end_on_an_nyu_build(ray_session, tiny_checkpoint, tmp_path, caps
     # the protocol on real NYU depth: the target rendering as the prediction is nearly exact
     refs, _ = scan_pairs(pairs)
     assert scan_pairs(tmp_path / "build")[0] == refs  # the build folder stands for its pairs/
+
+    # export_templates on the real NYU pairs: the files are the shard members, byte for byte
+    import tarfile
+
+    from lavin_data.export_templates import export
+    from lavin_model.infer import template_pairs
+
+    written = export(tmp_path / "build", tmp_path / "tpl", ["depth_estimation"], "val", 8, echo=lambda *_: None,
+                     note=lambda *_: None)
+    members = {}
+    for t in sorted((pairs / "depth_estimation").glob("*.tar")):
+        with tarfile.open(t) as tf:
+            members.update({m.name: tf.extractfile(m).read() for m in tf if m.isfile()})
+    got = template_pairs(tmp_path / "tpl" / "depth_estimation")
+    assert len(got) == len(written["depth_estimation"]) == 3
+    for a, b in got:
+        key = a.name.removesuffix(a.suffix).removesuffix("_input").split("_", 1)[1]  # <position>_<key>
+        assert a.read_bytes() == members[f"{key}.input{a.suffix}"] and b.read_bytes() == members[f"{key}.target.png"]
     loader = PairLoader()
     for r in refs["depth_estimation"]:
         t = loader.image(r, "target")
