@@ -254,12 +254,18 @@ def test_a_dead_loader_worker_ends_the_run_and_signals_still_act(latents, tmp_pa
            "--save-every", "0", "--val-every", "0", "--num-workers", "2"]
     p = subprocess.Popen(cmd, cwd=ROOT, env=_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     try:
-        deadline = time.time() + 120
-        while time.time() < deadline and not (out / "log.jsonl").exists():
+        # log.jsonl is opened before the loader forks its workers: wait for a logged step, then
+        # for both workers (a slow, shared machine may take a while to get there).
+        trainer, workers = psutil.Process(p.pid), []
+        deadline = time.time() + 180
+        while time.time() < deadline and p.poll() is None and len(workers) < 2:
+            if (out / "log.jsonl").exists() and (out / "log.jsonl").stat().st_size > 0:
+                try:
+                    workers = [c for c in trainer.children() if c.cmdline() == trainer.cmdline()]  # forked workers
+                except psutil.Error:  # a short-lived child ended while being listed
+                    workers = []
             time.sleep(0.2)
-        trainer = psutil.Process(p.pid)
-        workers = [c for c in trainer.children() if c.cmdline() == trainer.cmdline()]  # forked loader workers
-        assert len(workers) == 2, trainer.children()
+        assert len(workers) == 2, (trainer.children() if p.poll() is None else p.communicate()[0][-3000:])
         workers[0].kill()
         time.sleep(0.5)
         p.send_signal(signal.SIGTERM)
