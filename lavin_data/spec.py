@@ -341,6 +341,21 @@ class Labeler(_Strict):
     denoising_steps: int | None = Field(None, ge=1, description="marigold_normals: steps (default: the model's)")
     ensemble_size: int = Field(1, ge=1, description="marigold_normals: predictions averaged per image")
     preset: Literal["ultrafast", "fast", "medium"] = Field("medium", description="dis_flow: OpenCV DIS preset")
+    processing_size: int | None = Field(
+        None, ge=14, le=4096,
+        description="depth_anything_v2, stable_normal: fit every image into one square of this side (see `fit`) so "
+                    "that images of any size share a batch, and map predictions back to each image's size; "
+                    "depth_anything_v2 needs a multiple of 14, stable_normal of 8. None: only same-sized images "
+                    "share a batch, at the model's own processing size")
+    fit: Literal["pad", "resize"] = Field(
+        "pad", description="with processing_size: pad (keep the aspect ratio, replicate the border) or resize "
+                           "(stretch to the square)")
+    clone: str | None = Field(None, description="stable_normal: a local clone of Stable-X/StableNormal (its "
+                                                "stablenormal/pipeline_yoso_normal.py is loaded; hubconf.py is not)")
+
+
+# Labeler fields added after builds were made; left out of the spec hash at their defaults.
+_LABELER_FIELDS_ADDED = {"processing_size": None, "fit": "pad", "clone": None}
 
 
 # --------------------------------------------------------------------------- tasks
@@ -447,7 +462,12 @@ class Spec(_Strict):
         alike in every spec (80 -> 80.0 for a float option) hashes alike; the output folder
         is where the build is, not what it is, and is left out."""
         again = type(self).model_validate_json(self.model_dump_json())
-        return json.dumps(again.model_dump(mode="json", exclude={"output"}), sort_keys=True, separators=(",", ":"))
+        data = again.model_dump(mode="json", exclude={"output"})
+        for lab in data["labelers"]:  # a build made before these fields existed resumes unchanged
+            for field, default in _LABELER_FIELDS_ADDED.items():
+                if lab.get(field) == default:
+                    del lab[field]
+        return json.dumps(data, sort_keys=True, separators=(",", ":"))
 
     def spec_hash(self) -> str:
         """sha256 of :meth:`canonical_json`: equal for a build moved elsewhere, and in every worker."""

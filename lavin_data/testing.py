@@ -48,7 +48,7 @@ def tiny_marigold_normals(path: str | Path) -> Path:
     minimal CLIP tokenizer), saved with ``save_pretrained``."""
     import torch
     from diffusers import AutoencoderKL, DDIMScheduler, MarigoldNormalsPipeline, UNet2DConditionModel
-    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
+    from transformers import CLIPTextConfig, CLIPTextModel
 
     path = Path(path)
     torch.manual_seed(0)
@@ -62,20 +62,169 @@ def tiny_marigold_normals(path: str | Path) -> Path:
     text_encoder = CLIPTextModel(CLIPTextConfig(hidden_size=16, intermediate_size=32, num_attention_heads=2,
                                                 num_hidden_layers=2, vocab_size=64, max_position_embeddings=77,
                                                 bos_token_id=0, eos_token_id=1, pad_token_id=1))
-    tok_dir = path.parent / f".{path.name}-tokenizer-src"
-    tok_dir.mkdir(parents=True, exist_ok=True)
-    vocab = {"<|startoftext|>": 0, "<|endoftext|>": 1}
-    for c in "abcdefghijklmnopqrstuvwxyz":
-        vocab[c] = len(vocab)
-        vocab[c + "</w>"] = len(vocab)
-    (tok_dir / "vocab.json").write_text(json.dumps(vocab))
-    (tok_dir / "merges.txt").write_text("#version: 0.2\n")
-    tokenizer = CLIPTokenizer(str(tok_dir / "vocab.json"), str(tok_dir / "merges.txt"), model_max_length=77)
+    tokenizer = _tiny_clip_tokenizer(path.parent / f".{path.name}-tokenizer-src")
     pipe = MarigoldNormalsPipeline(unet=unet, vae=vae, scheduler=DDIMScheduler(), text_encoder=text_encoder,
                                    tokenizer=tokenizer, prediction_type="normals", default_denoising_steps=2,
                                    default_processing_resolution=32)
     pipe.save_pretrained(path)
     return path
+
+
+def _tiny_clip_tokenizer(folder: Path):
+    """A CLIP tokenizer of a 54-entry vocabulary (start, end, a-z): enough for empty and
+    one-word prompts; written to ``folder`` (its vocab.json and merges.txt)."""
+    from transformers import CLIPTokenizer
+
+    folder.mkdir(parents=True, exist_ok=True)
+    vocab = {"<|startoftext|>": 0, "<|endoftext|>": 1}
+    for c in "abcdefghijklmnopqrstuvwxyz":
+        vocab[c] = len(vocab)
+        vocab[c + "</w>"] = len(vocab)
+    (folder / "vocab.json").write_text(json.dumps(vocab))
+    (folder / "merges.txt").write_text("#version: 0.2\n")
+    return CLIPTokenizer(str(folder / "vocab.json"), str(folder / "merges.txt"), model_max_length=77)
+
+
+# A stand-in for StableNormal's stablenormal/pipeline_yoso_normal.py (we may not copy theirs):
+# the released class's name, constructor and call, and its algorithm on whatever diffusers
+# components it is loaded with: the image's VAE latents condition the ControlNet, one UNet step
+# from zero latents at t_start, VAE decode, unit normals at the input's size. Like the released
+# one, it caches the prompt's embedding with the batch size of its first call.
+YOSO_STANDIN = '''"""Stand-in for StableNormal's YOSO normals pipeline, written by lavin_data.testing."""
+from dataclasses import dataclass
+
+import torch
+from diffusers.pipelines.controlnet import StableDiffusionControlNetPipeline
+from diffusers.pipelines.marigold.marigold_image_processing import MarigoldImageProcessor
+from diffusers.utils import BaseOutput
+
+
+@dataclass
+class YosoNormalsOutput(BaseOutput):
+    prediction: object
+    latent: object
+    gaus_noise: object
+
+
+class YOSONormalsPipeline(StableDiffusionControlNetPipeline):
+    def __init__(self, vae, text_encoder, tokenizer, unet, controlnet, scheduler, safety_checker, feature_extractor,
+                 image_encoder=None, requires_safety_checker=True, default_denoising_steps=1,
+                 default_processing_resolution=768, prompt="", empty_text_embedding=None, t_start=401):
+        super().__init__(vae, text_encoder, tokenizer, unet, controlnet, scheduler, safety_checker, feature_extractor,
+                         image_encoder, requires_safety_checker)
+        self.image_processor = MarigoldImageProcessor(vae_scale_factor=self.vae_scale_factor)
+        self.default_denoising_steps = default_denoising_steps
+        self.default_processing_resolution = default_processing_resolution
+        self.prompt = prompt
+        self.prompt_embeds = None
+        self.t_start = t_start
+
+    @torch.no_grad()
+    def __call__(self, image, processing_resolution=None, match_input_resolution=True,
+                 resample_method_input="bilinear", resample_method_output="bilinear", batch_size=1,
+                 num_images_per_prompt=1, generator=None, output_type="np", **kwargs):
+        device, dtype = self._execution_device, self.dtype
+        if processing_resolution is None:
+            processing_resolution = self.default_processing_resolution
+        if self.prompt_embeds is None:
+            self.prompt_embeds, _ = self.encode_prompt(self.prompt, device, num_images_per_prompt, False)
+        image, padding, original_resolution = self.image_processor.preprocess(
+            image, processing_resolution, resample_method_input, device, dtype)
+        latent = torch.cat([self.vae.encode(image[i:i + batch_size]).latent_dist.mode()
+                            for i in range(0, image.shape[0], batch_size)]) * self.vae.config.scaling_factor
+        pred_latent = torch.zeros_like(latent)
+        down, mid = self.controlnet(latent, self.t_start, encoder_hidden_states=self.prompt_embeds,
+                                    conditioning_scale=1.0, guess_mode=False, return_dict=False)
+        latent_x = self.unet(pred_latent, self.t_start, encoder_hidden_states=self.prompt_embeds,
+                             down_block_additional_residuals=down, mid_block_additional_residual=mid,
+                             return_dict=False)[0]
+        prediction = self.vae.decode(latent_x / self.vae.config.scaling_factor, return_dict=False)[0]
+        prediction = self.normalize_normals(prediction)
+        prediction = self.image_processor.unpad_image(prediction, padding)
+        prediction = self.image_processor.resize_antialias(prediction, original_resolution, resample_method_output,
+                                                           is_aa=False)
+        prediction = self.normalize_normals(prediction)
+        if output_type == "np":
+            prediction = self.image_processor.pt_to_numpy(prediction)
+        return YosoNormalsOutput(prediction=prediction, latent=latent_x, gaus_noise=pred_latent)
+
+    @staticmethod
+    def normalize_normals(normals, eps=1e-6):
+        return normals / normals.norm(dim=1, keepdim=True).clamp(min=eps)
+'''
+
+# The weights folder's own ControlNet class (diffusers loads it as remote code): conditioned on
+# the image latents it is given as its sample, as the YOSO pipeline calls it.
+YOSO_CONTROLNET = '''from diffusers import ControlNetModel
+
+
+class LatentControlNet(ControlNetModel):
+    def forward(self, sample, timestep, encoder_hidden_states, conditioning_scale=1.0, guess_mode=False,
+                return_dict=True, **kwargs):
+        return super().forward(sample, timestep, encoder_hidden_states, controlnet_cond=sample,
+                               conditioning_scale=conditioning_scale, guess_mode=guess_mode, return_dict=return_dict)
+'''
+
+
+def tiny_stable_normal(weights: str | Path, clone: str | Path, size: str = "tiny", seed: int = 0) -> tuple[Path, Path]:
+    """A random StableNormal-turbo: ``weights`` laid out as Stable-X/yoso-normal-v0-3 is
+    (``model_index.json``; vae, unet, controlnet, text_encoder, tokenizer, scheduler; fp16
+    variant weight files; the ControlNet's class as remote code in ``controlnet/``) and
+    ``clone`` holding :data:`YOSO_STANDIN` as ``stablenormal/pipeline_yoso_normal.py`` beside a
+    ``hubconf.py`` that imports torchvision, as the released one does. ``tiny``: test-sized;
+    ``real``: the released architecture (SD-2 UNet 865M parameters, its ControlNet encoder,
+    the SD VAE, the OpenCLIP-H text encoder), 2.6 GB of fp16 files. -> (weights, clone)."""
+    import torch
+    from diffusers import AutoencoderKL, DDIMScheduler, UNet2DConditionModel
+    from transformers import CLIPTextConfig, CLIPTextModel
+
+    weights, clone = Path(weights), Path(clone)
+    (clone / "stablenormal").mkdir(parents=True, exist_ok=True)
+    (clone / "stablenormal" / "pipeline_yoso_normal.py").write_text(YOSO_STANDIN)
+    (clone / "hubconf.py").write_text("import torchvision  # as the released hubconf.py: never imported by us\n")
+    if size == "tiny":
+        blocks = dict(block_out_channels=(16, 32), down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"),
+                      layers_per_block=1, cross_attention_dim=16, norm_num_groups=8, attention_head_dim=4)
+        up = ("UpBlock2D", "CrossAttnUpBlock2D")
+        vae_cfg = dict(block_out_channels=(8, 16, 16, 16), layers_per_block=1, norm_num_groups=8)
+        text = dict(hidden_size=16, intermediate_size=32, num_attention_heads=2, num_hidden_layers=2)
+    elif size == "real":
+        blocks = dict(block_out_channels=(320, 640, 1280, 1280), layers_per_block=2, cross_attention_dim=1024,
+                      down_block_types=("CrossAttnDownBlock2D",) * 3 + ("DownBlock2D",), norm_num_groups=32,
+                      attention_head_dim=(5, 10, 20, 20), use_linear_projection=True)
+        up = ("UpBlock2D",) + ("CrossAttnUpBlock2D",) * 3
+        vae_cfg = dict(block_out_channels=(128, 256, 512, 512), layers_per_block=2, norm_num_groups=32)
+        text = dict(hidden_size=1024, intermediate_size=4096, num_attention_heads=16, num_hidden_layers=23,
+                    hidden_act="gelu", projection_dim=512)
+    else:
+        raise ValueError(f"size must be 'tiny' or 'real', got {size!r}")
+    with torch.random.fork_rng():
+        torch.manual_seed(seed)
+        unet = UNet2DConditionModel(in_channels=4, out_channels=4, up_block_types=up, **blocks)
+        vae = AutoencoderKL(in_channels=3, out_channels=3, latent_channels=4,
+                            down_block_types=("DownEncoderBlock2D",) * len(vae_cfg["block_out_channels"]),
+                            up_block_types=("UpDecoderBlock2D",) * len(vae_cfg["block_out_channels"]), **vae_cfg)
+        text_encoder = CLIPTextModel(CLIPTextConfig(vocab_size=49408 if size == "real" else 64,
+                                                    max_position_embeddings=77, bos_token_id=0, eos_token_id=1,
+                                                    pad_token_id=1, **text))
+        ns: dict = {}
+        exec(compile(YOSO_CONTROLNET, "yoso_controlnet.py", "exec"), ns)  # noqa: S102 - our own constant
+        controlnet = ns["LatentControlNet"](in_channels=4, conditioning_channels=4,
+                                            conditioning_embedding_out_channels=(16,), **blocks)
+    for name, model in (("unet", unet), ("vae", vae), ("controlnet", controlnet), ("text_encoder", text_encoder)):
+        model.half().save_pretrained(weights / name, variant="fp16")
+    (weights / "controlnet" / "yoso_controlnet.py").write_text(YOSO_CONTROLNET)
+    _tiny_clip_tokenizer(weights.parent / f".{weights.name}-tokenizer-src").save_pretrained(weights / "tokenizer")
+    DDIMScheduler(beta_schedule="scaled_linear", beta_start=0.00085, beta_end=0.012,
+                  prediction_type="v_prediction").save_pretrained(weights / "scheduler")
+    index = {"_class_name": "YOSONormalsPipeline", "_diffusers_version": "0.30.0",
+             "controlnet": ["yoso_controlnet", "LatentControlNet"], "feature_extractor": [None, None],
+             "safety_checker": [None, None], "scheduler": ["diffusers", "DDIMScheduler"],
+             "text_encoder": ["transformers", "CLIPTextModel"], "tokenizer": ["transformers", "CLIPTokenizer"],
+             "unet": ["diffusers", "UNet2DConditionModel"], "vae": ["diffusers", "AutoencoderKL"],
+             "default_processing_resolution": 64 if size == "tiny" else 768}
+    (weights / "model_index.json").write_text(json.dumps(index, indent=1))
+    return weights, clone
 
 
 def synthetic_latent_shards(root: str | Path, tasks: int = 3, shards: int = 4, per_shard: int = 8,

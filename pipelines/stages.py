@@ -358,6 +358,16 @@ def _label_batch(labeler, inputs: list[LabelInput], batch_size: int) -> list:
     return outs
 
 
+def _batch_fill(before: dict, after: dict, batch_size: int) -> dict:
+    """The model forwards of a shard and how full they were: images / (forwards * batch_size)
+    (1.0: every forward held a full batch). Empty for labelers that count no forwards."""
+    forwards = after.get("forwards", 0) - before.get("forwards", 0)
+    images = after.get("images", 0) - before.get("images", 0)
+    if not forwards:
+        return {}
+    return {"forwards": forwards, "images_forwarded": images, "batch_fill": round(images / (forwards * batch_size), 4)}
+
+
 def label_shard(spec: Spec, labeler_name: str, source: str, shard: int, labeler) -> dict:
     """Run one labeler over one base shard into its sidecar shard (same keys). The frames of
     clips are labelled like images (batched across frames and clips) and stored per clip.
@@ -371,6 +381,7 @@ def label_shard(spec: Spec, labeler_name: str, source: str, shard: int, labeler)
     t0 = time.perf_counter()
     info = labeler.info()
     level = spec.formats.png_compression
+    before = dict(getattr(labeler, "forwards", {}))
     samples = iter_tar_samples(base_tar(spec.output, source, shard))
     with ShardWriter(path, stage="label") as w, contextlib.ExitStack() as stack:
         depth_side = stack.enter_context(ShardReader(label_tar(spec.output, lab.depth_from, source, shard))) \
@@ -395,7 +406,8 @@ def label_shard(spec: Spec, labeler_name: str, source: str, shard: int, labeler)
                     w.add(key, encode_flow(out, info))
         _carry_not_ok(base_tar(spec.output, source, shard), w)
         return dict(w.commit({"stage": "label", "labeler": lab.name, "source": source, "spec_hash": spec.spec_hash(),
-                              **{k: v for k, v in info.items() if k in ("model", "weight_hash")}},
+                              **{k: v for k, v in info.items() if k in ("model", "weight_hash", "processing")},
+                              **_batch_fill(before, getattr(labeler, "forwards", {}), lab.batch_size)},
                              {"seconds": round(time.perf_counter() - t0, 3)}), skipped=False)
 
 

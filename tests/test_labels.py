@@ -331,19 +331,6 @@ def test_marigold_normals_label_real_photos_end_to_end(ray_session, tmp_path):
     assert label_tar(spec.output, "mari", "photos", 0).read_bytes() == first
 
 
-def test_stable_normal_without_torchvision_says_what_to_install(tmp_path, monkeypatch):
-    monkeypatch.setitem(sys.modules, "torchvision", None)
-    spec = parse_spec({
-        "name": "s", "output": str(tmp_path / "out"),
-        "sources": [{"name": "photos", "kind": "image_folder", "root": str(fixture_path("photos"))}],
-        "labelers": [{"name": "sn", "kind": "stable_normal", "source": "photos", "model": str(tmp_path / "hub")}],
-        "tasks": [{"task": "surface_normal_estimation", "source": "photos", "labeler": "sn"}],
-    })
-    with pytest.raises(BuildError, match=r"labelers\[0\] \(sn\).*needs the `torchvision` package: .*pip install"):
-        build(spec, **quiet)
-    assert not (tmp_path / "out").exists()
-
-
 def test_nyu_folder_split_file_and_ground_truth_normals(tmp_path):
     """BTS-style split lists select frames; a GT normals folder (RGB = (n+1)/2) is read into
     the base sample in our frame (opencv-frame files are converted)."""

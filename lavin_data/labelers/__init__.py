@@ -51,6 +51,13 @@ class Labeler:
 
     def __init__(self, spec):
         self.spec = spec
+        # Model forwards run and images they held, for the batch fill the label stage records
+        # (images / (forwards * batch_size)): mixed sizes batched by size fill few slots.
+        self.forwards = {"forwards": 0, "images": 0}
+
+    def count_forward(self, images: int) -> None:
+        self.forwards["forwards"] += 1
+        self.forwards["images"] += images
 
     @classmethod
     def model_licence(cls, spec) -> str:
@@ -95,6 +102,54 @@ def group_by_size(images: list[np.ndarray]) -> dict[tuple[int, int], list[int]]:
     for i, im in enumerate(images):
         groups.setdefault(tuple(im.shape[:2]), []).append(i)
     return groups
+
+
+def forward_batches(images: list[np.ndarray], batch_size: int, fixed: bool) -> list[list[int]]:
+    """Indices of the images that share each forward, at most ``batch_size`` each. ``fixed``
+    (a ``processing_size`` is set, every image is fitted into one square): consecutive images,
+    whatever their sizes; otherwise only same-sized images, by :func:`group_by_size`."""
+    groups = [list(range(len(images)))] if fixed else list(group_by_size(images).values())
+    return [g[i:i + batch_size] for g in groups for i in range(0, len(g), batch_size)]
+
+
+def fit_square(image: np.ndarray, side: int, fit: str) -> tuple[np.ndarray, tuple[int, int, int, int]]:
+    """(H, W, 3) uint8 -> ((side, side, 3) uint8, content box (top, left, height, width)).
+
+    ``fit="pad"`` keeps the aspect ratio: the longer side becomes ``side`` and the rest is
+    filled by replicating the border (a black band would read as an edge to a depth or normal
+    model); ``fit="resize"`` stretches the image to the square. Area interpolation when
+    shrinking, cubic when enlarging, as the models' own processors do for photos."""
+    import cv2
+
+    h, w = image.shape[:2]
+    top, left, nh, nw = square_box(h, w, side, fit)
+    interp = cv2.INTER_AREA if nh * nw < h * w else cv2.INTER_CUBIC
+    content = image if (nh, nw) == (h, w) else cv2.resize(image, (nw, nh), interpolation=interp)
+    canvas = cv2.copyMakeBorder(content, top, side - nh - top, left, side - nw - left, cv2.BORDER_REPLICATE)
+    return canvas, (top, left, nh, nw)
+
+
+def square_box(h: int, w: int, side: int, fit: str) -> tuple[int, int, int, int]:
+    """Where :func:`fit_square` puts an (h, w) image in its (side, side) square: (top, left,
+    height, width) of the content, centred."""
+    if fit == "resize":
+        return 0, 0, side, side
+    if fit != "pad":
+        raise ValueError(f"fit must be 'pad' or 'resize', got {fit!r}")
+    s = side / max(h, w)
+    nh, nw = max(1, min(side, round(h * s))), max(1, min(side, round(w * s)))
+    return (side - nh) // 2, (side - nw) // 2, nh, nw
+
+
+def unfit(prediction: np.ndarray, box: tuple[int, int, int, int], size: tuple[int, int]) -> np.ndarray:
+    """A prediction on the square canvas ((S, S) or (S, S, C) float32) -> the image's own
+    ``size`` (H, W): the content ``box`` of :func:`fit_square` cut out and resized linearly."""
+    import cv2
+
+    top, left, nh, nw = box
+    crop = np.ascontiguousarray(prediction[top:top + nh, left:left + nw], dtype=np.float32)
+    h, w = size
+    return crop if (nh, nw) == (h, w) else cv2.resize(crop, (w, h), interpolation=cv2.INTER_LINEAR)
 
 
 def labeler_class(kind: str) -> type[Labeler]:

@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 
 from lavin_data.devices import device_and_dtype
-from lavin_data.labelers import Labeler, LabelerError, LabelInput, group_by_size
+from lavin_data.labelers import Labeler, LabelerError, LabelInput, fit_square, forward_batches, square_box, unfit
 from lavin_data.weights import weight_hash
 
 LICENCES = {"small": "Apache-2.0", "base": "CC-BY-NC-4.0", "large": "CC-BY-NC-4.0"}
@@ -47,6 +47,9 @@ class DepthAnythingV2(Labeler):
                 f"access: `huggingface-cli download depth-anything/Depth-Anything-V2-Small-hf --local-dir {p}`")
         if not any(p.glob("*.safetensors")) and not any(p.glob("*.bin")):
             raise LabelerError(f"labeler {spec.name!r}: {p} has a config but no weight file (*.safetensors)")
+        if spec.processing_size is not None and spec.processing_size % 14:
+            raise LabelerError(f"labeler {spec.name!r}: processing_size {spec.processing_size} must be a multiple of "
+                               f"14 (the ViT patch), e.g. {14 * round(spec.processing_size / 14)}")
 
     def __init__(self, spec):
         super().__init__(spec)
@@ -62,7 +65,16 @@ class DepthAnythingV2(Labeler):
 
     def info(self) -> dict:
         return dict(super().info(), weight_hash=self.hash, output="relative inverse depth",
-                    model_licence=self.model_licence(self.spec))
+                    model_licence=self.model_licence(self.spec), processing=self.processing())
+
+    def processing(self) -> dict:
+        """How images reach the model, for the json: a fixed square (``size``, ``fit``), or each
+        size by itself at the processor's own size (shorter side ``size``, aspect ratio kept)."""
+        if self.spec.processing_size is not None:
+            return {"size": self.spec.processing_size, "fit": self.spec.fit, "batching": "fixed"}
+        size = getattr(self.processor, "size", None) or {}
+        return {"size": size.get("height") or size.get("shortest_edge"), "fit": "keep_aspect",
+                "batching": "same_size"}
 
     def forward(self, pixel_values):
         """The raw model forward on a prepared batch (what the benchmark compares against)."""
@@ -70,15 +82,32 @@ class DepthAnythingV2(Labeler):
             return self.model(pixel_values=pixel_values.to(self.device, self.dtype)).predicted_depth
 
     def prepare(self, images: list[np.ndarray]):
-        return self.processor(images=images, return_tensors="pt")["pixel_values"]
+        """Same-sized (H, W, 3) uint8 images -> (N, 3, h, w) float pixel values, or, with a
+        ``processing_size`` S, any sizes -> (N, 3, S, S) (fitted by :func:`fit_square`; the
+        processor then only rescales and normalises)."""
+        if self.spec.processing_size is None:
+            return self.processor(images=images, return_tensors="pt")["pixel_values"]
+        canvases = [fit_square(im, self.spec.processing_size, self.spec.fit)[0] for im in images]
+        return self.processor(images=canvases, do_resize=False, do_pad=False, return_tensors="pt")["pixel_values"]
 
     def label(self, inputs: list[LabelInput]) -> list[np.ndarray]:
         images = [x.image for x in inputs]
+        size = self.spec.processing_size
         out: list[np.ndarray | None] = [None] * len(images)
-        for (h, w), idx in group_by_size(images).items():
+        for idx in forward_batches(images, self.spec.batch_size, fixed=size is not None):
             pred = self.forward(self.prepare([images[i] for i in idx])).float()
-            pred = self.torch.nn.functional.interpolate(pred[:, None], size=(h, w), mode="bicubic",
-                                                        align_corners=False)[:, 0]
+            self.count_forward(len(idx))
+            if size is None:
+                h, w = images[idx[0]].shape[:2]
+                pred = self.torch.nn.functional.interpolate(pred[:, None], size=(h, w), mode="bicubic",
+                                                            align_corners=False)[:, 0]
+                for i, d in zip(idx, pred.clamp_min(0).cpu().numpy()):
+                    out[i] = d.astype(np.float32)
+                continue
+            if tuple(pred.shape[-2:]) != (size, size):  # the head's output grid, if not the input's
+                pred = self.torch.nn.functional.interpolate(pred[:, None], size=(size, size), mode="bicubic",
+                                                            align_corners=False)[:, 0]
             for i, d in zip(idx, pred.clamp_min(0).cpu().numpy()):
-                out[i] = d.astype(np.float32)
+                box = square_box(*images[i].shape[:2], size, self.spec.fit)
+                out[i] = np.maximum(unfit(d, box, images[i].shape[:2]), 0)
         return out

@@ -60,6 +60,7 @@ class MarigoldNormals(Labeler):
             res = self.pipe([Image.fromarray(inputs[i].image) for i in idx],
                             num_inference_steps=self.spec.denoising_steps, ensemble_size=self.spec.ensemble_size,
                             batch_size=len(idx), output_type="np", generator=gen)
+            self.count_forward(len(idx))
             for i, n in zip(idx, res.prediction):
                 out[i] = unit_vectors(n)
         return out

@@ -1,61 +1,254 @@
-"""``stable_normal``: StableNormal (turbo) through its torch.hub entry, from a local clone.
+"""``stable_normal``: StableNormal-turbo from a local clone of its code and a local weights folder.
 
-Predicts camera-frame normals in our convention (x right, y up, z towards the camera,
-following Marigold's), at the input's size. Its hub code imports torchvision.
+The released turbo predictor (``StableNormal_turbo`` in StableNormal's ``hubconf.py``) is the
+YOSO normals pipeline, ``stablenormal/pipeline_yoso_normal.py: YOSONormalsPipeline`` (a
+diffusers ``StableDiffusionControlNetPipeline`` subclass: the image's VAE latents condition a
+ControlNet, and one UNet step from zero latents at ``t_start=0`` gives the normals' latents),
+over the ``yoso-normal-v0-3`` weights folder (VAE, UNet, ControlNet, CLIP text encoder and
+tokenizer, DDIM scheduler; fp16 variant files). We load that class from the clone's file
+directly: ``hubconf.py`` imports torchvision and builds segmentation models (Mask2Former,
+BiRefNet) for object/outdoor masks that its default (indoor) mode, and we, never use.
+
+Frame. The pipeline's prediction is unit normals in [-1, 1], (N, H, W, 3) with ``output_type
+"np"``. StableNormal writes it as an image with ``(n + 1) / 2`` and no axis flip (hubconf's
+``Predictor``) and colours it with diffusers' ``MarigoldImageProcessor.visualize_normals``
+without flips (its ``app.py``), whose documented frame is x right, y up, z facing the
+observer: ours (x right, y up, z towards the camera). :data:`FRAME` is therefore the identity;
+it is one place to change if a later release differs.
 """
 
 from __future__ import annotations
 
+import hashlib
+import importlib.util
+import json
+import sys
 from pathlib import Path
 
 import numpy as np
 
 from lavin_data.devices import device_and_dtype
-from lavin_data.labelers import Labeler, LabelerError, LabelInput, require, unit_vectors
+from lavin_data.labelers import (
+    Labeler,
+    LabelerError,
+    LabelInput,
+    fit_square,
+    forward_batches,
+    require,
+    square_box,
+    unfit,
+    unit_vectors,
+)
 from lavin_data.weights import weight_hash
+
+PIPELINE_FILE = Path("stablenormal") / "pipeline_yoso_normal.py"
+PIPELINE_CLASS = "YOSONormalsPipeline"
+# StableNormal's frame -> ours, per axis (see the module docstring: the same frame).
+FRAME = np.array([1.0, 1.0, 1.0], np.float32)
+# The components the turbo pipeline runs, and the file each needs beside its weights.
+COMPONENTS = {"vae": "config.json", "unet": "config.json", "controlnet": "config.json",
+              "text_encoder": "config.json", "tokenizer": "tokenizer_config.json",
+              "scheduler": "scheduler_config.json"}
+_WITH_WEIGHTS = ("vae", "unet", "controlnet", "text_encoder")
+_LIBRARIES = ("diffusers", "transformers")
+SEED = 0  # the noise seed: StableNormal-turbo starts from zero latents, but a later release may draw noise
+
+
+def _sha16(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()[:16]
+
+
+def locate(spec) -> tuple[Path, Path]:
+    """(clone, weights) folders of a ``stable_normal`` labeler. ``clone`` unset: ``model`` is a
+    clone holding its weights in ``weights/yoso-normal-v0-3`` (StableNormal's own cache layout)."""
+    if not spec.model:
+        raise LabelerError(f"labeler {spec.name!r} (stable_normal): set `model` to the local yoso-normal-v0-3 weights "
+                           "folder and `clone` to a local clone of Stable-X/StableNormal (nothing is downloaded)")
+    model = Path(spec.model)
+    if spec.clone:
+        return Path(spec.clone), model
+    return model, model / "weights" / "yoso-normal-v0-3"
+
+
+def remote_code(spec, weights: Path, index: dict) -> dict[str, str]:
+    """The component classes the weights folder brings as code ({file relative to the folder:
+    sha256[:16]}): a ``model_index.json`` entry ``[module, class]`` whose module is neither
+    diffusers nor transformers names ``<component>/<module>.py``, which must be a file inside
+    the folder. diffusers runs it only with ``trust_remote_code``, which we pass for these alone."""
+    found = {}
+    root = weights.resolve()
+    for comp, entry in index.items():
+        if comp.startswith("_") or not isinstance(entry, list) or len(entry) != 2 or entry[0] is None:
+            continue
+        module = entry[0]
+        if module in _LIBRARIES:
+            continue
+        if not isinstance(module, str) or not module.isidentifier():
+            raise LabelerError(f"labeler {spec.name!r}: {weights / 'model_index.json'}: component {comp!r} names "
+                               f"module {module!r}, neither diffusers, transformers nor a file of the folder")
+        f = weights / comp / f"{module}.py"
+        if not f.is_file() or not f.resolve().is_relative_to(root):
+            raise LabelerError(f"labeler {spec.name!r}: {weights / 'model_index.json'}: component {comp!r} is class "
+                               f"{entry[1]!r} of module {module!r}, but {f} is missing or outside {weights}")
+        found[str(f.relative_to(weights))] = _sha16(f)
+    return found
+
+
+def check_weights(spec, weights: Path) -> dict:
+    """Read ``model_index.json`` and check every component's folder, config and weight file;
+    -> the index. A LabelerError names the folder and the file that is missing."""
+    index_file = weights / "model_index.json"
+    if not index_file.is_file():
+        raise LabelerError(
+            f"labeler {spec.name!r} (stable_normal): no weights at {weights} ({index_file.name} missing). Put a copy "
+            f"of Stable-X/yoso-normal-v0-3 there, e.g. `huggingface-cli download Stable-X/yoso-normal-v0-3 "
+            f"--local-dir {weights}` on a machine with access")
+    try:
+        index = json.loads(index_file.read_text())
+    except (ValueError, UnicodeDecodeError) as e:
+        raise LabelerError(f"labeler {spec.name!r}: {index_file} is not valid JSON ({e})") from None
+    if not isinstance(index, dict):
+        raise LabelerError(f"labeler {spec.name!r}: {index_file}: expected a JSON object")
+    for comp, needed in COMPONENTS.items():
+        folder = weights / comp
+        if comp not in index:
+            raise LabelerError(f"labeler {spec.name!r}: {index_file} lists no {comp!r} component; "
+                               "is this the yoso-normal-v0-3 folder?")
+        if not (folder / needed).is_file():
+            raise LabelerError(f"labeler {spec.name!r}: component {comp!r}: {folder / needed} is missing")
+        if comp in _WITH_WEIGHTS and not any(folder.glob("*.safetensors")) and not any(folder.glob("*.bin")):
+            raise LabelerError(f"labeler {spec.name!r}: component {comp!r}: no weight file (*.safetensors) in "
+                               f"{folder}")
+    return index
+
+
+def variant_of(weights: Path) -> str | None:
+    """``"fp16"`` when the folder's weights are fp16 variant files (``*.fp16.safetensors``), as
+    released; then diffusers must be asked for that variant to find them."""
+    return "fp16" if any(weights.glob("*/*.fp16.safetensors")) or any(weights.glob("*/*.fp16.bin")) else None
+
+
+def load_pipeline_class(spec, clone: Path):
+    """``YOSONormalsPipeline`` from ``<clone>/stablenormal/pipeline_yoso_normal.py``, imported
+    as a file (not through ``hubconf.py``, nor the clone's package)."""
+    path = clone / PIPELINE_FILE
+    name = "lavin_stablenormal_yoso_" + hashlib.sha256(str(path.resolve()).encode()).hexdigest()[:8]
+    if name in sys.modules:
+        return getattr(sys.modules[name], PIPELINE_CLASS)
+    spec_ = importlib.util.spec_from_file_location(name, path)
+    module = importlib.util.module_from_spec(spec_)
+    sys.modules[name] = module  # its dataclasses look their module up while being defined
+    try:
+        spec_.loader.exec_module(module)
+    except ImportError as e:
+        del sys.modules[name]
+        raise LabelerError(f"labeler {spec.name!r}: {path} imports {e.name or e}, which is not installed "
+                           f"({e}); run `scripts/setup.sh dev,labelers`") from None
+    except Exception as e:  # noqa: BLE001 - the user's clone: say which file failed
+        del sys.modules[name]
+        raise LabelerError(f"labeler {spec.name!r}: {path} failed to import: {type(e).__name__}: {e}") from None
+    if not hasattr(module, PIPELINE_CLASS):
+        del sys.modules[name]
+        raise LabelerError(f"labeler {spec.name!r}: {path} defines no {PIPELINE_CLASS}; is {clone} a clone of "
+                           "Stable-X/StableNormal?")
+    return getattr(module, PIPELINE_CLASS)
 
 
 class StableNormal(Labeler):
-    """StableNormal (turbo) through its torch.hub entry, from a local clone of the hub repo
-    (``model``: the folder holding ``hubconf.py``; its weights in the same local cache)."""
+    """StableNormal-turbo: ``clone`` a local clone of Stable-X/StableNormal, ``model`` its
+    ``yoso-normal-v0-3`` weights folder; ``processing_size`` / ``fit`` for mixed-size batches."""
 
     output = "normals"
     # The Stable-X/StableNormal README carries an Apache-2.0 licence badge; the weights'
-    # Hugging Face card (Stable-X/stable-normal-v0-1 and the turbo variant) governs.
+    # Hugging Face card (Stable-X/yoso-normal-v0-3) governs.
     LICENCE = "Apache-2.0 (per the Stable-X/StableNormal README; confirm on the weights' model card)"
 
     @classmethod
     def preflight(cls, spec) -> None:
-        require(spec, "torch", hint="run `scripts/setup.sh dev,labelers`")
-        require(spec, "torchvision",
-                 hint="StableNormal's torch.hub code imports it: `pip install torchvision` built for your torch "
-                      "(there is no CPU build on every platform; use depth_anything_v2 + normals_from_depth or "
-                      "marigold_normals instead)")
-        p = Path(spec.model or "")
-        if not spec.model or not (p / "hubconf.py").is_file():
-            raise LabelerError(f"labeler {spec.name!r}: no StableNormal hub repo at {p} (hubconf.py missing). Clone "
-                               f"Stable-X/StableNormal there and put its weights in that folder's weights/ cache")
+        require(spec, "torch", "diffusers", "transformers",
+                hint="run `scripts/setup.sh dev,labelers` or `pip install -e .[labelers]`")
+        clone, weights = locate(spec)
+        if not (clone / PIPELINE_FILE).is_file():
+            raise LabelerError(
+                f"labeler {spec.name!r}: no StableNormal code at {clone} ({PIPELINE_FILE} missing): "
+                f"`git clone https://github.com/Stable-X/StableNormal {clone}`"
+                + ("" if spec.clone else "; or set `clone:` to the clone and `model:` to the yoso-normal-v0-3 weights"))
+        remote_code(spec, weights, check_weights(spec, weights))
+        if spec.processing_size is not None and spec.processing_size % 8:
+            raise LabelerError(f"labeler {spec.name!r}: processing_size {spec.processing_size} must be a multiple of 8 "
+                               f"(the VAE's downsampling), e.g. {8 * round(spec.processing_size / 8)}")
 
     def __init__(self, spec):
         super().__init__(spec)
         import torch
 
-        self.device, _dtype = device_and_dtype(spec.num_gpus > 0, spec.dtype)
-        self.predictor = torch.hub.load(spec.model, "StableNormal_turbo", source="local", trust_repo=True,
-                                             local_cache_dir=str(Path(spec.model) / "weights"), device=self.device)
-        self.hash = weight_hash(Path(spec.model) / "weights")
+        self.preflight(spec)
+        self.torch = torch
+        self.clone, self.weights = locate(spec)
+        index = check_weights(spec, self.weights)
+        self.remote = remote_code(spec, self.weights, index)
+        self.variant = variant_of(self.weights)
+        self.device, self.dtype = device_and_dtype(spec.num_gpus > 0, spec.dtype)
+        pipeline_class = load_pipeline_class(spec, self.clone)
+        try:
+            self.pipe = pipeline_class.from_pretrained(
+                str(self.weights), local_files_only=True, torch_dtype=self.dtype, variant=self.variant,
+                trust_remote_code=bool(self.remote), t_start=0, safety_checker=None, feature_extractor=None,
+                requires_safety_checker=False)
+        except (OSError, ValueError, TypeError, AttributeError) as e:
+            raise LabelerError(f"labeler {spec.name!r}: cannot load {self.weights} with {self.clone / PIPELINE_FILE}: "
+                               f"{type(e).__name__}: {e}") from None
+        self.pipe.to(self.device)
+        self.pipe.set_progress_bar_config(disable=True)
+        # The pipeline caches the empty prompt's embedding with the batch size of its first call;
+        # we encode it once and hand it over at each batch's size.
+        with torch.inference_mode():
+            self.prompt = self.pipe.encode_prompt(getattr(self.pipe, "prompt", ""), self.device, 1, False)[0]
+        self.hash = weight_hash(self.weights)
+        self.code_hash = _sha16(self.clone / PIPELINE_FILE)
 
     def info(self) -> dict:
-        return dict(super().info(), weight_hash=self.hash, variant="turbo")
+        return dict(super().info(), weight_hash=self.hash, variant="turbo", clone=str(self.clone),
+                    pipeline_file=str(PIPELINE_FILE), pipeline_sha256=self.code_hash, remote_code=self.remote,
+                    trust_remote_code=sorted(self.remote), weights_variant=self.variant, dtype=str(self.dtype),
+                    seed=SEED, processing=self.processing(),
+                    frame="x right, y up, z towards the camera (StableNormal's own, unchanged)")
+
+    def processing(self) -> dict:
+        if self.spec.processing_size is not None:
+            return {"size": self.spec.processing_size, "fit": self.spec.fit, "batching": "fixed"}
+        return {"size": self.pipe.default_processing_resolution, "fit": "keep_aspect", "batching": "same_size"}
+
+    def forward(self, images: np.ndarray, resolution: int | None) -> np.ndarray:
+        """(N, H, W, 3) uint8 of one size -> (N, H, W, 3) float32 normals in StableNormal's frame,
+        the pipeline processing them at ``resolution`` (longer side; None: its default)."""
+        torch = self.torch
+        x = torch.from_numpy(np.ascontiguousarray(images)).permute(0, 3, 1, 2).to(self.device, torch.float32) / 255
+        n = len(images)
+        self.pipe.prompt_embeds = self.prompt.expand(n, -1, -1)
+        with torch.inference_mode(), torch.random.fork_rng(devices=[] if self.device == "cpu" else [self.device]):
+            torch.manual_seed(SEED)
+            gen = torch.Generator(device=self.device).manual_seed(SEED)
+            res = self.pipe(x.to(self.dtype), processing_resolution=resolution, match_input_resolution=True,
+                            batch_size=n, output_type="np", generator=gen)
+        pred = np.asarray(res.prediction, np.float32)
+        if pred.shape != (n, *images.shape[1:3], 3):
+            raise RuntimeError(f"{PIPELINE_CLASS} returned predictions of shape {pred.shape} for {n} images of "
+                               f"{images.shape[1]}x{images.shape[2]}")
+        return pred
 
     def label(self, inputs: list[LabelInput]) -> list[np.ndarray]:
-        import cv2
-        from PIL import Image
-
-        out = []
-        for x in inputs:
-            rgb = np.asarray(self.predictor(Image.fromarray(x.image)).convert("RGB"), np.float32)
-            if rgb.shape[:2] != x.image.shape[:2]:
-                rgb = cv2.resize(rgb, (x.image.shape[1], x.image.shape[0]), interpolation=cv2.INTER_LINEAR)
-            out.append(unit_vectors(rgb / 127.5 - 1.0))
+        images = [x.image for x in inputs]
+        size, fit = self.spec.processing_size, self.spec.fit
+        out: list[np.ndarray | None] = [None] * len(images)
+        for idx in forward_batches(images, self.spec.batch_size, fixed=size is not None):
+            if size is None:
+                pred = self.forward(np.stack([images[i] for i in idx]), None)
+            else:
+                pred = self.forward(np.stack([fit_square(images[i], size, fit)[0] for i in idx]), size)
+            self.count_forward(len(idx))
+            for i, p in zip(idx, pred):
+                if size is not None:
+                    p = unfit(p, square_box(*images[i].shape[:2], size, fit), images[i].shape[:2])
+                out[i] = unit_vectors(p * FRAME)
         return out
