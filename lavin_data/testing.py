@@ -11,8 +11,8 @@ from lavin_data.cli import HelpFormatter
 
 
 def tiny_depth_anything(path: str | Path, size: str = "tiny", seed: int = 0) -> Path:
-    """A random Depth-Anything V2: ``tiny`` (test-sized) or ``small`` (the architecture of
-    Depth-Anything-V2-Small, 25M parameters, 518 px input), its weights drawn from ``seed``
+    """A random Depth-Anything V2: ``tiny`` (test-sized), ``small`` or ``large`` (the architectures
+    of Depth-Anything-V2-Small, 25M parameters, and -Large, 335M; 518 px input), its weights drawn from ``seed``
     (the process's own torch seed differs from run to run, and so would the model)."""
     import torch
     from transformers import DepthAnythingConfig, DepthAnythingForDepthEstimation, Dinov2Config, DPTImageProcessorPil
@@ -29,8 +29,14 @@ def tiny_depth_anything(path: str | Path, size: str = "tiny", seed: int = 0) -> 
         head = dict(reassemble_hidden_size=384, neck_hidden_sizes=[48, 96, 192, 384], fusion_hidden_size=64,
                     head_hidden_size=32)
         side = 518
+    elif size == "large":  # Depth-Anything-V2-Large: ViT-L/14, 335M parameters
+        bb = dict(hidden_size=1024, num_hidden_layers=24, num_attention_heads=16, image_size=518,
+                  out_features=["stage5", "stage12", "stage18", "stage24"])
+        head = dict(reassemble_hidden_size=1024, neck_hidden_sizes=[256, 512, 1024, 1024], fusion_hidden_size=256,
+                    head_hidden_size=32)
+        side = 518
     else:
-        raise ValueError(f"size must be 'tiny' or 'small', got {size!r}")
+        raise ValueError(f"size must be 'tiny', 'small' or 'large', got {size!r}")
     path = Path(path)
     cfg = DepthAnythingConfig(backbone_config=Dinov2Config(patch_size=14, reshape_hidden_states=False, **bb),
                               patch_size=14, **head)
