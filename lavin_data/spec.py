@@ -353,6 +353,15 @@ class Labeler(_Strict):
     clone: str | None = Field(None, description="stable_normal: a local clone of Stable-X/StableNormal (its "
                                                 "stablenormal/pipeline_yoso_normal.py is loaded; hubconf.py is not)")
 
+    @model_validator(mode="after")
+    def _fields_of_its_kind(self) -> Labeler:
+        # A field the kind ignores would be a silent no-op: say so instead.
+        if self.processing_size is not None and self.kind not in ("depth_anything_v2", "stable_normal"):
+            raise ValueError(f"processing_size is for depth_anything_v2 and stable_normal, not {self.kind}")
+        if self.clone is not None and self.kind != "stable_normal":
+            raise ValueError(f"clone is for stable_normal, not {self.kind}")
+        return self
+
 
 # Labeler fields added after builds were made; left out of the spec hash at their defaults.
 _LABELER_FIELDS_ADDED = {"processing_size": None, "fit": "pad", "clone": None}

@@ -289,3 +289,12 @@ def test_build_labels_fixture_photos_with_stable_normal_and_depth(ray_session, s
     for task in ("surface_normal_estimation", "depth_estimation"):
         pairs = dict(iter_tar_samples(pair_tar(spec.output, task, "photos", 0)))
         assert len(pairs) == 4 and all(decode_image(m["target.png"]).shape == (64, 64, 3) for m in pairs.values())
+
+
+def test_fields_a_labeler_kind_ignores_are_refused(tmp_path):
+    from lavin_data.spec import SpecError
+
+    with pytest.raises(SpecError, match="processing_size is for depth_anything_v2 and stable_normal, not marigold"):
+        _labeler_spec(tmp_path, kind="marigold_normals", model="m", processing_size=512)
+    with pytest.raises(SpecError, match="clone is for stable_normal, not depth_anything_v2"):
+        _labeler_spec(tmp_path, kind="depth_anything_v2", model="m", clone="c")
