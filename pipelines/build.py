@@ -19,9 +19,11 @@ import logging
 import platform
 import sys
 import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from lavin_data import __version__
@@ -140,14 +142,34 @@ def check_output(spec: Spec) -> None:
             )
 
 
-def plan_source(spec: Spec, source: str) -> tuple[list[dict], bool]:
+# A source's plan: its rows (the reader's item columns, then key, shard, split), either as a
+# pyarrow Table (a plan read back, or planned by a reader's ``plan_table``) or as the list of
+# row dicts of a reader that only has ``plan``; and whether it is already written.
+Plan = tuple[pa.Table | list[dict], bool]
+PLAN_COLUMNS = ("key", "shard", "split")  # added to the reader's item columns, in this order
+_CHUNK_ROWS = 1 << 16  # keys and splits are made this many rows at a time
+
+
+def plan_source(spec: Spec, source: str) -> Plan:
     """A source's planned rows and whether they are already written: a resumed build reuses
-    the written plan unchanged; otherwise the reader lists the items (nothing is written)."""
+    the written plan unchanged (read as a Table); otherwise the reader lists the items
+    (nothing is written).
+
+    A reader with ``plan_table(src)`` (image_folder, hf_dataset) gives its items as columns
+    (the rows of ``plan(src)``, typed as ``Table.from_pylist`` would type them), and the plan
+    stays columnar: 1.28 M items plan in seconds, in a few hundred MB, where a list of dicts
+    took 25 s and 1 GB (``benchmarks/bench_plan.py``). Such a reader may define
+    ``own_split_of_all(src)`` where its ``own_split`` is the same for every item. Other readers
+    keep their list of item dicts, and each row is that dict plus key, shard and split."""
     path = plan_path(spec.output, source)
     if path.exists():
-        return pq.read_table(path).to_pylist(), True
+        table = pq.read_table(path)
+        pa.default_memory_pool().release_unused()  # the decoder's buffers
+        return table, True
     src = spec.source(source)
     reader = reader_for(src.kind)
+    if hasattr(reader, "plan_table"):
+        return _plan_columns(spec, src, reader), False
     items = reader.plan(src)
     if not items:  # a wrong layout or an empty folder: say so here, not as an empty-table error later
         from lavin_data.sources import no_items_error
@@ -164,7 +186,46 @@ def plan_source(spec: Spec, source: str) -> tuple[list[dict], bool]:
     return rows, False
 
 
-def plan_sources(spec: Spec, write: bool = True) -> dict[str, tuple[list[dict], bool]]:
+def _plan_columns(spec: Spec, src, reader) -> pa.Table:
+    """:func:`plan_source` for a reader with ``plan_table``: the same rows as the list path
+    (keys by :func:`sample_key`, splits by :func:`assign_split`, item by item, in chunks of
+    :data:`_CHUNK_ROWS` so that no list of every key is held), as a Table."""
+    import numpy as np
+
+    items = reader.plan_table(src)
+    if items.num_rows == 0:
+        from lavin_data.sources import no_items_error
+
+        raise no_items_error(src, reader)
+    if src.limit is not None:
+        items = items.slice(0, src.limit)
+    n = items.num_rows
+    if hasattr(reader, "own_split_of_all"):
+        same = reader.own_split_of_all(src)
+        own = None
+    else:
+        same, own = None, getattr(reader, "own_split", None)
+    keys, splits = [], []
+    for a in range(0, n, _CHUNK_ROWS):
+        chunk = items.slice(a, _CHUNK_ROWS)
+        ks = [sample_key(src.name, i) for i in chunk.column("item_id").to_pylist()]
+        owns = [own(src, it) for it in chunk.to_pylist()] if own else [same] * len(ks)
+        splits.append(pa.array([assign_split(k, src.val_fraction, src.holdout, o) for k, o in zip(ks, owns)],
+                               pa.string()))
+        keys.append(pa.array(ks, pa.string()))
+    added = {"key": pa.chunked_array(keys, pa.string()),
+             "shard": pa.array(np.arange(n, dtype=np.int64) // spec.shard_size, pa.int64()),
+             "split": pa.chunked_array(splits, pa.string())}
+    for name in PLAN_COLUMNS:  # where an item already has the name, dict(item, key=...) kept its place
+        if name in items.column_names:
+            items = items.set_column(items.column_names.index(name), name, added[name])
+        else:
+            items = items.append_column(name, added[name])
+    pa.default_memory_pool().release_unused()  # what the intermediate columns took, back to the system
+    return items
+
+
+def plan_sources(spec: Spec, write: bool = True) -> dict[str, Plan]:
     """Plan every source ({name: (rows, already written)}), then (``write``) write the plans
     not written yet. The build plans before it writes ``spec.json`` and the plans after it:
     a source that cannot be planned (no items, a broken annotation file) stops the build
@@ -176,17 +237,54 @@ def plan_sources(spec: Spec, write: bool = True) -> dict[str, tuple[list[dict], 
     return plans
 
 
-def write_plans(spec: Spec, plans: dict[str, tuple[list[dict], bool]]) -> None:
+def plan_row_group(spec: Spec) -> int:
+    """Rows per row group of a written plan: whole shards, about 64 Ki rows. Readers of one
+    shard's rows (``stages.planned_splits`` filters on ``shard``) then decode one row group,
+    skipping the others by their statistics, instead of the whole plan."""
+    return spec.shard_size * max(1, _CHUNK_ROWS // spec.shard_size)
+
+
+def write_plans(spec: Spec, plans: dict[str, Plan]) -> None:
     for name, (rows, written) in plans.items():
         if not written:
             path = plan_path(spec.output, name)
             path.parent.mkdir(parents=True, exist_ok=True)
             sink = pa.BufferOutputStream()
-            pq.write_table(pa.Table.from_pylist(rows), sink)
+            table = rows if isinstance(rows, pa.Table) else pa.Table.from_pylist(rows)
+            pq.write_table(table, sink, row_group_size=plan_row_group(spec))
             atomic_write(path, sink.getvalue().to_pybytes())
+            del sink
+            pa.default_memory_pool().release_unused()  # the encoder's buffers, before the shards' JSON
 
 
-def shard_jobs(spec: Spec, plans: dict[str, tuple[list[dict], bool]] | None = None) -> tuple[list[dict], int]:
+def shard_items(plan: pa.Table | list[dict],
+                wanted: Callable[[int], bool] = lambda shard: True) -> Iterator[tuple[int, str | None]]:
+    """``(shard, items JSON)`` of a plan, by shard number: the rows of each shard in plan
+    order, without key, shard and split, as ``json.dumps`` of their dicts (a row dict's own
+    values for a list plan; for a Table, what ``to_pylist`` gives, one shard at a time). The
+    JSON is None for a shard that ``wanted(shard)`` refuses (a done one: only its number is
+    needed)."""
+    if not isinstance(plan, pa.Table):
+        by_shard: dict[int, list[dict]] = {}
+        for row in plan:
+            by_shard.setdefault(row["shard"], []).append({k: v for k, v in row.items() if k not in PLAN_COLUMNS})
+        for shard, items in sorted(by_shard.items()):
+            yield shard, json.dumps(items) if wanted(shard) else None
+        return
+    import numpy as np
+
+    shard = plan.column("shard").to_numpy()
+    if len(shard) > 1 and (np.diff(shard) < 0).any():  # not written by a build (they are in shard order)
+        order = np.argsort(shard, kind="stable")
+        plan, shard = plan.take(order), shard[order]
+    items = plan.drop_columns([c for c in PLAN_COLUMNS if c in plan.column_names])
+    bounds = [0, *(np.flatnonzero(np.diff(shard)) + 1).tolist(), len(shard)]
+    for a, b in zip(bounds[:-1], bounds[1:]):
+        # one shard's rows as dicts at a time: never a dict per item of the whole plan
+        yield int(shard[a]), json.dumps(items.slice(a, b - a).to_pylist()) if wanted(int(shard[a])) else None
+
+
+def shard_jobs(spec: Spec, plans: dict[str, Plan] | None = None) -> tuple[list[dict], int]:
     """Rows for Ray Data, one per source shard with work left; and the total shard count.
     ``plans``: :func:`plan_sources` of the spec (planned and written here when not given)."""
     jobs, total = [], 0
@@ -194,21 +292,19 @@ def shard_jobs(spec: Spec, plans: dict[str, tuple[list[dict], bool]] | None = No
     for src in spec.sources:
         tasks = [t.task for t in spec.tasks if t.source == src.name]
         labelers = [lab.name for lab in spec.labelers if lab.source == src.name]
-        plan = plans[src.name][0]
         meta = None
-        by_shard: dict[int, list[dict]] = {}
-        for row in plan:
-            by_shard.setdefault(row["shard"], []).append(
-                {k: v for k, v in row.items() if k not in ("key", "shard", "split")})
-        for shard, items in sorted(by_shard.items()):
-            total += 1
-            done = shard_done(base_tar(spec.output, src.name, shard)) and all(
+
+        def todo(shard: int, src=src, tasks=tasks, labelers=labelers) -> bool:
+            return not (shard_done(base_tar(spec.output, src.name, shard)) and all(
                 shard_done(pair_tar(spec.output, t, src.name, shard)) for t in tasks) and all(
-                shard_done(label_tar(spec.output, lab, src.name, shard)) for lab in labelers)
-            if not done:
+                shard_done(label_tar(spec.output, lab, src.name, shard)) for lab in labelers))
+
+        for shard, items in shard_items(plans[src.name][0], todo):
+            total += 1
+            if items is not None:
                 if meta is None:
                     meta = json.dumps(reader_for(src.kind).source_meta(src))
-                jobs.append({"source": src.name, "shard": shard, "items": json.dumps(items), "tasks": json.dumps(tasks),
+                jobs.append({"source": src.name, "shard": shard, "items": items, "tasks": json.dumps(tasks),
                              "source_meta": meta})
     return jobs, total
 
@@ -304,6 +400,7 @@ def _build_locked(spec: Spec, num_cpus: int | None, echo) -> dict:
         echo(f"[build] removed {len(gone)} temporary file(s) of an earlier run")
     write_plans(spec, plans)
     jobs, total = shard_jobs(spec, plans)
+    del plans  # an ImageNet plan is ~150 MiB; the jobs hold what the run needs
     echo(f"[build] {spec.name}: {total} source shards, {total - len(jobs)} already done, {len(jobs)} to do "
          f"-> {out}")
     errors: list[str] = []
@@ -389,8 +486,8 @@ def write_manifest(spec: Spec) -> dict:
     shards: dict[str, list[str]] = {"base": [], "labels": [], "pairs": []}
     labels: dict[str, dict[str, int]] = {}
     for src in spec.sources:
-        n_shards = max((r["shard"] for r in pq.read_table(plan_path(out, src.name), columns=["shard"]).to_pylist()),
-                       default=-1) + 1
+        shard_col = pq.read_table(plan_path(out, src.name), columns=["shard"]).column("shard")
+        n_shards = (pc.max(shard_col).as_py() + 1) if len(shard_col) else 0
         for s in range(n_shards):
             shards["base"].append(str(base_tar(out, src.name, s).relative_to(out)))
         for lab in (lab for lab in spec.labelers if lab.source == src.name):
