@@ -360,6 +360,11 @@ class Labeler(_Strict):
             raise ValueError(f"processing_size is for depth_anything_v2 and stable_normal, not {self.kind}")
         if self.clone is not None and self.kind != "stable_normal":
             raise ValueError(f"clone is for stable_normal, not {self.kind}")
+        if self.fit != "pad" and self.processing_size is None:
+            raise ValueError("fit takes effect only with a processing_size")
+        if self.fit == "resize" and self.kind == "stable_normal":
+            # stretching an image tilts its surfaces: normals predicted on it are not the image's
+            raise ValueError("fit: resize would tilt the predicted normals (the image is stretched); use fit: pad")
         return self
 
 

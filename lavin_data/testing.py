@@ -95,7 +95,7 @@ def _tiny_clip_tokenizer(folder: Path):
 # the released class's name, constructor and call, and its algorithm on whatever diffusers
 # components it is loaded with: the image's VAE latents condition the ControlNet, one UNet step
 # from zero latents at t_start, VAE decode, unit normals at the input's size. Like the released
-# one, it caches the prompt's embedding with the batch size of its first call.
+# one, it encodes its prompt once, for one image, and caches that.
 YOSO_STANDIN = '''"""Stand-in for StableNormal's YOSO normals pipeline, written by lavin_data.testing."""
 from dataclasses import dataclass
 
@@ -161,7 +161,7 @@ class YOSONormalsPipeline(StableDiffusionControlNetPipeline):
 
 # The weights folder's own ControlNet class (diffusers loads it as remote code): conditioned on
 # the image latents it is given as its sample, as the YOSO pipeline calls it.
-YOSO_CONTROLNET = '''from diffusers import ControlNetModel
+YOSO_CONTROLNET = '''from diffusers.models.controlnet import ControlNetModel  # the path the released file imports
 
 
 class LatentControlNet(ControlNetModel):
@@ -213,6 +213,9 @@ def tiny_stable_normal(weights: str | Path, clone: str | Path, size: str = "tiny
         text_encoder = CLIPTextModel(CLIPTextConfig(vocab_size=49408 if size == "real" else 64,
                                                     max_position_embeddings=77, bos_token_id=0, eos_token_id=1,
                                                     pad_token_id=1, **text))
+        from lavin_data.labelers.stable_normal import diffusers_compat
+
+        diffusers_compat()
         ns: dict = {}
         exec(compile(YOSO_CONTROLNET, "yoso_controlnet.py", "exec"), ns)  # noqa: S102 - our own constant
         controlnet = ns["LatentControlNet"](in_channels=4, conditioning_channels=4,
@@ -228,7 +231,7 @@ def tiny_stable_normal(weights: str | Path, clone: str | Path, size: str = "tiny
              "safety_checker": [None, None], "scheduler": ["diffusers", "DDIMScheduler"],
              "text_encoder": ["transformers", "CLIPTextModel"], "tokenizer": ["transformers", "CLIPTokenizer"],
              "unet": ["diffusers", "UNet2DConditionModel"], "vae": ["diffusers", "AutoencoderKL"],
-             "default_processing_resolution": 64 if size == "tiny" else 768}
+             "default_processing_resolution": 32 if size == "tiny" else 768}
     (weights / "model_index.json").write_text(json.dumps(index, indent=1))
     return weights, clone
 

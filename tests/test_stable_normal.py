@@ -78,6 +78,9 @@ def _reference_pipeline(weights: Path, clone: Path):
     spec = importlib.util.spec_from_file_location("reference_yoso", clone / "stablenormal" / "pipeline_yoso_normal.py")
     module = importlib.util.module_from_spec(spec)
     sys.modules["reference_yoso"] = module
+    from lavin_data.labelers.stable_normal import diffusers_compat
+
+    diffusers_compat()  # the weights' ControlNet imports diffusers.models.controlnet, as the released one does
     spec.loader.exec_module(module)
     import torch
 
@@ -94,8 +97,9 @@ def _reference_pipeline(weights: Path, clone: Path):
 
 def test_stable_normal_equals_the_clones_pipeline_run_image_by_image(sn, photos, tmp_path):
     """Batched labelling of same-sized images gives, per image, what the clone's own pipeline
-    gives for it alone, in the same frame (no axis flipped or swapped), at the image's size;
-    unit vectors; a second labeler instance gives the same bytes; torchvision is never imported."""
+    gives for it alone, with x negated (StableNormal's x points left, ours right) and no other
+    axis changed, at the image's size; unit vectors; a second labeler instance gives the same
+    bytes. (Importing torchvision would fail: the autouse fixture.)"""
     import torch
 
     weights, clone = sn
@@ -106,13 +110,23 @@ def test_stable_normal_equals_the_clones_pipeline_run_image_by_image(sn, photos,
     pipe = _reference_pipeline(weights, clone)
     for im, n in zip(same + [photos[3]], out):
         x = torch.from_numpy(im).permute(2, 0, 1)[None].float() / 255
-        ref = pipe(x, output_type="np").prediction[0]  # (H, W, 3), the released frame
+        ref = pipe(x, output_type="np").prediction[0] * [-1, 1, 1]  # (H, W, 3): x left -> x right
         assert n.shape == im.shape and n.dtype == np.float32
         assert np.allclose(np.linalg.norm(n, axis=-1), 1, atol=1e-4)
         assert np.abs(n - ref).max() < 2e-3, np.abs(n - ref).max()
     again = _sn(tmp_path, sn, batch_size=3).label([LabelInput(im) for im in same + [photos[3]]])
     assert all(np.array_equal(a, b) for a, b in zip(out, again))
-    assert "torchvision" not in sys.modules or sys.modules["torchvision"] is None
+    # At a processing size (not the pipeline's default, 32): the pipeline run here on a square
+    # padded here, at that resolution, cut at the content rows and resized to the photo.
+    im = photos[3]  # 425 x 640 -> 64 x round(42.5) = 42 rows (half to even), from row 11
+    fixed = _sn(tmp_path, sn, processing_size=64).label([LabelInput(im)])[0]
+    square = cv2.copyMakeBorder(cv2.resize(im, (64, 42), interpolation=cv2.INTER_AREA), 11, 11, 0, 0,
+                                cv2.BORDER_REPLICATE)
+    x = torch.from_numpy(square).permute(2, 0, 1)[None].float() / 255
+    ref = pipe(x, processing_resolution=64, output_type="np").prediction[0][11:53] * [-1, 1, 1]
+    ref = cv2.resize(ref.astype(np.float32), (640, 425), interpolation=cv2.INTER_LINEAR)
+    ref /= np.linalg.norm(ref, axis=-1, keepdims=True)
+    assert np.abs(fixed - ref).max() < 5e-3, np.abs(fixed - ref).max()
 
 
 def test_stable_normal_records_where_its_code_and_weights_came_from(sn, tmp_path):
@@ -126,7 +140,8 @@ def test_stable_normal_records_where_its_code_and_weights_came_from(sn, tmp_path
     assert info["remote_code"] == {"controlnet/yoso_controlnet.py": sha(weights / "controlnet" / "yoso_controlnet.py")}
     assert info["trust_remote_code"] == ["controlnet/yoso_controlnet.py"] and info["weights_variant"] == "fp16"
     assert info["processing"] == {"size": 64, "fit": "pad", "batching": "fixed"}
-    assert "y up" in info["frame"] and info["seed"] == 0
+    assert "x left, negated" in info["frame"] and info["seed"] == 0 and info["weights"] == str(weights)
+    assert info["compat"] == ["diffusers.models.controlnet = diffusers.models.controlnets.controlnet"]
 
 
 def test_stable_normal_missing_pieces_are_named_before_loading(sn, tmp_path):
@@ -168,6 +183,19 @@ def test_stable_normal_missing_pieces_are_named_before_loading(sn, tmp_path):
     (broken / "model_index.json").write_text(json.dumps(index))
     assert "neither diffusers, transformers nor a file of the folder" in problem(model=str(broken), clone=str(clone))
     assert "multiple of 8" in problem(model=str(weights), clone=str(clone), processing_size=100)
+    # A Hugging Face cache snapshot links every file into its blobs/: accepted.
+    linked = tmp_path / "snapshot"
+    for f in weights.rglob("*"):
+        if f.is_file():
+            (linked / f.relative_to(weights)).parent.mkdir(parents=True, exist_ok=True)
+            (linked / f.relative_to(weights)).symlink_to(f.resolve())
+    cls.preflight(_labeler_spec(tmp_path, kind="stable_normal", model=str(linked), clone=str(clone)).labelers[0])
+    # A clone whose pipeline file does not import on this diffusers: said at start-up, with the version.
+    bad = tmp_path / "bad-clone"
+    (bad / "stablenormal").mkdir(parents=True)
+    (bad / "stablenormal" / "pipeline_yoso_normal.py").write_text("from diffusers.nowhere import Thing\n")
+    msg = problem(model=str(weights), clone=str(bad))
+    assert "failed to import" in msg and "diffusers.nowhere" in msg and str(bad) in msg, msg
 
 
 def test_a_build_without_the_clone_stops_before_any_work(sn, tmp_path):
@@ -298,3 +326,7 @@ def test_fields_a_labeler_kind_ignores_are_refused(tmp_path):
         _labeler_spec(tmp_path, kind="marigold_normals", model="m", processing_size=512)
     with pytest.raises(SpecError, match="clone is for stable_normal, not depth_anything_v2"):
         _labeler_spec(tmp_path, kind="depth_anything_v2", model="m", clone="c")
+    with pytest.raises(SpecError, match="fit takes effect only with a processing_size"):
+        _labeler_spec(tmp_path, kind="depth_anything_v2", model="m", fit="resize")
+    with pytest.raises(SpecError, match="would tilt the predicted normals"):
+        _labeler_spec(tmp_path, kind="stable_normal", model="m", processing_size=64, fit="resize")

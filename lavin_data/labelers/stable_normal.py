@@ -9,12 +9,12 @@ tokenizer, DDIM scheduler; fp16 variant files). We load that class from the clon
 directly: ``hubconf.py`` imports torchvision and builds segmentation models (Mask2Former,
 BiRefNet) for object/outdoor masks that its default (indoor) mode, and we, never use.
 
-Frame. The pipeline's prediction is unit normals in [-1, 1], (N, H, W, 3) with ``output_type
-"np"``. StableNormal writes it as an image with ``(n + 1) / 2`` and no axis flip (hubconf's
-``Predictor``) and colours it with diffusers' ``MarigoldImageProcessor.visualize_normals``
-without flips (its ``app.py``), whose documented frame is x right, y up, z facing the
-observer: ours (x right, y up, z towards the camera). :data:`FRAME` is therefore the identity;
-it is one place to change if a later release differs.
+Frame. The pipeline predicts unit normals in [-1, 1], (N, H, W, 3) with ``output_type "np"``,
+in StableNormal's frame: x left, y up, z towards the viewer, as its authors state
+(Stable-X/StableNormal issue #18: "the same way as DSINE", whose output others measured as
++x left, +y up, +z back towards the camera). Ours is x right, y up, z towards the camera, so
+:data:`FRAME` negates x. (Its own code does not say: ``hubconf.py`` writes ``(n + 1) / 2``
+unflipped and ``app.py`` colours it with Marigold's visualiser, also unflipped.)
 """
 
 from __future__ import annotations
@@ -43,8 +43,8 @@ from lavin_data.weights import weight_hash
 
 PIPELINE_FILE = Path("stablenormal") / "pipeline_yoso_normal.py"
 PIPELINE_CLASS = "YOSONormalsPipeline"
-# StableNormal's frame -> ours, per axis (see the module docstring: the same frame).
-FRAME = np.array([1.0, 1.0, 1.0], np.float32)
+# StableNormal's frame (x left, y up, z to the camera) -> ours (x right), per axis.
+FRAME = np.array([-1.0, 1.0, 1.0], np.float32)
 # The components the turbo pipeline runs, and the file each needs beside its weights.
 COMPONENTS = {"vae": "config.json", "unet": "config.json", "controlnet": "config.json",
               "text_encoder": "config.json", "tokenizer": "tokenizer_config.json",
@@ -76,7 +76,6 @@ def remote_code(spec, weights: Path, index: dict) -> dict[str, str]:
     diffusers nor transformers names ``<component>/<module>.py``, which must be a file inside
     the folder. diffusers runs it only with ``trust_remote_code``, which we pass for these alone."""
     found = {}
-    root = weights.resolve()
     for comp, entry in index.items():
         if comp.startswith("_") or not isinstance(entry, list) or len(entry) != 2 or entry[0] is None:
             continue
@@ -87,9 +86,9 @@ def remote_code(spec, weights: Path, index: dict) -> dict[str, str]:
             raise LabelerError(f"labeler {spec.name!r}: {weights / 'model_index.json'}: component {comp!r} names "
                                f"module {module!r}, neither diffusers, transformers nor a file of the folder")
         f = weights / comp / f"{module}.py"
-        if not f.is_file() or not f.resolve().is_relative_to(root):
+        if not comp.isidentifier() or not f.is_file():  # a Hugging Face cache snapshot links its files: allowed
             raise LabelerError(f"labeler {spec.name!r}: {weights / 'model_index.json'}: component {comp!r} is class "
-                               f"{entry[1]!r} of module {module!r}, but {f} is missing or outside {weights}")
+                               f"{entry[1]!r} of module {module!r}, but {f} is missing")
         found[str(f.relative_to(weights))] = _sha16(f)
     return found
 
@@ -128,6 +127,31 @@ def variant_of(weights: Path) -> str | None:
     return "fp16" if any(weights.glob("*/*.fp16.safetensors")) or any(weights.glob("*/*.fp16.bin")) else None
 
 
+def diffusers_compat() -> list[str]:
+    """Module paths StableNormal's code imports that this diffusers moved: the released
+    weights' ControlNet (``controlnet/controlnetvae.py``) imports ``diffusers.models.controlnet``,
+    which diffusers 0.31 moved to ``diffusers.models.controlnets.controlnet`` and later removed.
+    Aliased here when missing; -> the aliases in effect in this process (recorded in the json)."""
+    import importlib
+
+    old, new = "diffusers.models.controlnet", "diffusers.models.controlnets.controlnet"
+    if old not in _ALIASES:
+        try:
+            found = importlib.util.find_spec(old) is not None
+        except ImportError:
+            found = False
+        if not found:
+            try:
+                sys.modules[old] = importlib.import_module(new)
+                _ALIASES[old] = f"{old} = {new}"
+            except ImportError:
+                pass
+    return sorted(_ALIASES.values())
+
+
+_ALIASES: dict[str, str] = {}
+
+
 def load_pipeline_class(spec, clone: Path):
     """``YOSONormalsPipeline`` from ``<clone>/stablenormal/pipeline_yoso_normal.py``, imported
     as a file (not through ``hubconf.py``, nor the clone's package)."""
@@ -142,8 +166,11 @@ def load_pipeline_class(spec, clone: Path):
         spec_.loader.exec_module(module)
     except ImportError as e:
         del sys.modules[name]
-        raise LabelerError(f"labeler {spec.name!r}: {path} imports {e.name or e}, which is not installed "
-                           f"({e}); run `scripts/setup.sh dev,labelers`") from None
+        import diffusers
+
+        raise LabelerError(f"labeler {spec.name!r}: {path} failed to import ({type(e).__name__}: {e}): a package "
+                           f"missing, or a name this diffusers {diffusers.__version__} does not have (StableNormal "
+                           "was written for diffusers 0.28)") from None
     except Exception as e:  # noqa: BLE001 - the user's clone: say which file failed
         del sys.modules[name]
         raise LabelerError(f"labeler {spec.name!r}: {path} failed to import: {type(e).__name__}: {e}") from None
@@ -174,6 +201,7 @@ class StableNormal(Labeler):
                 f"`git clone https://github.com/Stable-X/StableNormal {clone}`"
                 + ("" if spec.clone else "; or set `clone:` to the clone and `model:` to the yoso-normal-v0-3 weights"))
         remote_code(spec, weights, check_weights(spec, weights))
+        load_pipeline_class(spec, clone)  # imports only (no weights): a version problem shows at start-up
         if spec.processing_size is not None and spec.processing_size % 8:
             raise LabelerError(f"labeler {spec.name!r}: processing_size {spec.processing_size} must be a multiple of 8 "
                                f"(the VAE's downsampling), e.g. {8 * round(spec.processing_size / 8)}")
@@ -190,18 +218,19 @@ class StableNormal(Labeler):
         self.variant = variant_of(self.weights)
         self.device, self.dtype = device_and_dtype(spec.num_gpus > 0, spec.dtype)
         pipeline_class = load_pipeline_class(spec, self.clone)
+        self.compat = diffusers_compat()
         try:
             self.pipe = pipeline_class.from_pretrained(
                 str(self.weights), local_files_only=True, torch_dtype=self.dtype, variant=self.variant,
                 trust_remote_code=bool(self.remote), t_start=0, safety_checker=None, feature_extractor=None,
                 requires_safety_checker=False)
-        except (OSError, ValueError, TypeError, AttributeError) as e:
+        except (OSError, ValueError, TypeError, AttributeError, ImportError, RuntimeError) as e:
             raise LabelerError(f"labeler {spec.name!r}: cannot load {self.weights} with {self.clone / PIPELINE_FILE}: "
                                f"{type(e).__name__}: {e}") from None
         self.pipe.to(self.device)
         self.pipe.set_progress_bar_config(disable=True)
-        # The pipeline caches the empty prompt's embedding with the batch size of its first call;
-        # we encode it once and hand it over at each batch's size.
+        # The released pipeline encodes its empty prompt once, for one image, and caches it;
+        # cross-attention does not broadcast it over a batch, so we hand it over at each batch's size.
         with torch.inference_mode():
             self.prompt = self.pipe.encode_prompt(getattr(self.pipe, "prompt", ""), self.device, 1, False)[0]
         self.hash = weight_hash(self.weights)
@@ -212,7 +241,8 @@ class StableNormal(Labeler):
                     pipeline_file=str(PIPELINE_FILE), pipeline_sha256=self.code_hash, remote_code=self.remote,
                     trust_remote_code=sorted(self.remote), weights_variant=self.variant, dtype=str(self.dtype),
                     seed=SEED, processing=self.processing(),
-                    frame="x right, y up, z towards the camera (StableNormal's own, unchanged)")
+                    weights=str(self.weights), compat=self.compat,
+                    frame="x right, y up, z towards the camera (StableNormal's x left, negated)")
 
     def processing(self) -> dict:
         if self.spec.processing_size is not None:
