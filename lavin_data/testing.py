@@ -172,6 +172,22 @@ class LatentControlNet(ControlNetModel):
 '''
 
 
+def _module_from_file(path: Path, text: str):
+    """Write ``text`` (one of our own constants) to ``path`` and import it as a module, as
+    diffusers will when it loads the component's class from that file."""
+    import importlib.util
+
+    from lavin_data.labelers.stable_normal import diffusers_compat
+
+    diffusers_compat()  # the file imports diffusers.models.controlnet, as the released one does
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(text)
+    spec = importlib.util.spec_from_file_location(f"lavin_testing_{path.stem}", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
 def tiny_stable_normal(weights: str | Path, clone: str | Path, size: str = "tiny", seed: int = 0) -> tuple[Path, Path]:
     """A random StableNormal-turbo: ``weights`` laid out as Stable-X/yoso-normal-v0-3 is
     (``model_index.json``; vae, unet, controlnet, text_encoder, tokenizer, scheduler; fp16
@@ -213,16 +229,10 @@ def tiny_stable_normal(weights: str | Path, clone: str | Path, size: str = "tiny
         text_encoder = CLIPTextModel(CLIPTextConfig(vocab_size=49408 if size == "real" else 64,
                                                     max_position_embeddings=77, bos_token_id=0, eos_token_id=1,
                                                     pad_token_id=1, **text))
-        from lavin_data.labelers.stable_normal import diffusers_compat
-
-        diffusers_compat()
-        ns: dict = {}
-        exec(compile(YOSO_CONTROLNET, "yoso_controlnet.py", "exec"), ns)  # noqa: S102 - our own constant
-        controlnet = ns["LatentControlNet"](in_channels=4, conditioning_channels=4,
-                                            conditioning_embedding_out_channels=(16,), **blocks)
+        controlnet = _module_from_file(weights / "controlnet" / "yoso_controlnet.py", YOSO_CONTROLNET).LatentControlNet(
+            in_channels=4, conditioning_channels=4, conditioning_embedding_out_channels=(16,), **blocks)
     for name, model in (("unet", unet), ("vae", vae), ("controlnet", controlnet), ("text_encoder", text_encoder)):
         model.half().save_pretrained(weights / name, variant="fp16")
-    (weights / "controlnet" / "yoso_controlnet.py").write_text(YOSO_CONTROLNET)
     _tiny_clip_tokenizer(weights.parent / f".{weights.name}-tokenizer-src").save_pretrained(weights / "tokenizer")
     DDIMScheduler(beta_schedule="scaled_linear", beta_start=0.00085, beta_end=0.012,
                   prediction_type="v_prediction").save_pretrained(weights / "scheduler")
