@@ -159,7 +159,7 @@ def plan_source(spec: Spec, source: str) -> Plan:
     (the rows of ``plan(src)``, typed as ``Table.from_pylist`` would type them), and the plan
     stays columnar: 1.28 M items plan in seconds, in a few hundred MB, where a list of dicts
     took 25 s and 1 GB (``benchmarks/bench_plan.py``). Such a reader may define
-    ``own_split_of_all(src)`` where its ``own_split`` is the same for every item. Other readers
+    ``own_split_of_all(src)``, its own split being the same for every item. Other readers
     keep their list of item dicts, and each row is that dict plus key, shard and split."""
     path = plan_path(spec.output, source)
     if path.exists():
@@ -200,27 +200,16 @@ def _plan_columns(spec: Spec, src, reader) -> pa.Table:
     if src.limit is not None:
         items = items.slice(0, src.limit)
     n = items.num_rows
-    if hasattr(reader, "own_split_of_all"):
-        same = reader.own_split_of_all(src)
-        own = None
-    else:
-        same, own = None, getattr(reader, "own_split", None)
+    # A columnar reader's own split is one for all its items (hf_dataset: the dataset's split).
+    own = getattr(reader, "own_split_of_all", lambda _src: None)(src)
     keys, splits = [], []
     for a in range(0, n, _CHUNK_ROWS):
-        chunk = items.slice(a, _CHUNK_ROWS)
-        ks = [sample_key(src.name, i) for i in chunk.column("item_id").to_pylist()]
-        owns = [own(src, it) for it in chunk.to_pylist()] if own else [same] * len(ks)
-        splits.append(pa.array([assign_split(k, src.val_fraction, src.holdout, o) for k, o in zip(ks, owns)],
-                               pa.string()))
+        ks = [sample_key(src.name, i) for i in items.column("item_id").slice(a, _CHUNK_ROWS).to_pylist()]
+        splits.append(pa.array([assign_split(k, src.val_fraction, src.holdout, own) for k in ks], pa.string()))
         keys.append(pa.array(ks, pa.string()))
-    added = {"key": pa.chunked_array(keys, pa.string()),
-             "shard": pa.array(np.arange(n, dtype=np.int64) // spec.shard_size, pa.int64()),
-             "split": pa.chunked_array(splits, pa.string())}
-    for name in PLAN_COLUMNS:  # where an item already has the name, dict(item, key=...) kept its place
-        if name in items.column_names:
-            items = items.set_column(items.column_names.index(name), name, added[name])
-        else:
-            items = items.append_column(name, added[name])
+    items = (items.append_column("key", pa.chunked_array(keys, pa.string()))
+             .append_column("shard", pa.array(np.arange(n, dtype=np.int64) // spec.shard_size, pa.int64()))
+             .append_column("split", pa.chunked_array(splits, pa.string())))
     pa.default_memory_pool().release_unused()  # what the intermediate columns took, back to the system
     return items
 

@@ -192,6 +192,12 @@ class StableNormal(Labeler):
 
     @classmethod
     def preflight(cls, spec) -> None:
+        cls._checked(spec)
+
+    @staticmethod
+    def _checked(spec) -> tuple[Path, Path, dict[str, str], type]:
+        """Everything checked before any weight is read -> (clone, weights folder, its remote
+        code as :func:`remote_code` gives it, the clone's pipeline class)."""
         require(spec, "torch", "diffusers", "transformers",
                 hint="run `scripts/setup.sh dev,labelers` or `pip install -e .[labelers]`")
         clone, weights = locate(spec)
@@ -200,24 +206,21 @@ class StableNormal(Labeler):
                 f"labeler {spec.name!r}: no StableNormal code at {clone} ({PIPELINE_FILE} missing): "
                 f"`git clone https://github.com/Stable-X/StableNormal {clone}`"
                 + ("" if spec.clone else "; or set `clone:` to the clone and `model:` to the yoso-normal-v0-3 weights"))
-        remote_code(spec, weights, check_weights(spec, weights))
-        load_pipeline_class(spec, clone)  # imports only (no weights): a version problem shows at start-up
+        remote = remote_code(spec, weights, check_weights(spec, weights))
+        pipeline_class = load_pipeline_class(spec, clone)  # imports only: a version problem shows at start-up
         if spec.processing_size is not None and spec.processing_size % 8:
             raise LabelerError(f"labeler {spec.name!r}: processing_size {spec.processing_size} must be a multiple of 8 "
                                f"(the VAE's downsampling), e.g. {8 * round(spec.processing_size / 8)}")
+        return clone, weights, remote, pipeline_class
 
     def __init__(self, spec):
         super().__init__(spec)
         import torch
 
-        self.preflight(spec)
         self.torch = torch
-        self.clone, self.weights = locate(spec)
-        index = check_weights(spec, self.weights)
-        self.remote = remote_code(spec, self.weights, index)
+        self.clone, self.weights, self.remote, pipeline_class = self._checked(spec)
         self.variant = variant_of(self.weights)
         self.device, self.dtype = device_and_dtype(spec.num_gpus > 0, spec.dtype)
-        pipeline_class = load_pipeline_class(spec, self.clone)
         self.compat = diffusers_compat()
         try:
             self.pipe = pipeline_class.from_pretrained(
