@@ -355,7 +355,8 @@ def main(argv: list[str] | None = None) -> int:
             print(f"error: --num-gpus {args.num_gpus} but no CUDA device is visible to torch", file=sys.stderr)
             return 2
     tasks = [t.strip() for t in args.tasks.split(",") if t.strip()] if args.tasks else None
-    fresh = not out.exists()
+    # The outermost folder this run creates (the lock makes --out and its missing parents).
+    fresh = next((d for d in reversed([out, *out.parents]) if not d.exists()), None)
     try:
         # The folder checks run under the lock so that a second run into the same --out is
         # told about the lock first, whatever it gave as --pixels.
@@ -367,8 +368,8 @@ def main(argv: list[str] | None = None) -> int:
                     print(f"[encode] note: {note}")
                 rows = shard_pairs(pairs, out, tasks)
             except PixelsError as e:
-                if fresh:  # leave no empty output folder behind a mistyped command
-                    _remove_fresh_output(out)
+                if fresh is not None:  # leave no empty output folder behind a mistyped command
+                    _remove_fresh_output(out, fresh)
                 print(f"error: {e}", file=sys.stderr)
                 return 2
             return _encode(args, pairs, out, rows, vae_config)
@@ -380,13 +381,17 @@ def main(argv: list[str] | None = None) -> int:
         return 2
 
 
-def _remove_fresh_output(out: Path) -> None:
-    """Remove ``out``, created by this run and holding only its lock file. Called with the
+def _remove_fresh_output(out: Path, created: Path) -> None:
+    """Remove ``out``, created by this run and holding only its lock file, and its parents up
+    to ``created`` (the outermost folder the run made) while they are empty. Called with the
     lock held: a run that opened the lock file before the unlink is refused, one that
     starts after it makes a new lock file, which keeps the folder (rmdir fails: not empty)."""
     try:
         (out / ".lock").unlink()
-        out.rmdir()
+        for d in [out, *out.parents]:
+            d.rmdir()
+            if d == created:
+                break
     except OSError:
         pass
 

@@ -26,6 +26,8 @@ from lavin_data import task_options as o
 ANNOTATIONS = ("depth", "normals", "segments", "instances", "keypoints", "flow", "tracks")
 # Annotations that a labeler can supply instead of the source (its ``output``).
 LABELLED = ("depth", "normals", "flow")
+# What a target shows (``produces``) where it is drawn on black: mostly black targets are expected.
+DRAWN_ON_BLACK = frozenset({"boxes", "box", "masks", "mask", "segments", "classes", "skeleton", "edges"})
 
 
 @dataclass(frozen=True)
@@ -45,6 +47,12 @@ class TaskDef:
     @property
     def built(self) -> bool:
         return self.renderer is not None
+
+    @property
+    def drawn_on_black(self) -> bool:
+        """Whether the target is a sparse drawing on black (boxes, masks, edges, ...), so that a
+        near-black target is normal rather than a sign of an empty rendering."""
+        return self.produces in DRAWN_ON_BLACK
 
     def render_fn(self) -> Callable:
         """The renderer ``(view, rng, options) -> list[Pair]`` (imported on first call)."""

@@ -667,7 +667,51 @@ def parse_spec(data: Any, file: str = "<spec>") -> Spec:
     return _validate(data, file)
 
 
-def load_spec(path: str | os.PathLike, output: str | None = None) -> Spec:
+def _names(items: Any) -> list[str]:
+    return [str(x.get("name")) for x in items if isinstance(x, dict)] if isinstance(items, list) else []
+
+
+def select_subset(data: dict, where: str, only_sources: list[str] | None = None,
+                  only_tasks: list[str] | None = None) -> dict:
+    """``data`` (a parsed spec, variables not yet filled) cut to the named sources and tasks:
+    the tasks of kept sources whose task name is kept, the sources some kept task uses, and
+    the labelers those tasks need (with the labelers they take depth from). What is cut is
+    never read, so its ``${VAR}``s need not be set. An unknown name is a :class:`SpecError`
+    listing the spec's names."""
+    if not only_sources and not only_tasks:
+        return data
+    sources, tasks = data.get("sources"), data.get("tasks")
+    tasks = [t for t in tasks if isinstance(t, dict)] if isinstance(tasks, list) else []
+    for flag, wanted, have in (("--only-sources", only_sources, _names(sources)),
+                               ("--only-tasks", only_tasks, [str(t.get("task")) for t in tasks])):
+        unknown = [w for w in wanted or [] if w not in have]
+        if unknown:
+            raise SpecError(f"{where}: {flag} names {', '.join(unknown)}, not in the spec "
+                            f"(it has: {', '.join(dict.fromkeys(have))})")
+    kept = [t for t in tasks if (not only_sources or str(t.get("source")) in only_sources)
+            and (not only_tasks or str(t.get("task")) in only_tasks)]
+    if not kept:
+        raise SpecError(f"{where}: no task of the spec is on {', '.join(only_sources or ['any source'])} "
+                        f"and named {', '.join(only_tasks or ['anything'])}")
+    used = {str(t.get("source")) for t in kept}
+    labelers = [lab for lab in data.get("labelers") or [] if isinstance(lab, dict)]
+    by_name = {str(lab.get("name")): lab for lab in labelers}
+    need = {str(t["labeler"]) for t in kept if t.get("labeler")}
+    frontier = list(need)
+    while frontier:  # a labeler's depth_from is needed too
+        dep = by_name.get(frontier.pop(), {}).get("depth_from")
+        if dep and str(dep) not in need:
+            need.add(str(dep))
+            frontier.append(str(dep))
+    kept_sources = [s for s in sources or [] if isinstance(s, dict) and str(s.get("name")) in used]
+    out = dict(data, tasks=kept, sources=kept_sources)
+    if "labelers" in data:
+        out["labelers"] = [lab for lab in labelers if str(lab.get("name")) in need]
+    return out
+
+
+def load_spec(path: str | os.PathLike, output: str | None = None, only_sources: list[str] | None = None,
+              only_tasks: list[str] | None = None) -> Spec:
     """Read, expand and validate a YAML spec.
 
     ``${VAR}`` / ``${VAR:-default}`` may stand wherever YAML takes a plain value, flow mappings
@@ -678,7 +722,8 @@ def load_spec(path: str | os.PathLike, output: str | None = None) -> Spec:
 
     ``output`` (the CLI's ``--output``) replaces the spec's ``output:`` field before it is
     expanded, so variables used only there need not be set. It is taken as given: the shell
-    has already expanded it.
+    has already expanded it. ``only_sources`` / ``only_tasks`` (``--only-sources``,
+    ``--only-tasks``) build a subset (:func:`select_subset`), also before expansion.
     """
     path = Path(path)
     try:
@@ -695,6 +740,7 @@ def load_spec(path: str | os.PathLike, output: str | None = None) -> Spec:
     data = _mapping(data, str(path))
     if output is not None:
         data = {k: v for k, v in data.items() if k != "output"}
+    data = select_subset(data, str(path), only_sources, only_tasks)
     fill = _EnvFill(masked.pattern, masked.ref)
     data = fill.walk(data, "", str(path))
     fill.check(str(path))

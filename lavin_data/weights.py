@@ -71,7 +71,12 @@ def read_state_dict(path: str | os.PathLike) -> dict:
             return read_state_dict(path / EMA_FILE if (path / EMA_FILE).is_file() else path / DEEPSPEED_MODEL_FILE)
         files = sorted(path.glob("*.safetensors")) or sorted(path.glob("*.bin"))
         if not files:
-            raise CheckpointError(f"{path}: no *.safetensors or *.bin weights in this folder")
+            # A training run's folder holds its weights one level down (lavin_model/train.py).
+            inside = [d for d in (path / "model", path / "checkpoints")
+                      if (d / "latest").is_file() or any(d.glob("*.safetensors"))]
+            hint = (" (a training run's folder? give " + " or ".join(str(d) for d in inside) +
+                    ": model/ holds the exported EMA weights)") if inside else ""
+            raise CheckpointError(f"{path}: no *.safetensors or *.bin weights in this folder{hint}")
         sd: dict = {}
         for f in files:
             sd.update(read_state_dict(f))

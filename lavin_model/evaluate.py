@@ -506,8 +506,34 @@ def evaluate_task(task: str, refs: list[PairRef], all_refs: dict[str, list[PairR
     return out
 
 
+def y_limits(values: list[float | None]) -> tuple[float, float] | None:
+    """Y-axis limits for a metric's values: from 0 for a non-negative metric (every metric here
+    but the few that can go negative), else the values' range widened to at least 20 % of their
+    magnitude, so that a difference in the 5th digit does not fill the plot as if it were a
+    trend. None when no value is finite."""
+    v = [x for x in values if x is not None and math.isfinite(x)]
+    if not v:
+        return None
+    lo, hi = min(v), max(v)
+    if lo >= 0:  # a metric in [0, 1] (δ1, SSIM, IoU, ...) on its whole range
+        return 0.0, 1.0 if hi <= 1.0 else hi * 1.1
+    pad = max(hi - lo, 0.2 * max(abs(lo), abs(hi)), 1e-6) * 0.55
+    mid = (lo + hi) / 2
+    return mid - pad, mid + pad
+
+
 def plot(results: dict[str, dict], path: Path) -> None:
     """metrics.png: per task, the sweep's main metric against N and the probe's three bars."""
+    fig = figure(results)
+    fig.savefig(path, dpi=90)
+    import matplotlib.pyplot as plt
+
+    plt.close(fig)
+
+
+def figure(results: dict[str, dict]):
+    """The figure of :func:`plot` (a matplotlib Figure): two axes per task, sweep then probe,
+    y-axes by :func:`y_limits` and without offset notation."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -525,6 +551,10 @@ def plot(results: dict[str, dict], path: Path) -> None:
             ax.plot([int(n) for n in ns], [np.nan if y is None else y for y in ys], "o-")
             ax.set_xticks([int(n) for n in ns])
             ax.set_xlabel("context pairs N")
+            lim = y_limits(ys)
+            if lim is not None:
+                ax.set_ylim(*lim)
+            ax.ticklabel_format(axis="y", useOffset=False)
         else:
             ax.text(0.5, 0.5, "no sweep", ha="center", va="center", transform=ax.transAxes)
         ax.set_title(f"{task}: {r['main_metric']} {arrow}", fontsize=9)
@@ -537,11 +567,14 @@ def plot(results: dict[str, dict], path: Path) -> None:
                    color=["tab:green", "tab:orange", "tab:grey"])
             ax.set_xticks(range(3), names, fontsize=7)
             ax.set_title(f"probe: {r['main_metric']} {arrow}", fontsize=9)
+            lim = y_limits(vals)
+            if lim is not None:
+                ax.set_ylim(*lim)
+            ax.ticklabel_format(axis="y", useOffset=False)
         else:
             ax.text(0.5, 0.5, "no probe", ha="center", va="center", transform=ax.transAxes)
     fig.tight_layout()
-    fig.savefig(path, dpi=90)
-    plt.close(fig)
+    return fig
 
 
 def parse_sweep(text: str) -> list[int]:

@@ -49,7 +49,10 @@ def template_pairs(folder: str | Path) -> list[tuple[Path, Path]]:
             raise ValueError(f"{(a or b)}: has no matching {'target' if b is None else 'input'} image in {folder}")
         pairs.append((a, b))
     if not pairs:
-        raise ValueError(f"{folder}: no <id>_input.png + <id>_target.png pairs")
+        tasks = sorted(d.name for d in folder.iterdir() if d.is_dir() and any(d.glob("*_input.*")))
+        hint = (f"; it holds task folders ({', '.join(tasks[:6])}{', ...' if len(tasks) > 6 else ''}): give one, "
+                f"e.g. --examples {folder / tasks[0]}") if tasks else ""
+        raise ValueError(f"{folder}: no <id>_input.png + <id>_target.png pairs{hint}")
     return pairs
 
 

@@ -7,7 +7,7 @@ modulation; attention is joint and bidirectional over [condition; target], with 
 KV heads and 3D rotary positions over the (frame, row, col) grid of the joint sequence.
 
 Parameter names and shapes follow the released checkpoint
-(``shared/reference/lavin_dit_3b_state_dict.json``); :func:`load_lavin_checkpoint` loads it
+(``lavin_model/reference/lavin_dit_3b_state_dict.json``); :func:`load_lavin_checkpoint` loads it
 strictly. Latents are laid out (B, 16, T, H, W); one image is one latent frame.
 """
 

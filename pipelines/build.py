@@ -532,6 +532,10 @@ def write_manifest(spec: Spec) -> dict:
 
 
 
+def _comma(value: str | None) -> list[str] | None:
+    return [v.strip() for v in value.split(",") if v.strip()] if value else None
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m pipelines.build", description=__doc__.split("\n\n")[1],
                                  formatter_class=HelpFormatter)
@@ -540,13 +544,18 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--output", metavar="DIR",
                     help="output folder, instead of the spec's output: field (whose ${VAR}s then need not be set) "
                          "(default: the spec's output:)")
+    ap.add_argument("--only-sources", metavar="A,B",
+                    help="build only these sources of the spec (with their tasks and labelers); variables used only "
+                         "by the rest need not be set. A subset is another spec: give it its own --output")
+    ap.add_argument("--only-tasks", metavar="T,U", help="build only these tasks (on the sources that have them)")
     ap.add_argument("--num-cpus", type=int, metavar="N",
                     help="CPUs for a local Ray; ignored with RAY_ADDRESS (default: all of this machine's)")
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     spec = None
     try:
-        spec = load_spec(args.spec, output=args.output)
+        spec = load_spec(args.spec, output=args.output, only_sources=_comma(args.only_sources),
+                         only_tasks=_comma(args.only_tasks))
         if args.output is not None:  # say so: a spec's output: may be where its author expects the build
             print(f"[build] output {args.output} (--output; the spec's output: field is not used)")
         manifest = build(spec, args.num_cpus)

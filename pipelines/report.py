@@ -34,7 +34,8 @@ import pyarrow.parquet as pq
 
 from lavin_data.cli import HelpFormatter
 from lavin_data.codecs import decode_image
-from lavin_data.shards import atomic_write, error_code, index_path, iter_tar_samples, shard_done
+from lavin_data.registry import TASKS
+from lavin_data.shards import INDEX_SCHEMA, atomic_write, error_code, index_path, iter_tar_samples, shard_done
 from lavin_data.spec import Spec
 
 N_EXAMPLES = 2  # example keys shown per reason code
@@ -169,11 +170,27 @@ def _frames(m: dict[str, bytes], role: str) -> list[np.ndarray]:
     return [_rgb8(decode_image(m[k], k)) for k in names]
 
 
+LABEL_FONT = (cv2.FONT_HERSHEY_SIMPLEX, 0.4)  # face, scale
+
+
+def _text_mask(shape: tuple[int, int], text: str, org: tuple[int, int], scale: float = LABEL_FONT[1]) -> np.ndarray:
+    """(H, W) bool: where ``text`` drawn 1 px thick at ``org`` (baseline left) inks the image."""
+    mask = np.zeros(shape, np.uint8)
+    cv2.putText(mask, text, org, LABEL_FONT[0], scale, 255, 1, cv2.LINE_AA)
+    return mask > 96
+
+
 def _label(img: np.ndarray, text: str) -> np.ndarray:
+    """``img`` (H, W, 3) uint8 with ``text`` in white at its top left, outlined in black.
+
+    The outline is the text's own mask grown by one pixel: text drawn thicker is also wider
+    (OpenCV advances each glyph by the stroke width), so a thick black copy under thin white
+    text ended past it and showed as a doubled last character."""
     img = img.copy()
-    # Dark outline under white text: readable on bright and dark images alike.
-    for colour, width in (((0, 0, 0), 3), ((255, 255, 255), 1)):
-        cv2.putText(img, text, (4, 14), cv2.FONT_HERSHEY_SIMPLEX, 0.4, colour, width, cv2.LINE_AA)
+    ink = _text_mask(img.shape[:2], text, (4, 14))
+    outline = cv2.dilate(ink.astype(np.uint8), np.ones((3, 3), np.uint8)) > 0
+    img[outline] = 0
+    img[ink] = 255
     return img
 
 
@@ -189,20 +206,51 @@ class Sheet:
     clip: bool = False  # a row shows first/middle/last frames
 
 
-def _row(key: str, inp: list[np.ndarray], tgt: list[np.ndarray], tile: int, text: str) -> np.ndarray:
-    """Input tiles | target tiles, ``text`` on the first input tile (cut at its edge, so that
-    a long label never covers the target)."""
-    # Area resampling: nearest would drop thin lines.
-    a = [cv2.resize(f, (tile, tile), interpolation=cv2.INTER_AREA) for f in inp]
-    b = [cv2.resize(f, (tile, tile), interpolation=cv2.INTER_AREA) for f in tgt]
-    sep = np.full((tile, 4, 3), 255, np.uint8)
-    return np.concatenate([_label(a[0], text), *a[1:], sep, *b], 1)
+TILE_BORDER = 128  # grey frame around every tile: a white target (a still flow frame) stays visible on the page
+FRAME_GAP, ROLE_GAP = 3, 10  # px of page white between the frames of a clip / between input and target
+
+
+def _tile(img: np.ndarray, tile: int) -> np.ndarray:
+    """(H, W, 3) uint8 -> (tile, tile, 3): area-resampled (nearest would drop thin lines),
+    its outermost pixels replaced by a 1 px grey frame."""
+    t = cv2.resize(img, (tile, tile), interpolation=cv2.INTER_AREA)
+    t[[0, -1], :] = TILE_BORDER
+    t[:, [0, -1]] = TILE_BORDER
+    return t
+
+
+def _strip(tiles: list[np.ndarray], gap: int) -> np.ndarray:
+    """Equal-height tiles side by side, ``gap`` px of white between them."""
+    space = np.full((tiles[0].shape[0], gap, 3), 255, np.uint8)
+    return np.concatenate([x for t in tiles for x in (space, t)][1:], 1)
+
+
+def _row(key: str, inp: list[np.ndarray], tgt: list[np.ndarray], tile: int, text: str | None) -> np.ndarray:
+    """Input tiles | target tiles (a clip's frames apart by a thin gap, input and target by a
+    wider one), ``text`` on the first input tile (cut at its edge, so that a long label never
+    covers the target). ``text`` None: no label."""
+    a = [_tile(f, tile) for f in inp]
+    b = [_tile(f, tile) for f in tgt]
+    if text:
+        a[0] = _label(a[0], text)
+    return _strip([_strip(a, FRAME_GAP), _strip(b, FRAME_GAP)], ROLE_GAP)
+
+
+def _captioned(row: np.ndarray, caption: str) -> np.ndarray:
+    """``row`` under a white band with ``caption`` in black, the font shrunk until the whole
+    caption fits the row's width (the overview's task names are never cut)."""
+    scale = LABEL_FONT[1]
+    while scale > 0.25 and cv2.getTextSize(caption, LABEL_FONT[0], scale, 1)[0][0] > row.shape[1] - 4:
+        scale -= 0.025
+    band = np.full((18, row.shape[1], 3), 255, np.uint8)
+    band[_text_mask(band.shape[:2], caption, (2, 13), scale)] = 0
+    return np.concatenate([band, row], 0)
 
 
 def task_sheet(shards_by_source: list[list[Path]], per_task: int, tile: int = 192, title: str = "") -> Sheet:
     """The first ``per_task`` ok pairs of a task, shared among its sources (each source's shards
     in order), as input | target cells of ``tile`` px square tiles laid out by :func:`flow`
-    ((H, W, 3) uint8); and the first cell at half size, its input labelled ``title``, for the
+    ((H, W, 3) uint8); and the first cell at half size, captioned ``title``, for the
     overview."""
     sources = [s for s in shards_by_source if s]
     quota = [per_task // max(len(sources), 1) + (i < per_task % max(len(sources), 1)) for i in range(len(sources))]
@@ -219,7 +267,7 @@ def task_sheet(shards_by_source: list[list[Path]], per_task: int, tile: int = 19
                         raise ValueError(f"no input/target image member (members: {', '.join(sorted(m))})")
                     row = _row(key, inp, tgt, tile, key)
                     if first is None:
-                        first = _row(key, inp, tgt, tile // 2, title)
+                        first = _captioned(_row(key, inp, tgt, tile // 2, None), title)
                 except Exception as e:  # noqa: BLE001 - shown on the page, not fatal
                     problems.append((key, f"{tar.name}: {type(e).__name__}: {e}"))
                     continue
@@ -359,6 +407,28 @@ def _target_stats(manifest: dict, task: str, source: str) -> dict | None:
     return {"coverage_hist": hist, "n": n, "near_black": dark}
 
 
+def _near_black_cell(task: str, st: dict | None, share: bool = False) -> str:
+    """A ``<td>`` for near-black targets: muted with "expected" for a task whose targets are
+    drawn on black (boxes on black are mostly black), flagged where a photo-like target is black."""
+    if st is None:
+        return f'<td class="n">{DASH}</td>'
+    frac = f" ({st['near_black'] / st['n']:.1%})" if share and st["n"] else ""
+    text = f"{st['near_black']} / {st['n']}{frac}"
+    td = TASKS.get(task)
+    if td is not None and td.drawn_on_black:
+        return f'<td class="n muted" title="targets drawn on black">{text} · expected, drawn on black</td>'
+    return f'<td class="n{" bad" if st["near_black"] else ""}">{text}</td>'
+
+
+def _splits(manifest: dict, task: str) -> tuple[int | None, int | None]:
+    """(train, val) ok pairs of ``task`` from the manifest's ``splits`` (None where absent)."""
+    sp = (manifest.get("splits") or {}).get(task)
+    if not isinstance(sp, dict):
+        return None, None
+    return tuple(v if isinstance(v, int) and not isinstance(v, bool) else None  # type: ignore[return-value]
+                 for v in (sp.get("train", 0), sp.get("val", 0)))
+
+
 def _count(x: Any) -> bool:
     return isinstance(x, int) and not isinstance(x, bool) and x >= 0
 
@@ -388,6 +458,9 @@ def _task_section(task: str, sources: list[str], manifest: dict, reasons: Reason
                    f'<td class="n{" bad" if isinstance(f, int) and f > 0 else ""}">{_n(f)}</td>'
                    f'<td class="n">{_n(skips.get(s))}</td></tr>')
     out.append("</table>")
+    train, val = _splits(manifest, task)
+    out.append(f'<p class="splits">split: <b>{_n(train)}</b> train pairs, <b>{_n(val)}</b> val pairs (held out '
+               "by source item)</p>")
 
     out.append("<h3>Failures and skips by reason</h3>")
     rows = [(s, st, code, r) for s in sources for (st, code), r in reasons.rows.get((task, s), {}).items()]
@@ -414,10 +487,8 @@ def _task_section(task: str, sources: list[str], manifest: dict, reasons: Reason
             out.append(f'<tr data-source="{_e(s)}"><td>{_e(s)}</td><td class="n">\u2014</td><td class="n">\u2014</td>'
                        '<td class="muted">\u2014 (not in manifest.json)</td></tr>')
             continue
-        frac = f"{st['near_black'] / st['n']:.1%}" if st["n"] else DASH
-        # Not flagged: near-black targets are normal for some tasks (boxes or edges on black).
         out.append(f'<tr data-source="{_e(s)}"><td>{_e(s)}</td><td class="n">{st["n"]}</td>'
-                   f'<td class="n">{st["near_black"]} ({frac})</td><td>{_hist_svg(st["coverage_hist"])}'
+                   f'{_near_black_cell(task, st, share=True)}<td>{_hist_svg(st["coverage_hist"])}'
                    f'<div class="hist-counts muted">{" ".join(str(c) for c in st["coverage_hist"])}</div></td></tr>')
     out.append("</table>")
 
@@ -470,18 +541,24 @@ def render_html(spec: Spec | None, manifest: dict, reasons: Reasons, sheets: dic
         body.append("<h2>Overview: the first ok pair of every task (input | target)</h2>")
         body.append(f'<img src="all_tasks.png" width="{overview[1]}" height="{overview[0]}" '
                     'alt="the first ok pair of every task">')
-    body.append('<h2>Summary</h2><table class="summary"><tr><th>task</th><th>source</th><th class="n">ok</th>'
-                '<th class="n">failed</th><th class="n">skipped</th><th class="n">near-black targets</th></tr>')
+    body.append('<h2>Summary</h2><table class="summary"><tr><th>task</th><th class="n">train</th>'
+                '<th class="n">val</th><th>source</th><th class="n">ok</th><th class="n">failed</th>'
+                '<th class="n">skipped</th><th class="n">near-black targets</th></tr>')
     for task in tasks:
-        for s in _sources_of(task, manifest, spec):
+        sources = _sources_of(task, manifest, spec)
+        train, val = _splits(manifest, task)
+        for i, s in enumerate(sources):
             st = _target_stats(manifest, task, s)
-            nb = f"{st['near_black']} / {st['n']}" if st else DASH
             f = manifest.get("failures", {}).get(task, {}).get(s)
-            body.append(f'<tr><td><a href="#task-{_e(_safe_name(task))}">{_e(task)}</a></td><td>{_e(s)}</td>'
+            span = f' rowspan="{len(sources)}"' if len(sources) > 1 else ""
+            lead = (f'<td{span}><a href="#task-{_e(_safe_name(task))}">{_e(task)}</a></td>'
+                    f'<td class="n split-train"{span}>{_n(train)}</td><td class="n split-val"{span}>{_n(val)}</td>'
+                    if i == 0 else "")
+            body.append(f'<tr data-task="{_e(task)}">{lead}<td>{_e(s)}</td>'
                         f'<td class="n">{_n(manifest.get("counts", {}).get(task, {}).get(s))}</td>'
                         f'<td class="n{" bad" if isinstance(f, int) and f > 0 else ""}">{_n(f)}</td>'
                         f'<td class="n">{_n(manifest.get("skipped", {}).get(task, {}).get(s))}</td>'
-                        f'<td class="n">{nb}</td></tr>')
+                        f'{_near_black_cell(task, st)}</tr>')
     body.append("</table>")
     labels = manifest.get("labels") or {}
     if labels:
@@ -526,6 +603,52 @@ def _label_stats(out: Path, labeler: str, source: str) -> list[dict]:
         if isinstance(st, dict):
             found.append(st)
     return found
+
+
+def _human_bytes(n: int) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if n < 1024 or unit == "GiB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    raise AssertionError("unreachable")
+
+
+def disk_usage(out: Path, manifest: dict) -> dict[str, int]:
+    """Bytes of the committed shards (tar + index, as their stats record) the manifest lists,
+    per kind (``base``, ``labels``, ``pairs``); deterministic for a build, wherever it lies."""
+    from lavin_data.shards import read_stats
+
+    used = {}
+    for kind, rels in (manifest.get("shards") or {}).items():
+        total = 0
+        for rel in rels if isinstance(rels, list) else []:
+            p = out / str(rel)
+            if not p.resolve().is_relative_to(out.resolve()) or not shard_done(p):
+                continue
+            try:
+                st = read_stats(p)
+            except (OSError, ValueError):
+                continue
+            total += int(st.get("bytes", 0) or 0) + int(st.get("index_bytes", 0) or 0)
+        used[kind] = total
+    return used
+
+
+LOAD_SNIPPET = """\
+```python
+import glob, json
+# webdataset: one sample per pair, members as bytes (decode images with PIL / cv2)
+import webdataset as wds
+for s in wds.WebDataset(sorted(glob.glob("{root}/pairs/{task}/*.tar")), shardshuffle=False):
+    meta = json.loads(s["json"])  # task, split, sizes, render parameters, ...
+    break
+# Hugging Face datasets
+from datasets import load_dataset
+ds = load_dataset("webdataset", data_files={{"train": sorted(glob.glob("{root}/pairs/{task}/*.tar"))}}, split="train")
+# Ray Data
+import ray
+rds = ray.data.read_webdataset(sorted(glob.glob("{root}/pairs/{task}/*.tar")))
+```"""
 
 
 def render_card(spec: Spec, manifest: dict, reasons: Reasons) -> str:
@@ -600,6 +723,29 @@ def render_card(spec: Spec, manifest: dict, reasons: Reasons) -> str:
                      f"{_md(c[0])} | {_md(c[1])} | {_md(c[2])} |")
     lines.append(f"| **total** | | | **{n_ok}** | **{n_fail}** | **{n_skip}** |")
 
+    lines += ["", "## Splits", "",
+              "Every source item is in one split (`train` or `val`), kept by every pair made from it; the split "
+              "is in each pair's json and in the shard indexes.", "",
+              "| task | train pairs | val pairs |", "|---|---:|---:|"]
+    for task in tasks:
+        train, val = _splits(manifest, task)
+        lines.append(f"| {_md(task)} | {_md(DASH if train is None else train)} | "
+                     f"{_md(DASH if val is None else val)} |")
+
+    used = disk_usage(out, manifest)
+    lines += ["", "## Size on disk", "", "Committed shards with their indexes, as their stats files record:", "",
+              "| part | size |", "|---|---:|"]
+    lines += [f"| `{kind}/` | {_human_bytes(used[kind])} |" for kind in ("pairs", "base", "labels") if kind in used]
+    lines.append(f"| **total** | **{_human_bytes(sum(used.values()))}** |")
+    lines.append("")
+    lines.append("`pairs/` is what training needs; `base/` (decoded source items) and `labels/` (pseudo-label "
+                 "sidecars) serve re-rendering and resuming and can be deleted once the build is final.")
+
+    example = next((t for t in tasks if (manifest.get("counts") or {}).get(t)), tasks[0] if tasks else "TASK")
+    lines += ["", "## Loading", "",
+              "Plain tar shards: any WebDataset reader works. From the folder holding this card:", "",
+              LOAD_SNIPPET.format(root=".", task=_md(example))]
+
     lines += ["", "## Failures and skips by reason", ""]
     rows = [(t.task, t.source, st, code, r.count) for t in spec.tasks
             for (st, code), r in reasons.rows.get((t.task, t.source), {}).items()]
@@ -608,7 +754,7 @@ def render_card(spec: Spec, manifest: dict, reasons: Reasons) -> str:
         lines += [f"| {_md(t)} | `{_md(s)}` | {STATUS_LABEL[st]} | `{_md(c)}` | {n} |" for t, s, st, c, n in rows]
         lines.append("")
         lines.append("Example keys and messages per reason are in the report; every sample's status is in its "
-                     "shard's index (`<shard>.parquet`, columns `key, status, stage, error, reason, bytes`).")
+                     f"shard's index (`<shard>.parquet`, columns `{', '.join(INDEX_SCHEMA.names)}`).")
     else:
         lines.append("None.")
     if reasons.unreadable:
@@ -623,11 +769,12 @@ def render_card(spec: Spec, manifest: dict, reasons: Reasons) -> str:
         "(renderings), `target.png`, `json` (task, source, item id, sizes, resize transform, render parameters, "
         "licence, labeler) and, for measurable targets, `target_raw.npy`. A clip has one member per frame: "
         "`input_000.jpg` ..., `target_000.png` ... (`.jpg` where the target is video frames).",
-        "- `<shard>.parquet` beside each tar: one row per planned sample (`ok`, `error` or `skipped`, with the "
-        "reason); `<shard>.stats.json`: counts, written last (a shard with it is complete).",
+        "- `<shard>.parquet` beside each tar: one row per planned sample, columns "
+        f"`{', '.join(INDEX_SCHEMA.names)}` (status `ok`, `error` or `skipped`, with the reason; split `train` or "
+        "`val`); `<shard>.stats.json`: counts, written last (a shard with it is complete).",
         "- `manifest.json`: the spec, its hash, software versions, counts per task and source, and the shard list.",
-        "- The full format is documented in the lavin-data repository: `README.md` (sections *Output layout* and "
-        "*Spec format*) and `DESIGN.md` \u00a73.",
+        "- The full format is documented in the lavin-data repository: `docs/format.md` (output layout, pair, "
+        "base and latent samples) and `docs/spec.md` (the spec).",
         "", "## Known caveats", "",
     ]
     labelled = [t for t in spec.tasks if t.labeler]

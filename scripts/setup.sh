@@ -1,13 +1,19 @@
 #!/usr/bin/env bash
 # One-step, idempotent set-up. Usage: scripts/setup.sh [EXTRAS]   (default: dev)
 #   EXTRAS is a comma list of pyproject extras: dev, labelers, train.
-# Installs into the active virtualenv/conda env if there is one, else into ./.venv.
-# torch (only for the labelers/train extras): an importable torch is kept as it is;
-# otherwise torch==${TORCH_VERSION:-2.13.0} is installed, from ${TORCH_INDEX_URL} if set
-# (e.g. https://download.pytorch.org/whl/cpu or .../cu128), else from pip's configured indexes.
+# Installs into the active virtualenv/conda env if there is one, else into ./.venv, with the
+# versions the project is tested with (constraints.txt; LAVIN_CONSTRAINTS=none resolves freely).
+# torch (only for the labelers/train extras): an importable torch is kept as it is; otherwise
+# torch==${TORCH_VERSION:-2.13.0} is installed:
+#   - from ${TORCH_INDEX_URL} if set (e.g. https://download.pytorch.org/whl/cu128);
+#   - on a machine with an NVIDIA driver (nvidia-smi or /proc/driver/nvidia), pip's default (CUDA) build;
+#   - otherwise the CPU build: a wheel in pip's find-links if one is there, else from
+#     https://download.pytorch.org/whl/cpu (PyPI's default Linux build is several GB of CUDA).
+# It installs no system package (the browser for the report tests: scripts/install_browser.sh).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 extras="${1:-dev}"
+cpu_index=https://download.pytorch.org/whl/cpu
 
 if [ -n "${VIRTUAL_ENV:-}" ] || [ -n "${CONDA_PREFIX:-}" ]; then
     py=python
@@ -16,34 +22,17 @@ else
     py=.venv/bin/python
 fi
 
-# tests/test_report.py renders the build report in headless Chromium (Debian's `chromium`). Checked
-# on every run, before the stamp: an environment set up before this step gets it too.
-case ",$extras," in
-  *,dev,*)
-    if ! command -v chromium >/dev/null 2>&1 && ! command -v chromium-browser >/dev/null 2>&1; then
-        apt_log=$(mktemp)
-        if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1 && {
-            DEBIAN_FRONTEND=noninteractive apt-get update -qq &&
-            DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends chromium; } >"$apt_log" 2>&1
-        then
-            echo "setup: installed chromium (for tests/test_report.py)"
-        else
-            tail -n 5 "$apt_log" >&2 || true
-            echo "setup: could not install chromium with apt-get (it needs root and apt); the browser tests of" >&2
-            echo "       tests/test_report.py skip without it, and fail under CI=true. Install it yourself:" >&2
-            echo "       apt-get install -y --no-install-recommends chromium" >&2
-        fi
-        rm -f "$apt_log"
-    fi
-    ;;
-esac
+constraints=constraints.txt
+[ "${LAVIN_CONSTRAINTS:-}" = none ] && constraints=/dev/null
 
 stamp_dir=$($py -c 'import sys; print(sys.prefix)')
-stamp="$stamp_dir/.lavin-setup-$(cat pyproject.toml | sha256sum | cut -c1-12)-${extras//,/_}"
+stamp="$stamp_dir/.lavin-setup-$(cat pyproject.toml "$constraints" | sha256sum | cut -c1-12)-${extras//,/_}"
 if [ -f "$stamp" ]; then exit 0; fi
 
-constraints=$(mktemp)
-trap 'rm -f "$constraints"' EXIT
+has_nvidia_driver() { command -v nvidia-smi >/dev/null 2>&1 || [ -e /proc/driver/nvidia/version ]; }
+
+pins=$(mktemp)
+trap 'rm -f "$pins"' EXIT
 case ",$extras," in
   *,labelers,*|*,train,*)
     if have=$($py -c 'import torch; print(torch.__version__.split("+")[0])' 2>/dev/null); then
@@ -55,15 +44,27 @@ case ",$extras," in
         echo "setup: keeping the installed torch $have"
     else
         want="${TORCH_VERSION:-2.13.0}"
-        echo "setup: installing torch==$want"
-        $py -m pip install -q ${TORCH_INDEX_URL:+--index-url "$TORCH_INDEX_URL"} "torch==$want"
+        if [ -n "${TORCH_INDEX_URL:-}" ]; then
+            echo "setup: installing torch==$want from TORCH_INDEX_URL=$TORCH_INDEX_URL"
+            $py -m pip install -q --index-url "$TORCH_INDEX_URL" "torch==$want"
+        elif has_nvidia_driver; then
+            echo "setup: an NVIDIA driver is present: installing torch==$want, pip's default (CUDA) build"
+            $py -m pip install -q "torch==$want"
+        elif $py -m pip install -q --no-index --no-deps "torch==$want" >/dev/null 2>&1; then
+            echo "setup: no NVIDIA driver: installed torch==$want from a wheel in pip's find-links"
+            $py -m pip install -q "torch==$want"  # its dependencies
+        else
+            echo "setup: no NVIDIA driver: installing the CPU build of torch==$want from $cpu_index"
+            $py -m pip install -q --index-url "$cpu_index" "torch==$want"
+        fi
         have="$want"
     fi
+    echo "setup: torch $($py -c 'import torch; print(torch.__version__, "(CPU build)" if torch.version.cuda is None else f"(CUDA {torch.version.cuda} build)")')"
     # Pin it so that no dependency's resolver swaps it for the registry's newest build.
-    echo "torch==$have" >"$constraints"
+    echo "torch==$have" >"$pins"
     ;;
 esac
 
-$py -m pip install -q -c "$constraints" -e ".[${extras}]"
+$py -m pip install -q -c "$pins" -c "$constraints" -e ".[${extras}]"
 touch "$stamp"
 echo "setup: ready ($py, extras: $extras)"

@@ -3,23 +3,44 @@
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
 
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
-FIXTURES = Path(os.environ.get("LAVIN_FIXTURES", ROOT.parent / "shared" / "fixtures"))
+# Real-data samples: the redistributable ones (Apache-2.0 photos and videos) are in the repository
+# under tests/fixtures; scripts/fetch_fixtures.sh fetches the others there from their public
+# origin. A sibling ../shared/fixtures (a lab's mirror) and $LAVIN_FIXTURES are looked in too.
+FETCH_HINT = "scripts/fetch_fixtures.sh"
 
 
-def fixture_path(*parts: str) -> Path:
-    """Path into ../shared/fixtures; skips when absent, but fails under CI=true."""
-    p = FIXTURES.joinpath(*parts)
-    if not p.exists():
-        msg = f"real-data fixture missing: {p}"
-        if os.environ.get("CI", "").lower() == "true":
-            pytest.fail(msg)
-        pytest.skip(msg)
-    return p
+def fixture_roots() -> list[Path]:
+    """Where real-data samples are looked for, first match wins."""
+    roots = [Path(os.environ["LAVIN_FIXTURES"])] if os.environ.get("LAVIN_FIXTURES") else []
+    return roots + [ROOT / "tests" / "fixtures", ROOT.parent / "shared" / "fixtures"]
+
+
+def fixture_path(first: str, *rest: str) -> Path:
+    """The real-data sample ``parts`` (e.g. ``"nyu_v2", "depth"``) from the first root that has it;
+    skips naming the fetch script when no root has it, but fails under CI=true."""
+    parts = (first, *rest)
+    for root in fixture_roots():
+        if root.joinpath(*parts).exists():
+            return root.joinpath(*parts)
+    msg = (f"real-data sample {'/'.join(parts)} missing (looked in {', '.join(map(str, fixture_roots()))}); "
+           f"fetch it with `{FETCH_HINT} {parts[0]}`")
+    if os.environ.get("CI", "").lower() == "true":
+        pytest.fail(msg)
+    pytest.skip(msg)
+
+
+def fixture_manifest_text(name: str) -> str:
+    """``manifests/<name>`` with each ``${LAVIN_FIXTURES:-tests/fixtures}/<folder>`` replaced by
+    the folder found by :func:`fixture_path` (skips or fails as it does)."""
+    text = (ROOT / "manifests" / name).read_text()
+    return re.sub(r"\$\{LAVIN_FIXTURES:-tests/fixtures\}/([A-Za-z0-9_]+)",
+                  lambda m: str(fixture_path(m.group(1))), text)
 
 
 @pytest.fixture(scope="session")

@@ -21,7 +21,7 @@ from lavin_data.shards import index_path, iter_tar_samples
 from lavin_data.spec import parse_spec
 from pipelines.build import BuildError, build
 from pipelines.layout import pair_tar
-from tests.conftest import FIXTURES, ROOT, fixture_path
+from tests.conftest import fixture_manifest_text, fixture_path
 
 quiet = dict(echo=lambda *_: None)
 KP = "coco_keypoints"
@@ -29,10 +29,7 @@ PAN = "coco_panoptic/sample_data"
 
 
 def fixture_spec(output: Path, **source_overrides):
-    fixture_path(KP)
-    fixture_path(PAN)
-    text = (ROOT / "manifests" / "coco_fixtures.yaml").read_text().replace("${LAVIN_FIXTURES:-../shared/fixtures}",
-                                                                           str(FIXTURES))
+    text = fixture_manifest_text("coco_fixtures.yaml")
     data = yaml.safe_load(text)
     data["output"] = str(output)
     for s in data["sources"]:

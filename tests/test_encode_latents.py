@@ -148,6 +148,12 @@ def test_only_video_tasks_are_exit_2_saying_clips_are_not_encoded(demo_build, tm
     assert _refused(videos, tmp_path / "lat") == 2
     assert "holds only video task folders (optical_flow, video_depth)" in capsys.readouterr().err
     assert not (tmp_path / "lat").exists()
+    # --out two levels down: the run made both folders, and leaves neither behind
+    assert _refused(videos, tmp_path / "build" / "latents" / "tiny-64") == 2
+    assert not (tmp_path / "build").exists()
+    (tmp_path / "kept").mkdir()  # a parent that was there before stays
+    assert _refused(videos, tmp_path / "kept" / "latents" / "tiny-64") == 2
+    assert (tmp_path / "kept").is_dir() and not any((tmp_path / "kept").iterdir())
 
 
 def test_a_folder_without_pair_shards_is_exit_2(tmp_path, capsys):

@@ -21,7 +21,7 @@ from tests.conftest import ROOT
 
 
 def test_released_size_has_exactly_the_released_names_and_shapes():
-    ref = json.loads((ROOT.parent / "shared" / "reference" / "lavin_dit_3b_state_dict.json").read_text())
+    ref = json.loads((ROOT / "lavin_model" / "reference" / "lavin_dit_3b_state_dict.json").read_text())
     with torch.device("meta"):
         model = JDiT.from_size("3.4B")
     assert {k: list(v.shape) for k, v in model.state_dict().items()} == ref

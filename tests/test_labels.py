@@ -224,7 +224,7 @@ def test_labeler_without_weights_or_package_fails_before_any_work(tmp_path, monk
             "tasks": [{"task": "depth_estimation", "source": "photos", "labeler": "da2"}],
         })
 
-    with pytest.raises(BuildError, match=r"no weights at .*nowhere.*huggingface-cli download"):
+    with pytest.raises(BuildError, match=r"no weights at .*nowhere.*hf download"):
         build(spec_with(str(tmp_path / "nowhere")), **quiet)
     monkeypatch.setitem(sys.modules, "transformers", None)  # as if it were not installed
     with pytest.raises(BuildError, match=r"needs torch and transformers.*setup.sh dev,labelers"):
@@ -368,7 +368,7 @@ def test_marigold_without_weights_says_where_to_put_them(tmp_path):
         "labelers": [{"name": "mari", "kind": "marigold_normals", "source": "photos", "model": str(tmp_path / "m")}],
         "tasks": [{"task": "surface_normal_estimation", "source": "photos", "labeler": "mari"}],
     })
-    with pytest.raises(BuildError, match=r"no Marigold pipeline at .*model_index.json missing.*huggingface-cli"):
+    with pytest.raises(BuildError, match=r"no Marigold pipeline at .*model_index.json missing.*hf download"):
         build(spec, **quiet)
     assert not (tmp_path / "out").exists()
 

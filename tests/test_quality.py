@@ -378,10 +378,9 @@ def test_cli_exit_codes(tmp_path):
 
 
 def _fixture_manifest(name: str, out: Path):
-    from tests.conftest import FIXTURES, fixture_path
+    from tests.conftest import fixture_manifest_text
 
-    fixture_path()
-    text = (ROOT / "manifests" / name).read_text().replace("${LAVIN_FIXTURES:-../shared/fixtures}", str(FIXTURES))
+    text = fixture_manifest_text(name)
     data = yaml.safe_load(text)
     data["output"] = str(out)
     return parse_spec(data, f"manifests/{name}")

@@ -6,6 +6,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 import shutil
 import subprocess
 import tempfile
@@ -127,7 +128,8 @@ def screenshot(page: Path, tmp: Path) -> np.ndarray:
     """The page rendered by headless Chromium (1400x2400 px), as a BGR array."""
     exe = shutil.which("chromium") or shutil.which("chromium-browser")
     if exe is None:
-        msg = "chromium is not installed (scripts/setup.sh installs Debian's `chromium`)"
+        msg = ("chromium is not installed (scripts/install_browser.sh or `make test WITH_BROWSER=1` installs "
+               "Debian's `chromium`)")
         if os.environ.get("CI", "").lower() == "true":
             pytest.fail(msg)
         pytest.skip(msg)
@@ -264,12 +266,15 @@ def test_clip_sheet_shows_first_middle_and_last_frames(build_copy):
         for name in (names[0], names[len(names) // 2], names[-1]):
             tiles.append(cv2.resize(decode_image(m[name]), (192, 192), interpolation=cv2.INTER_AREA))
     sheet = cv2.cvtColor(cv2.imread(str(Path(spec.output) / "report" / f"{task.task}.png")), cv2.COLOR_BGR2RGB)
-    xs = [0, 192, 384, 580, 772, 964]  # three input tiles, a 4 px separator, three target tiles
-    assert sheet.shape[0] == 192 and sheet.shape[1] == 1156
+    # three input tiles 3 px apart, a 10 px gap, three target tiles; each tile framed in grey
+    xs = [0, 195, 390, 592, 787, 982]
+    assert sheet.shape[0] == 192 and sheet.shape[1] == 1174
     for i, (x, tile) in enumerate(zip(xs, tiles)):
+        cell = sheet[:, x:x + 192]
+        assert (cell[[0, -1]] == 128).all() and (cell[:, [0, -1]] == 128).all(), f"tile {i}: no grey frame"
         if i == 0:
             continue  # the key is written on the first input tile
-        assert np.array_equal(sheet[:, x:x + 192], tile), f"tile {i} of the {task.task} sheet"
+        assert np.array_equal(cell[1:-1, 1:-1], tile[1:-1, 1:-1]), f"tile {i} of the {task.task} sheet"
 
 
 # --------------------------------------------------------------------------- content
@@ -341,7 +346,7 @@ def test_target_statistics_and_recorded_reasons_from_the_manifest(build_copy):
     assert len(page.targets) == len(spec.tasks)  # one source per task in the demo: one row per task section
     by_task = dict(zip([t.task for t in spec.tasks], page.targets))
     depth = by_task["depth_estimation"]
-    assert depth["cells"][1] == "16" and depth["cells"][2] == "3 (18.8%)"
+    assert depth["cells"][1] == "16" and depth["cells"][2] == "3 / 16 (18.8%)"
     assert depth["rects"] == [round(40 * c / 6) for c in hist]
     assert depth["cells"][3].split() == [str(c) for c in hist]
     # Absent, or malformed (9 bins), shows a dash rather than a wrong number.
@@ -420,3 +425,134 @@ def test_card_states_every_licence_and_labeler(build_copy):
     # The demo spec as built: both sources state their licence.
     card = write_dataset_card(spec, manifest).read_text()
     assert "licence not stated" not in card and card.count("CC0-1.0 (procedurally generated)") == 2
+
+
+# --------------------------------------------------------------------------- rough edges a user saw
+
+
+def test_key_label_outline_hugs_the_text_with_no_doubled_last_character():
+    """The black outline ends one pixel past the white text on each side: drawn as a thicker
+    copy of the text it ran 7 px past the last glyph (OpenCV widens the advance with the stroke)."""
+    from pipelines.report import _label
+
+    img = _label(np.full((40, 300, 3), 128, np.uint8), "synthetic-video_000123")
+    white = np.argwhere((img == 255).all(2))
+    black = np.argwhere((img == 0).all(2))
+    assert len(white) > 50 and len(black) > 50
+    for axis in (0, 1):
+        assert black[:, axis].min() >= white[:, axis].min() - 1
+        assert black[:, axis].max() <= white[:, axis].max() + 1
+    # every outline pixel touches the text (8-neighbourhood): no detached shadow glyph
+    ink = np.zeros(img.shape[:2], np.uint8)
+    ink[tuple(white.T)] = 1
+    near = cv2.dilate(ink, np.ones((3, 3), np.uint8)).astype(bool)
+    assert near[tuple(black.T)].all()
+
+
+def test_clip_rows_frame_every_tile_and_keep_a_white_flow_frame_visible():
+    """Three all-white frames (a still flow target is white) must stay visible on the white page:
+    each tile has a grey frame, the frames of a clip are apart, input and target further apart."""
+    from pipelines.report import _row
+
+    white = [np.full((50, 60, 3), 255, np.uint8)] * 3
+    row = _row("k", white, white, 32, None)
+    grey_cols = [x for x in range(row.shape[1]) if (row[:, x] == 128).all()]
+    assert len(grey_cols) == 12  # a left and a right edge per tile, 6 tiles
+    lefts, rights = grey_cols[0::2], grey_cols[1::2]
+    assert all(r - l_ == 31 for l_, r in zip(lefts, rights))
+    gaps = [lefts[i + 1] - rights[i] - 1 for i in range(5)]
+    assert gaps[0] == gaps[1] == gaps[3] == gaps[4] > 0 and gaps[2] > gaps[0]  # frames apart, roles further
+    assert (row[[0, -1]] == 128).all(2).sum() == 2 * 6 * 32  # top and bottom edges of every tile
+
+
+def test_overview_captions_show_every_task_name_whole():
+    """The overview's caption band holds the whole task name, however long: it used to be drawn
+    on the 96-px input tile and cut at its edge (surface_normal_estimation, video_instance_...)."""
+    from lavin_data.registry import TASKS
+    from pipelines.report import _captioned, _row
+
+    img = np.full((40, 40, 3), 90, np.uint8)
+    for name in TASKS:
+        cell = _captioned(_row("k", [img], [img], 96, None), name)
+        band = cell[:18]
+        ink = np.argwhere((band < 128).all(2))
+        assert len(ink), name
+        assert ink[:, 1].max() < cell.shape[1] - 2, f"{name}: caption runs off the cell"
+        # the same text drawn alone at that size is as wide: nothing was cut off
+        probe = np.full((18, 2000, 3), 255, np.uint8)
+        scale = next(s / 1000 for s in range(400, 240, -25)
+                     if cv2.getTextSize(name, cv2.FONT_HERSHEY_SIMPLEX, s / 1000, 1)[0][0] <= cell.shape[1] - 4)
+        cv2.putText(probe, name, (2, 13), cv2.FONT_HERSHEY_SIMPLEX, scale, (0, 0, 0), 1, cv2.LINE_AA)
+        full = np.argwhere((probe < 128).all(2))
+        assert ink[:, 1].max() - ink[:, 1].min() >= full[:, 1].max() - full[:, 1].min() - 1, name
+
+
+def _summary_rows(page: str) -> dict[str, list[str]]:
+    """task -> the cells of its first summary row (task, train, val, source, ok, failed, skipped, near-black)."""
+    rows = {}
+    for m in re.finditer(r'<tr data-task="([^"]+)">(.*?)</tr>', page, re.S):
+        cells = [re.sub(r"<[^>]+>", "", c).strip() for c in re.findall(r"<td[^>]*>(.*?)</td>", m.group(2), re.S)]
+        rows.setdefault(m.group(1), cells)
+    return rows
+
+
+def test_near_black_reads_as_expected_for_drawings_on_black_and_flags_a_black_photo(build_copy):
+    spec, manifest = build_copy
+    manifest["targets"]["object_detection"]["synthetic"].update(n=10, near_black=10)
+    manifest["targets"]["colorization"]["synthetic"].update(n=10, near_black=3)
+    page = (write_report(spec, manifest)).read_text()
+    det = re.search(r'<tr data-task="object_detection">.*?</tr>', page, re.S).group(0)
+    col = re.search(r'<tr data-task="colorization">.*?</tr>', page, re.S).group(0)
+    assert "10 / 10" in det and "expected" in det and 'class="n bad"' not in det.split("10 / 10")[0][-40:]
+    assert re.search(r'<td class="n bad">3 / 10</td>', col)
+
+
+def test_split_counts_on_the_page_and_the_card_match_the_shard_indexes(build_copy):
+    """train/val per task, counted independently from the ok rows of every pair shard's index."""
+    spec, manifest = build_copy
+    out = Path(spec.output)
+    want: dict[str, Counter] = {}
+    for idx in sorted((out / "pairs").glob("*/*.parquet")):
+        t = pq.read_table(idx).to_pylist()
+        want.setdefault(idx.parent.name, Counter()).update(r["split"] for r in t if r["status"] == "ok")
+    assert any(c["val"] for c in want.values()) and any(c["train"] for c in want.values())
+    rows = _summary_rows(write_report(spec, manifest).read_text())
+    card = write_dataset_card(spec, manifest).read_text()
+    for task, c in want.items():
+        assert rows[task][1:3] == [str(c["train"]), str(c["val"])], task
+        assert f"| {task} | {c['train']} | {c['val']} |" in card
+
+
+def test_card_states_size_on_disk_index_columns_and_no_link_outside_the_repository(build_copy):
+    spec, manifest = build_copy
+    out = Path(spec.output)
+    card = write_dataset_card(spec, manifest).read_text()
+    size = sum(p.stat().st_size for p in (out / "pairs").glob("*/*") if p.suffix in (".tar", ".parquet"))
+    mib = re.search(r"\| `pairs/` \| ([\d.]+) (KiB|MiB|GiB) \|", card)
+    assert mib, card
+    factor = {"KiB": 2**10, "MiB": 2**20, "GiB": 2**30}[mib.group(2)]
+    assert abs(float(mib.group(1)) * factor - size) <= 0.05 * factor
+    columns = pq.read_schema(next((out / "pairs").glob("*/*.parquet"))).names
+    assert "split" in columns and f"`{', '.join(columns)}`" in card
+    assert "DESIGN.md" not in card
+    root = Path(__file__).resolve().parents[1]
+    docs = re.findall(r"`(docs/[\w./-]+)`", card)
+    assert docs and all((root / d).is_file() for d in docs), docs
+
+
+def test_card_load_snippet_runs_and_reads_the_pairs(build_copy):
+    """The card's Loading snippet, run as written from the build folder, reads the pairs with
+    webdataset, Hugging Face datasets and Ray Data (each count checked against the manifest)."""
+    import sys
+
+    spec, manifest = build_copy
+    out = Path(spec.output)
+    card = write_dataset_card(spec, manifest).read_text()
+    code = re.search(r"## Loading.*?```python\n(.*?)```", card, re.S).group(1)
+    task = re.search(r'pairs/([a-z_]+)/\*\.tar', code).group(1)
+    n = sum(manifest["counts"][task].values())
+    check = (f"\nassert meta['task'] == {task!r}\nassert len(ds) == {n}, len(ds)\n"
+             f"assert rds.count() == {n}\nprint('ok')\n")
+    r = subprocess.run([sys.executable, "-c", code + check], cwd=out, capture_output=True, text=True, timeout=300,
+                       env=dict(os.environ, RAY_DATA_DISABLE_PROGRESS_BARS="1"))
+    assert r.returncode == 0 and r.stdout.strip().endswith("ok"), r.stderr[-3000:]

@@ -308,7 +308,25 @@ def test_help_shows_defaults_and_the_program(capsys):
 
 
 def test_deep_nesting_is_refused_not_crashed(tmp_path):
+    """3000 nested ``[`` used to crash libyaml's recursive composer. Whichever refuses first (our
+    event-stream depth check, or libyaml >= 0.2.6's own flow-level limit), the spec is refused
+    with an error naming the file, and the CLI exits 2 without a traceback."""
+    import subprocess
+    import sys
+
     p = tmp_path / "deep.yaml"
     p.write_text("name: t\noutput: o\nz: " + "[" * 3000 + "]" * 3000 + "\n")
-    with pytest.raises(SpecError, match=r"not valid YAML: collections nested more than 100 deep at line 3"):
+    with pytest.raises(SpecError) as err:
+        load_spec(p)
+    assert str(p) in str(err.value) and "YAML" in str(err.value)
+    r = subprocess.run([sys.executable, "-m", "pipelines.build", "--spec", str(p)], capture_output=True, text=True,
+                       cwd=ROOT, timeout=120)
+    assert r.returncode == 2 and "Traceback" not in r.stderr and str(p) in r.stderr, r.stderr
+
+
+def test_our_depth_limit_refuses_what_libyaml_would_still_compose(tmp_path):
+    """150 levels: under libyaml's own limit (1000 in 0.2.6), over ours (100)."""
+    p = tmp_path / "deep.yaml"
+    p.write_text("name: t\noutput: o\nz: " + "[" * 150 + "]" * 150 + "\n")
+    with pytest.raises(SpecError, match=r"collections nested more than 100 deep at line 3"):
         load_spec(p)

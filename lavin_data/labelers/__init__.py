@@ -78,6 +78,15 @@ class Labeler:
         raise NotImplementedError
 
 
+# huggingface_hub's command line (`hf`; it replaced `huggingface-cli`, which recent releases no longer install)
+HF_DOWNLOAD = "hf download"
+
+
+def download_hint(repo: str, dest) -> str:
+    """How to put the Hub repository ``repo`` into ``dest`` on a machine with access."""
+    return f"`{HF_DOWNLOAD} {repo} --local-dir {dest}`"
+
+
 def require(spec, *modules: str, hint: str) -> None:
     """LabelerError naming the first of ``modules`` that cannot be imported, with ``hint``."""
     import importlib

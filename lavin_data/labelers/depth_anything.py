@@ -11,7 +11,16 @@ from pathlib import Path
 import numpy as np
 
 from lavin_data.devices import device_and_dtype
-from lavin_data.labelers import Labeler, LabelerError, LabelInput, fit_square, forward_batches, square_box, unfit
+from lavin_data.labelers import (
+    Labeler,
+    LabelerError,
+    LabelInput,
+    download_hint,
+    fit_square,
+    forward_batches,
+    square_box,
+    unfit,
+)
 from lavin_data.weights import weight_hash
 
 LICENCES = {"small": "Apache-2.0", "base": "CC-BY-NC-4.0", "large": "CC-BY-NC-4.0"}
@@ -44,7 +53,7 @@ class DepthAnythingV2(Labeler):
             raise LabelerError(
                 f"labeler {spec.name!r}: no weights at {p} (config.json missing). Put a copy of "
                 f"depth-anything/Depth-Anything-V2-Small-hf (or -Base/-Large) there, e.g. on a machine with "
-                f"access: `huggingface-cli download depth-anything/Depth-Anything-V2-Small-hf --local-dir {p}`")
+                f"access: {download_hint('depth-anything/Depth-Anything-V2-Small-hf', p)}")
         if not any(p.glob("*.safetensors")) and not any(p.glob("*.bin")):
             raise LabelerError(f"labeler {spec.name!r}: {p} has a config but no weight file (*.safetensors)")
         if spec.processing_size is not None and spec.processing_size % 14:

@@ -11,7 +11,15 @@ from pathlib import Path
 import numpy as np
 
 from lavin_data.devices import device_and_dtype
-from lavin_data.labelers import Labeler, LabelerError, LabelInput, group_by_size, require, unit_vectors
+from lavin_data.labelers import (
+    Labeler,
+    LabelerError,
+    LabelInput,
+    download_hint,
+    group_by_size,
+    require,
+    unit_vectors,
+)
 from lavin_data.weights import weight_hash
 
 
@@ -32,8 +40,8 @@ class MarigoldNormals(Labeler):
         if not spec.model or not (p / "model_index.json").is_file():
             raise LabelerError(
                 f"labeler {spec.name!r}: no Marigold pipeline at {p} (model_index.json missing). Put a copy of "
-                f"prs-eth/marigold-normals-v1-1 there, e.g. `huggingface-cli download prs-eth/marigold-normals-v1-1 "
-                f"--local-dir {p}` on a machine with access")
+                f"prs-eth/marigold-normals-v1-1 there, e.g. {download_hint('prs-eth/marigold-normals-v1-1', p)} "
+                "on a machine with access")
 
     def __init__(self, spec):
         super().__init__(spec)

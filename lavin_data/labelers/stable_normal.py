@@ -32,6 +32,7 @@ from lavin_data.labelers import (
     Labeler,
     LabelerError,
     LabelInput,
+    download_hint,
     fit_square,
     forward_batches,
     require,
@@ -100,8 +101,8 @@ def check_weights(spec, weights: Path) -> dict:
     if not index_file.is_file():
         raise LabelerError(
             f"labeler {spec.name!r} (stable_normal): no weights at {weights} ({index_file.name} missing). Put a copy "
-            f"of Stable-X/yoso-normal-v0-3 there, e.g. `huggingface-cli download Stable-X/yoso-normal-v0-3 "
-            f"--local-dir {weights}` on a machine with access")
+            f"of Stable-X/yoso-normal-v0-3 there, e.g. {download_hint('Stable-X/yoso-normal-v0-3', weights)} "
+            "on a machine with access")
     try:
         index = json.loads(index_file.read_text())
     except (ValueError, UnicodeDecodeError) as e:
