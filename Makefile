@@ -22,9 +22,10 @@ lint: setup
 
 # The report's browser tests need Chromium, a system package: installed only under CI=true or
 # with WITH_BROWSER=1 (scripts/install_browser.sh); otherwise those tests skip and say so.
+YES := 1 true TRUE True yes
 test: setup
 	@scripts/setup.sh dev,labelers,train
-	$(if $(or $(filter true,$(CI)),$(WITH_BROWSER)),@scripts/install_browser.sh)
+	$(if $(filter $(YES),$(CI) $(WITH_BROWSER)),@scripts/install_browser.sh)
 	$(PY) -m ruff check .
 	$(PY) -m pytest -q $(PYTEST_ARGS); rc=$$?; if [ $$rc -eq 5 ]; then echo "no tests collected"; exit 1; fi; exit $$rc
 

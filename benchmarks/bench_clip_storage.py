@@ -77,7 +77,7 @@ def build_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog="python -m benchmarks.bench_clip_storage",
                                  description=__doc__.split("\n\n")[1],
                                  formatter_class=HelpFormatter)
-    ap.add_argument("--videos", default="../shared/fixtures/videos", help="folder of .mp4/.avi videos")
+    ap.add_argument("--videos", default="tests/fixtures/videos", help="folder of .mp4/.avi videos")
     ap.add_argument("--resolution", type=int, default=256, help="square side the frames are crop-resized to")
     ap.add_argument("--frames", type=int, default=17, help="frames per clip")
     return ap

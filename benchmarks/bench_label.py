@@ -47,7 +47,7 @@ def build_parser() -> argparse.ArgumentParser:
                     help="fit every image into this square so mixed sizes share a batch (the labeler's "
                          "processing_size); unset: same-sized images only")
     ap.add_argument("--fit", choices=["pad", "resize"], default="pad", help="with --processing-size")
-    ap.add_argument("--photos", default="../shared/fixtures/photos", help="folder of .jpg photos")
+    ap.add_argument("--photos", default="tests/fixtures/photos", help="folder of .jpg photos")
     ap.add_argument("--clone", default=None, help="stable_normal: a StableNormal clone to take the pipeline from")
     ap.add_argument("--dtype", default="fp16", choices=["fp32", "fp16", "bf16"], help="model dtype on a GPU")
     return ap

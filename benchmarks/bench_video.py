@@ -61,7 +61,7 @@ def upscaled_copies(videos: Path, size: tuple[int, int], out: Path) -> Path:
 def build_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog="python -m benchmarks.bench_video", description=__doc__.split("\n\n")[1],
                                  formatter_class=HelpFormatter)
-    ap.add_argument("--videos", default="../shared/fixtures/videos", help="folder of videos")
+    ap.add_argument("--videos", default="tests/fixtures/videos", help="folder of videos")
     ap.add_argument("--frames", type=int, default=17, help="frames per clip")
     ap.add_argument("--resolution", type=int, default=256, help="square side of the output frames")
     ap.add_argument("--clips-per-video", type=int, default=8, help="clips planned per video")

@@ -124,8 +124,8 @@ def main(argv: list[str] | None = None) -> int:
                                  formatter_class=HelpFormatter)
     ap.add_argument("--output", default="out/coco-fixtures",
                     help="where manifests/coco_fixtures.yaml is built (reused when already built)")
-    ap.add_argument("--fixtures", default=os.environ.get("LAVIN_FIXTURES", "../shared/fixtures"),
-                    help="the fixtures folder (LAVIN_FIXTURES when set)")
+    ap.add_argument("--fixtures", default=os.environ.get("LAVIN_FIXTURES", "tests/fixtures"),
+                    help="the fixtures folder (LAVIN_FIXTURES when set; scripts/fetch_fixtures.sh fills it)")
     args = ap.parse_args(argv)
     from lavin_data.spec import load_spec
     from pipelines.build import build

@@ -28,7 +28,8 @@ PAIRS = [("00001_img1.ppm", "00001_img2.ppm", "00001_flow.flo"),
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m benchmarks.flow_fidelity", description=__doc__.split("\n\n")[1],
                                  formatter_class=HelpFormatter)
-    ap.add_argument("--flow", default="../shared/fixtures/flow", help="folder of the fixture images and .flo files")
+    ap.add_argument("--flow", default="tests/fixtures/flow",
+                    help="folder of the fixture images and .flo files (scripts/fetch_fixtures.sh flow)")
     args = ap.parse_args(argv)
     d = Path(args.flow)
     print(f"{'ground truth':24s} {'|flow| mean':>11s} {'render->decode EPE':>19s} "

@@ -26,8 +26,9 @@ from lavin_data import task_options as o
 ANNOTATIONS = ("depth", "normals", "segments", "instances", "keypoints", "flow", "tracks")
 # Annotations that a labeler can supply instead of the source (its ``output``).
 LABELLED = ("depth", "normals", "flow")
-# What a target shows (``produces``) where it is drawn on black: mostly black targets are expected.
-DRAWN_ON_BLACK = frozenset({"boxes", "box", "masks", "mask", "segments", "classes", "skeleton", "edges"})
+# What a target shows (``produces``) where it is a sparse drawing on black, so that a mostly black
+# target is expected. Not segment or class maps: they cover most pixels, and a black one is a failure.
+DRAWN_ON_BLACK = frozenset({"boxes", "box", "masks", "mask", "skeleton", "edges"})
 
 
 @dataclass(frozen=True)

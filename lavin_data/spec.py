@@ -678,25 +678,33 @@ def select_subset(data: dict, where: str, only_sources: list[str] | None = None,
     the labelers those tasks need (with the labelers they take depth from). What is cut is
     never read, so its ``${VAR}``s need not be set. An unknown name is a :class:`SpecError`
     listing the spec's names."""
-    if not only_sources and not only_tasks:
+    if only_sources is None and only_tasks is None:
         return data
+    for flag, wanted in (("--only-sources", only_sources), ("--only-tasks", only_tasks)):
+        if wanted is not None and not wanted:
+            raise SpecError(f"{where}: {flag} names nothing")
     sources, tasks = data.get("sources"), data.get("tasks")
-    tasks = [t for t in tasks if isinstance(t, dict)] if isinstance(tasks, list) else []
+    tasks = tasks if isinstance(tasks, list) else []
+    named = [t for t in tasks if isinstance(t, dict)]
     for flag, wanted, have in (("--only-sources", only_sources, _names(sources)),
-                               ("--only-tasks", only_tasks, [str(t.get("task")) for t in tasks])):
+                               ("--only-tasks", only_tasks, [str(t.get("task")) for t in named])):
         unknown = [w for w in wanted or [] if w not in have]
         if unknown:
             raise SpecError(f"{where}: {flag} names {', '.join(unknown)}, not in the spec "
                             f"(it has: {', '.join(dict.fromkeys(have))})")
-    kept = [t for t in tasks if (not only_sources or str(t.get("source")) in only_sources)
-            and (not only_tasks or str(t.get("task")) in only_tasks)]
-    if not kept:
-        raise SpecError(f"{where}: no task of the spec is on {', '.join(only_sources or ['any source'])} "
-                        f"and named {', '.join(only_tasks or ['anything'])}")
-    used = {str(t.get("source")) for t in kept}
+    # a malformed task entry is kept, so that validation names it as it would without a subset
+    kept = [t for t in tasks if not isinstance(t, dict) or (
+        (not only_sources or str(t.get("source")) in only_sources)
+        and (not only_tasks or str(t.get("task")) in only_tasks))]
+    found = {(str(t.get("source")), str(t.get("task"))) for t in kept if isinstance(t, dict)}
+    idle = [f"source {s} has none of the tasks" for s in only_sources or [] if s not in {a for a, _ in found}] + \
+           [f"task {t} is on none of the sources" for t in only_tasks or [] if t not in {b for _, b in found}]
+    if idle:
+        raise SpecError(f"{where}: nothing to build for part of the subset: {'; '.join(idle)}")
+    used = {a for a, _ in found}
     labelers = [lab for lab in data.get("labelers") or [] if isinstance(lab, dict)]
     by_name = {str(lab.get("name")): lab for lab in labelers}
-    need = {str(t["labeler"]) for t in kept if t.get("labeler")}
+    need = {str(t["labeler"]) for t in kept if isinstance(t, dict) and t.get("labeler")}
     frontier = list(need)
     while frontier:  # a labeler's depth_from is needed too
         dep = by_name.get(frontier.pop(), {}).get("depth_from")

@@ -1,6 +1,6 @@
 """Spec options of each task: pydantic models, validated when a spec is loaded.
 
-Defaults here are the defaults of the build; README's spec section lists them. This
+Defaults here are the defaults of the build; docs/spec.md lists them. This
 module imports pydantic only, so validating a spec pulls in no renderer and no OpenCV.
 """
 

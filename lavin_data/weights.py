@@ -74,8 +74,8 @@ def read_state_dict(path: str | os.PathLike) -> dict:
             # A training run's folder holds its weights one level down (lavin_model/train.py).
             inside = [d for d in (path / "model", path / "checkpoints")
                       if (d / "latest").is_file() or any(d.glob("*.safetensors"))]
-            hint = (" (a training run's folder? give " + " or ".join(str(d) for d in inside) +
-                    ": model/ holds the exported EMA weights)") if inside else ""
+            ema = ": model/ holds the exported EMA weights" if path / "model" in inside else ""
+            hint = f" (a training run's folder? give {' or '.join(map(str, inside))}{ema})" if inside else ""
             raise CheckpointError(f"{path}: no *.safetensors or *.bin weights in this folder{hint}")
         sd: dict = {}
         for f in files:

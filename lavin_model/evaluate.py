@@ -506,17 +506,21 @@ def evaluate_task(task: str, refs: list[PairRef], all_refs: dict[str, list[PairR
     return out
 
 
-def y_limits(values: list[float | None]) -> tuple[float, float] | None:
+def y_limits(values: list[float | None], higher_is_better: bool = True) -> tuple[float, float] | None:
     """Y-axis limits for a metric's values: from 0 for a non-negative metric (every metric here
-    but the few that can go negative), else the values' range widened to at least 20 % of their
-    magnitude, so that a difference in the 5th digit does not fill the plot as if it were a
-    trend. None when no value is finite."""
+    but the few that can go negative) up to 1 for a score in [0, 1] (δ1, SSIM, IoU), else to
+    10 % over the largest value (an error such as AbsRel or MSE: halving it stays visible);
+    a metric that goes negative gets its range widened to at least 20 % of its magnitude. So a
+    difference in the 5th digit never fills the plot as if it were a trend. None when no value
+    is finite."""
     v = [x for x in values if x is not None and math.isfinite(x)]
     if not v:
         return None
     lo, hi = min(v), max(v)
-    if lo >= 0:  # a metric in [0, 1] (δ1, SSIM, IoU, ...) on its whole range
-        return 0.0, 1.0 if hi <= 1.0 else hi * 1.1
+    if lo >= 0:
+        if higher_is_better and hi <= 1.0:
+            return 0.0, 1.0
+        return 0.0, hi * 1.1 if hi > 0 else 1.0
     pad = max(hi - lo, 0.2 * max(abs(lo), abs(hi)), 1e-6) * 0.55
     mid = (lo + hi) / 2
     return mid - pad, mid + pad
@@ -551,7 +555,7 @@ def figure(results: dict[str, dict]):
             ax.plot([int(n) for n in ns], [np.nan if y is None else y for y in ys], "o-")
             ax.set_xticks([int(n) for n in ns])
             ax.set_xlabel("context pairs N")
-            lim = y_limits(ys)
+            lim = y_limits(ys, r["higher_is_better"])
             if lim is not None:
                 ax.set_ylim(*lim)
             ax.ticklabel_format(axis="y", useOffset=False)
@@ -567,7 +571,7 @@ def figure(results: dict[str, dict]):
                    color=["tab:green", "tab:orange", "tab:grey"])
             ax.set_xticks(range(3), names, fontsize=7)
             ax.set_title(f"probe: {r['main_metric']} {arrow}", fontsize=9)
-            lim = y_limits(vals)
+            lim = y_limits(vals, r["higher_is_better"])
             if lim is not None:
                 ax.set_ylim(*lim)
             ax.ticklabel_format(axis="y", useOffset=False)

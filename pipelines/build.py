@@ -533,7 +533,8 @@ def write_manifest(spec: Spec) -> dict:
 
 
 def _comma(value: str | None) -> list[str] | None:
-    return [v.strip() for v in value.split(",") if v.strip()] if value else None
+    """``"a, b"`` -> ["a", "b"]; None when the option was not given ("" gives [], an error later)."""
+    return None if value is None else [v.strip() for v in value.split(",") if v.strip()]
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -741,7 +741,9 @@ def render_card(spec: Spec, manifest: dict, reasons: Reasons) -> str:
     lines.append("`pairs/` is what training needs; `base/` (decoded source items) and `labels/` (pseudo-label "
                  "sidecars) serve re-rendering and resuming and can be deleted once the build is final.")
 
-    example = next((t for t in tasks if (manifest.get("counts") or {}).get(t)), tasks[0] if tasks else "TASK")
+    counts_of = manifest.get("counts") or {}
+    example = next((t for t in tasks if sum(n for n in (counts_of.get(t) or {}).values() if isinstance(n, int))),
+                   tasks[0] if tasks else "TASK")
     lines += ["", "## Loading", "",
               "Plain tar shards: any WebDataset reader works. From the folder holding this card:", "",
               LOAD_SNIPPET.format(root=".", task=_md(example))]

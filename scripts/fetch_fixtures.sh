@@ -12,7 +12,9 @@
 # Needs curl and the network (raw.githubusercontent.com). Tests that need an absent sample skip,
 # naming this script; under CI=true they fail.
 set -euo pipefail
-cd "$(dirname "$0")/.."
+self="$(cd "$(dirname "$0")" && pwd)/$(basename "$0")"
+here=$PWD
+cd "$(dirname "$self")/.."
 dest=tests/fixtures
 
 # folder | owner/repo@commit | licence | "local=remote" paths (remote relative to the repository)
@@ -31,9 +33,11 @@ list=0
 want=()
 while [ $# -gt 0 ]; do
     case "$1" in
-        --from) mirror="${2:?--from needs a folder}"; shift 2 ;;
+        --from) mirror="${2:?--from needs a folder}"; shift 2
+                case "$mirror" in /*) ;; *) mirror="$here/$mirror" ;; esac
+                [ -d "$mirror" ] || { echo "fetch_fixtures: --from $mirror: no such folder" >&2; exit 2; } ;;
         --list) list=1; shift ;;
-        -h|--help) sed -n '2,14p' "$0"; exit 0 ;;
+        -h|--help) sed -n '2,14p' "$self"; exit 0 ;;
         -*) echo "fetch_fixtures: unknown option $1 (see --help)" >&2; exit 2 ;;
         *) want+=("$1"); shift ;;
     esac

@@ -2,16 +2,17 @@
 
     python scripts/readme_figures.py                      # the test count only (pytest --collect-only)
     make test PYTEST_ARGS=--junitxml=/tmp/suite.xml       # then, with the run's own figures:
-    python scripts/readme_figures.py --junit /tmp/suite.xml --where "a fresh clone, ../shared beside it"
+    python scripts/readme_figures.py --junit /tmp/suite.xml --where "a fresh clone, 2 cores"
 
 The figures live between ``<!-- figures:tests -->`` and ``<!-- /figures:tests -->``;
-tests/test_readme_figures.py checks that the count there is the suite's.
+tests/test_standalone.py checks that the count there is the suite's.
 """
 
 from __future__ import annotations
 
 import argparse
 import datetime as dt
+import os
 import re
 import subprocess
 import sys
@@ -53,7 +54,7 @@ def junit_figures(path: Path) -> dict:
 def block(count: int, run: dict | None, where: str) -> str:
     lines = [BEGIN, f"`make test` runs {count} tests."]
     if run is not None:
-        lines.append(f"Measured on {run['date']} ({where}, 2 cores): {run['passed']} passed, {run['failed']} failed, "
+        lines.append(f"Measured on {run['date']} ({where}): {run['passed']} passed, {run['failed']} failed, "
                      f"{run['skipped']} skipped in {run['seconds'] / 60:.1f} minutes.")
     lines.append(END)
     return "\n".join(lines)
@@ -63,7 +64,7 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--readme", type=Path, default=ROOT / "README.md")
     ap.add_argument("--junit", type=Path, help="a pytest --junitxml file of a whole-suite run")
-    ap.add_argument("--where", default="a fresh clone", help="what the measured run ran on")
+    ap.add_argument("--where", default=f"a fresh clone, {os.cpu_count()} cores", help="what the measured run ran on")
     a = ap.parse_args(argv)
     text = a.readme.read_text()
     if BEGIN not in text or END not in text:

@@ -33,6 +33,7 @@ has_nvidia_driver() { command -v nvidia-smi >/dev/null 2>&1 || [ -e /proc/driver
 
 pins=$(mktemp)
 trap 'rm -f "$pins"' EXIT
+torch_deps=""
 case ",$extras," in
   *,labelers,*|*,train,*)
     if have=$($py -c 'import torch; print(torch.__version__.split("+")[0])' 2>/dev/null); then
@@ -59,11 +60,23 @@ case ",$extras," in
         fi
         have="$want"
     fi
-    echo "setup: torch $($py -c 'import torch; print(torch.__version__, "(CPU build)" if torch.version.cuda is None else f"(CUDA {torch.version.cuda} build)")')"
-    # Pin it so that no dependency's resolver swaps it for the registry's newest build.
+    built=$($py -c 'import torch; print(torch.__version__, "(CPU build)" if torch.version.cuda is None else f"(CUDA {torch.version.cuda} build)")')
+    echo "setup: torch $built"
+    # Pin it so that no dependency's resolver swaps it for the registry's newest build, and leave
+    # torch's own dependencies to it: a kept torch (2.5, say) may need another sympy than ours.
     echo "torch==$have" >"$pins"
+    torch_deps=$($py -c 'import importlib.metadata as m, re; print(" ".join(re.split(r"[ ;<>=!~\[(]", r, maxsplit=1)[0].lower().replace("_", "-") for r in m.requires("torch") or [] if "extra ==" not in r))')
     ;;
 esac
+
+if [ -n "${torch_deps:-}" ] && [ "$constraints" != /dev/null ]; then
+    kept=$(mktemp)
+    trap 'rm -f "$pins" "$kept"' EXIT
+    # constraints.txt without the packages torch itself pins (names compared case- and _/- blind)
+    awk -v deps=" $torch_deps " '{ n = tolower($0); sub(/[=<>!~ ].*/, "", n); gsub(/_/, "-", n) }
+        n == "" || index(deps, " " n " ") == 0' "$constraints" >"$kept"
+    constraints=$kept
+fi
 
 $py -m pip install -q -c "$pins" -c "$constraints" -e ".[${extras}]"
 touch "$stamp"
