@@ -147,7 +147,7 @@ def screenshot(page: Path, tmp: Path) -> np.ndarray:
 
 def first_targets(spec: Spec, n_tasks: int) -> list[tuple[str, np.ndarray]]:
     """The target of the first ok pair of the first ``n_tasks`` tasks, straight from the
-    shards, at the overview's tile size (BGR, as the screenshot is)."""
+    shards, at the overview's tile size less its 1 px frame (BGR, as the screenshot is)."""
     out = []
     for t in spec.tasks:
         for tar in sorted((Path(spec.output) / "pairs" / t.task).glob(f"{t.source}-[0-9]*.tar")):
@@ -157,6 +157,7 @@ def first_targets(spec: Spec, n_tasks: int) -> list[tuple[str, np.ndarray]]:
             m = sample[1]
             name = "target.png" if "target.png" in m else sorted(k for k in m if k.startswith("target_"))[0]
             tgt = cv2.resize(decode_image(m[name]), (OVERVIEW_TILE, OVERVIEW_TILE), interpolation=cv2.INTER_AREA)
+            tgt = tgt[1:-1, 1:-1]  # the sheets frame each tile with a grey line: match inside it
             if tgt.std() > 8:  # a near-uniform target would match any flat area
                 out.append((t.task, cv2.cvtColor(tgt, cv2.COLOR_RGB2BGR)))
             break

@@ -5,6 +5,7 @@ video lists with start/end times."""
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import av
 import cv2
@@ -163,3 +164,89 @@ def test_avi_clips_keep_a_prefix_or_fall_back_to_lossless_frames(monkeypatch):
             frames, meta = base_frames(it["item_id"], members)
             assert all(np.array_equal(f, every[i]) for f, i in zip(frames, meta["frame_indices"], strict=True))
     assert kinds == ["video.avi", "video.avi", "video.avi", "frame_000.png"]  # the 2nd clip ends past 60
+
+
+# --------------------------------------------------------------------------- on data the test makes
+
+
+def _palette_png(path: Path, ids: np.ndarray) -> None:
+    """A DAVIS-2017-style palette PNG whose pixel values are the object ids."""
+    from PIL import Image
+
+    im = Image.fromarray(ids.astype(np.uint8), mode="P")
+    im.putpalette([0, 0, 0, 128, 0, 0, 0, 128, 0, 128, 128, 0] + [0] * (256 * 3 - 12))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    im.save(path)
+
+
+def test_davis_reader_on_a_generated_sequence_gives_the_written_ids_frame_by_frame(tmp_path):
+    """Frames 0..5 of a made-up sequence, masks on frames 0, 2 and 3 (ids 1 and 2, 255 void):
+    each read clip holds exactly those ids on its annotated frames and background elsewhere."""
+    rng = np.random.default_rng(0)
+    h, w = 24, 32
+    masks = {}
+    for i in range(6):
+        img = rng.integers(0, 256, (h, w, 3), np.uint8)
+        p = tmp_path / "davis" / "images" / "seq" / f"{i:05d}.jpg"
+        p.parent.mkdir(parents=True, exist_ok=True)
+        cv2.imwrite(str(p), img)
+        if i in (0, 2, 3):
+            ids = np.zeros((h, w), np.uint8)
+            ids[2 + i:10 + i, 3:12] = 1
+            ids[14:20, 20 - i:28 - i] = 2
+            ids[0, :] = 255  # void: background in the tracks
+            masks[i] = ids
+            _palette_png(tmp_path / "davis" / "masks" / "seq" / f"{i:05d}.png", ids)
+    src = source(kind="davis", root=str(tmp_path / "davis"), clip_frames=5)
+    davis_reader.check(src)
+    (item,) = davis_reader.plan(src)
+    assert json.loads(item["frame_indices"]) == [0, 1, 2, 3, 4] and json.loads(item["objects"]) == [1, 2]
+    s = davis_reader.read(src, item, 0, {})
+    assert s.tracks.shape == (5, h, w) and s.meta["annotated"] == [True, False, True, True, False]
+    for t in range(5):
+        want = np.where(masks[t] == 255, 0, masks[t]) if t in masks else np.zeros((h, w))
+        assert np.array_equal(s.tracks[t], want), t
+    assert [d for _ext, d in s.frame_files] == [(tmp_path / "davis" / "images" / "seq" / f"{i:05d}.jpg").read_bytes()
+                                                 for i in range(5)]
+    only = davis_reader.plan(source(kind="davis", root=str(tmp_path / "davis"), clip_frames=1,
+                                    clips_per_sequence=8, missing_annotations="annotated_only"))
+    assert [json.loads(i["frame_indices"]) for i in only] == [[0], [2], [3]]
+
+
+def test_youtube_vis_reader_on_generated_frames_and_rle_masks(tmp_path):
+    """Made-up frames and per-frame RLE masks (one object only on every third frame): the tracks equal
+    the masks written, object by object."""
+    rng = np.random.default_rng(1)
+    h, w = 20, 28
+    names = [f"v/{i:05d}.jpg" for i in range(10)]
+    for n in names:
+        p = tmp_path / "JPEGImages" / n
+        p.parent.mkdir(parents=True, exist_ok=True)
+        cv2.imwrite(str(p), rng.integers(0, 256, (h, w, 3), np.uint8))
+    a = np.zeros((10, h, w), np.uint8)
+    b = np.zeros((10, h, w), np.uint8)
+    for i in range(10):
+        a[i, 2:8, 1 + i:9 + i] = 1
+        b[i, 12:18, 15:25] = 1
+
+    def rle(m):
+        r = mask_utils.encode(np.asfortranarray(m))
+        return {"size": r["size"], "counts": r["counts"].decode()}
+
+    ann = {"videos": [{"id": 1, "width": w, "height": h, "length": 10, "file_names": names}],
+           "annotations": [{"id": 4, "video_id": 1, "category_id": 1, "iscrowd": 0,
+                            "segmentations": [rle(a[i]) for i in range(10)]},
+                           {"id": 6, "video_id": 1, "category_id": 1, "iscrowd": 0,
+                            "segmentations": [rle(b[i]) if i % 3 == 0 else None for i in range(10)]}],
+           "categories": [{"id": 1, "name": "thing"}]}
+    (tmp_path / "instances.json").write_text(json.dumps(ann))
+    src = source(kind="youtube_vis", images=str(tmp_path / "JPEGImages"), annotations=str(tmp_path / "instances.json"),
+                 clip_frames=5, clips_per_video=2)
+    youtube_vis_reader.check(src)
+    items = youtube_vis_reader.plan(src)
+    assert [json.loads(i["frame_indices"]) for i in items] == [[0, 1, 2, 3, 4], [5, 6, 7, 8, 9]]
+    s = youtube_vis_reader.read(src, items[1], 0, {})  # the second clip: frame index != position
+    assert [o["id"] for o in s.meta["objects"]] == [4, 6]
+    for t, i in enumerate(range(5, 10)):
+        want = np.where(b[i] & (i % 3 == 0), 6, np.where(a[i], 4, 0))
+        assert np.array_equal(s.tracks[t], want), t
