@@ -1,4 +1,4 @@
-"""The task registry: one declarative row per task of DESIGN.md §4.
+"""The task registry: one declarative row per task of docs/design.md (Task conventions).
 
 Each row says what the task works on (``frames``: single images or clips), which
 annotations of a view its renderer reads (``consumes``; the image itself is always there),
@@ -22,7 +22,7 @@ from pydantic import BaseModel
 
 from lavin_data import task_options as o
 
-# What a view can carry besides its image (DESIGN.md §3, base sample members).
+# What a view can carry besides its image (docs/format.md, base sample members).
 ANNOTATIONS = ("depth", "normals", "segments", "instances", "keypoints", "flow", "tracks")
 # Annotations that a labeler can supply instead of the source (its ``output``).
 LABELLED = ("depth", "normals", "flow")

@@ -1,6 +1,6 @@
 """The shard format: a deterministic tar, a parquet index and a stats file written last.
 
-One shard is one unit of work, of resume and of commit (DESIGN.md §2). The tar is
+One shard is one unit of work, of resume and of commit (docs/design.md, Stages over shards). The tar is
 streamed to a temporary name as samples come and renamed into place; the index, the
 timing file and then the stats file follow, so a shard whose stats file exists is complete
 and a re-run skips it (if its tar and index still have the sizes the stats record; the stats

@@ -1,5 +1,5 @@
 """The LaVin-DiT spatio-temporal VAE: ``diffusers.AutoencoderKLCogVideoX`` in the released
-configuration (DESIGN.md §6), with frame batching disabled so that clips are encoded whole,
+configuration (docs/design.md, The released models), with frame batching disabled so that clips are encoded whole,
 and LaVin's latent normalisation ``z_norm = (z - SHIFT) * SCALE``.
 
 Shapes: pixels (B, 3, T, H, W) in [-1, 1] with T = 1 (an image) or 1 + 4k (a clip);
@@ -67,7 +67,7 @@ def build_stvae(config: dict | None = None, checkpoint: str | os.PathLike | None
                 f"{result.missing_keys[:5]}, {len(result.unexpected_keys)} unexpected key(s) "
                 f"{result.unexpected_keys[:5]}")
     # Encode and decode clips whole: the released encoder is reproduced only without the
-    # class's frame batching (DESIGN.md §6).
+    # class's frame batching (docs/design.md, The released models).
     vae.num_sample_frames_batch_size = 1 << 30
     vae.num_latent_frames_batch_size = 1 << 30
     vae.disable_tiling()

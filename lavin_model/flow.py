@@ -1,4 +1,4 @@
-"""Rectified flow for J-DiT (DESIGN.md §6).
+"""Rectified flow for J-DiT (docs/design.md, The released models).
 
 x_t = t·x1 + (1−t)·x0 with x1 the data latent and x0 Gaussian noise; the model predicts the
 velocity v = x1 − x0; t = sigmoid(N(0, 1)); loss = MSE + 0.1·L1. Sampling integrates from

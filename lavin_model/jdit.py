@@ -1,4 +1,4 @@
-"""J-DiT: the Joint Diffusion Transformer of LaVin-DiT (DESIGN.md §6), in one file.
+"""J-DiT: the Joint Diffusion Transformer of LaVin-DiT (docs/design.md, The released models), in one file.
 
 Two token streams share every attention layer: the *condition* stream (the clean context
 pairs and the query input) and the *target* stream (the noisy latent to denoise). Each

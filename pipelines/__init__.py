@@ -1,1 +1,1 @@
-"""Ray Data pipelines: plan -> ingest base shards -> render pair shards (DESIGN.md §2)."""
+"""Ray Data pipelines: plan -> ingest base shards -> render pair shards (docs/design.md, Stages over shards)."""

@@ -1,4 +1,4 @@
-"""Where every output of a build lives (DESIGN.md §3)."""
+"""Where every output of a build lives (docs/format.md)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Value-level checks of the J-DiT and rectified-flow conventions (DESIGN.md §6).
+"""Value-level checks of the J-DiT and rectified-flow conventions (docs/design.md, The released models).
 
 Every expected value here is computed independently of ``lavin_model``: hand numbers, or a
 reference written from torch primitives that only *reads* the model's parameters (its own

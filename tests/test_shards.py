@@ -1,4 +1,4 @@
-"""The shard writer streams to disk and still writes the byte-reproducible tar of DESIGN.md §2;
+"""The shard writer streams to disk and still writes the byte-reproducible tar of docs/design.md (Stages over shards);
 the shard reader gives random access by key without loading the shard."""
 
 from __future__ import annotations

@@ -309,3 +309,28 @@ def test_every_shipped_manifest_parses_on_a_bare_clone(monkeypatch):
         if path.name.endswith("_fixtures.yaml"):
             roots = [str(getattr(s, f, "")) for s in spec.sources for f in ("root", "images") if getattr(s, f, None)]
             assert roots and all(r.startswith("tests/fixtures/") for r in roots), roots
+
+
+def test_every_docs_pointer_and_markdown_link_resolves_inside_the_repository():
+    """Code, specs, scripts and docs point only at files the repository has: every `docs/<page>.md`
+    named anywhere, every relative Markdown link of README.md and docs/, and no brief that lives
+    outside it (DESIGN.md)."""
+    import re
+
+    roots = ["lavin_data", "lavin_model", "pipelines", "benchmarks", "scripts", "manifests", "docs", "tests"]
+    files = [ROOT / "README.md", ROOT / "Makefile", ROOT / "pyproject.toml"] + [
+        p for r in roots for p in (ROOT / r).rglob("*") if p.suffix in (".py", ".md", ".yaml", ".sh")
+        and "fixtures" not in p.parts]
+    bad = []
+    for f in files:
+        text = f.read_text()
+        for ref in re.findall(r"(?<![\w/.])docs/[\w./-]+?\.md", text):
+            if not (ROOT / ref).is_file():
+                bad.append(f"{f.relative_to(ROOT)}: {ref}")
+        if f.suffix == ".md":
+            for link in re.findall(r"\]\(([^)\s#]+)(?:#[^)]*)?\)", text):
+                if "://" not in link and not (f.parent / link).resolve().exists():
+                    bad.append(f"{f.relative_to(ROOT)}: link {link}")
+        if "DESIGN.md" in text and f.name not in ("test_standalone.py", "test_report.py"):
+            bad.append(f"{f.relative_to(ROOT)}: DESIGN.md")
+    assert bad == []
