@@ -4,7 +4,7 @@ SPEC ?= manifests/demo.yaml
 OUT ?=
 NUM_CPUS ?=
 
-.PHONY: setup demo pipeline test lint bench
+.PHONY: setup demo pipeline test test-fast lint bench
 
 setup:
 	@scripts/setup.sh dev
@@ -28,6 +28,13 @@ test: setup
 	$(if $(filter $(YES),$(CI) $(WITH_BROWSER)),@scripts/install_browser.sh)
 	$(PY) -m ruff check .
 	$(PY) -m pytest -q $(PYTEST_ARGS); rc=$$?; if [ $$rc -eq 5 ]; then echo "no tests collected"; exit 1; fi; exit $$rc
+
+# The suite without the tests marked slow (builds, training, subprocesses): a few minutes, for
+# the edit-test loop. `make test` (and CI) runs everything.
+test-fast: setup
+	@scripts/setup.sh dev,labelers,train
+	$(PY) -m ruff check .
+	$(PY) -m pytest -q -m "not slow" $(PYTEST_ARGS)
 
 bench: setup
 	$(PY) -m benchmarks.bench_build

@@ -36,6 +36,21 @@ def decode_image(data: bytes, what: str = "image") -> np.ndarray:
     return arr
 
 
+def to_rgb_uint8(img: np.ndarray) -> np.ndarray:
+    """A decoded image for a person or the model: grey (H, W) or (H, W, 1), RGB or RGBA, uint8
+    or 16-bit -> (H, W, 3) uint8 RGB, grey repeated, alpha dropped, 16-bit scaled (0 -> 0,
+    65535 -> 255, rounded) so that infer, evaluate and the report show the same levels."""
+    if img.ndim == 2:
+        img = img[..., None]
+    if img.shape[2] == 1:
+        img = np.repeat(img, 3, axis=2)
+    img = img[..., :3]
+    if img.dtype != np.uint8:
+        top = np.iinfo(img.dtype).max if np.issubdtype(img.dtype, np.integer) else 255
+        img = np.clip(np.rint(img.astype(np.float64) * (255.0 / max(1, top))), 0, 255).astype(np.uint8)
+    return np.ascontiguousarray(img)
+
+
 def encode_npy(arr: np.ndarray) -> bytes:
     buf = io.BytesIO()
     np.save(buf, np.ascontiguousarray(arr), allow_pickle=False)

@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Annotated, Any, Literal, get_args
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from lavin_data.registry import TASKS, task_options_model
 
@@ -65,6 +65,10 @@ def _clip_frames(v: int) -> int:
     return clip_length(v)
 
 
+# Frames per clip of a video source: 1 or 1 + 4k, the lengths the ST-VAE encodes whole.
+ClipFrames = Annotated[int, AfterValidator(_clip_frames)]
+
+
 class SyntheticSource(_SourceBase):
     """Procedural ray-cast scenes with exact depth, normals and instances (no download)."""
 
@@ -73,16 +77,11 @@ class SyntheticSource(_SourceBase):
     image_size: tuple[int, int] = Field((320, 240), description="(width, height) of the rendered scene")
     fov_deg: float = Field(60.0, gt=10, lt=150, description="horizontal field of view")
     max_objects: int = Field(6, ge=1, le=32)
-    clip_frames: int = Field(1, description="1: still scenes (image tasks); 1+4k: clips with camera and object "
+    clip_frames: ClipFrames = Field(1, description="1: still scenes (image tasks); 1+4k: clips with camera and object "
                                             "motion and exact flow (video tasks)")
     camera_speed: float = Field(0.04, ge=0, description="clips: camera translation, up to m/frame")
     object_speed: float = Field(0.03, ge=0, description="clips: object motion on the floor, up to m/frame")
     licence: str | None = "CC0-1.0 (procedurally generated)"
-
-    @field_validator("clip_frames")
-    @classmethod
-    def _clip(cls, v: int) -> int:
-        return _clip_frames(v)
 
 
 class CocoSource(_SourceBase):
@@ -220,7 +219,7 @@ class VideoFolderSource(_SourceBase):
     file_list: str | None = Field(None, description="CSV / JSON / parquet of videos: path[, start, end] "
                                                      "(seconds); instead of walking root")
     extensions: list[str] = Field([".mp4", ".avi", ".mkv", ".mov", ".webm", ".m4v"], description="when walking root")
-    clip_frames: int = Field(9, description="frames per clip: 1 or 1+4k (9, 17, 33 decode exactly)")
+    clip_frames: ClipFrames = Field(9, description="frames per clip: 1 or 1+4k (9, 17, 33 decode exactly)")
     frame_stride: int = Field(1, ge=1, description="source frames between clip frames")
     fps: float | None = Field(None, gt=0, description="instead of frame_stride: clip frames 1/fps seconds apart "
                                                       "(the nearest source frames)")
@@ -229,11 +228,6 @@ class VideoFolderSource(_SourceBase):
     seed: int = Field(0, description="with clip_starts: random")
     min_frames: int = Field(1, ge=1, description="videos with fewer frames are skipped (recorded)")
     licence: str | None = None
-
-    @field_validator("clip_frames")
-    @classmethod
-    def _clip(cls, v: int) -> int:
-        return _clip_frames(v)
 
     @model_validator(mode="after")
     def _stride_or_fps(self) -> VideoFolderSource:
@@ -249,18 +243,13 @@ class DavisSource(_SourceBase):
     root: str
     resolution: str = Field("480p", description="subfolder of JPEGImages / Annotations in the official layout")
     split: str | None = Field(None, description="ImageSets/<year>/<split>.txt lists the sequences (e.g. 2017/train)")
-    clip_frames: int = Field(9, description="frames per clip: 1 or 1+4k")
+    clip_frames: ClipFrames = Field(9, description="frames per clip: 1 or 1+4k")
     frame_stride: int = Field(1, ge=1)
     clips_per_sequence: int = Field(1, ge=1)
     missing_annotations: Literal["skip_clip", "annotated_only"] = Field(
         "skip_clip", description="skip_clip: clips are consecutive frames, and a clip with a frame lacking its mask is "
                                  "skipped for mask tasks; annotated_only: clips are cut from the annotated frames")
     licence: str | None = "DAVIS: research use (see the dataset's terms)"
-
-    @field_validator("clip_frames")
-    @classmethod
-    def _clip(cls, v: int) -> int:
-        return _clip_frames(v)
 
 
 class YouTubeVisSource(_SourceBase):
@@ -269,15 +258,10 @@ class YouTubeVisSource(_SourceBase):
     kind: Literal["youtube_vis"]
     images: str = Field(description="the JPEGImages folder the json's file_names are relative to")
     annotations: str = Field(description="instances.json")
-    clip_frames: int = Field(9, description="frames per clip (annotated frames): 1 or 1+4k")
+    clip_frames: ClipFrames = Field(9, description="frames per clip (annotated frames): 1 or 1+4k")
     frame_stride: int = Field(1, ge=1, description="annotated frames between clip frames")
     clips_per_video: int = Field(1, ge=1)
     licence: str | None = "YouTube-VIS: CC BY 4.0 annotations; videos: YouTube terms"
-
-    @field_validator("clip_frames")
-    @classmethod
-    def _clip(cls, v: int) -> int:
-        return _clip_frames(v)
 
 
 class SavSource(_SourceBase):
@@ -286,14 +270,9 @@ class SavSource(_SourceBase):
     kind: Literal["sav"]
     root: str
     annotation_fps: float = Field(6.0, gt=0, description="rate of the annotated frames (SA-V: 6, videos 24)")
-    clip_frames: int = Field(9, description="frames per clip (annotated frames): 1 or 1+4k")
+    clip_frames: ClipFrames = Field(9, description="frames per clip (annotated frames): 1 or 1+4k")
     clips_per_video: int = Field(1, ge=1)
     licence: str | None = "SA-V: CC BY 4.0"
-
-    @field_validator("clip_frames")
-    @classmethod
-    def _clip(cls, v: int) -> int:
-        return _clip_frames(v)
 
 
 class FlowSource(_SourceBase):
@@ -303,15 +282,10 @@ class FlowSource(_SourceBase):
     root: str
     format: Literal["flyingchairs", "sintel", "flo_pairs"] = "flyingchairs"
     pass_: Literal["clean", "final"] = Field("clean", alias="pass", description="sintel: the rendering pass")
-    clip_frames: int = Field(5, description="pairs are clips of 1+4k frames, the second frame held")
+    clip_frames: ClipFrames = Field(5, description="pairs are clips of 1+4k frames, the second frame held")
     licence: str | None = "see the dataset's terms (FlyingChairs, Sintel: research use)"
 
     model_config = ConfigDict(extra="forbid", populate_by_name=True)
-    @field_validator("clip_frames")
-    @classmethod
-    def _clip(cls, v: int) -> int:
-        return _clip_frames(v)
-
 
 Source = Annotated[
     SyntheticSource | CocoSource | NyuSource | DenseFolderSource | ImageFolderSource | HFDatasetSource

@@ -47,7 +47,7 @@ import cv2
 import numpy as np
 
 from lavin_data.cli import HelpFormatter
-from lavin_data.codecs import decode_image, decode_npy
+from lavin_data.codecs import decode_image, decode_npy, to_rgb_uint8
 from lavin_data.registry import TASKS
 from lavin_data.render import COCO_SKELETON, PALETTE, decode_depth, decode_keypoints, decode_normals, grey
 from lavin_data.render.dense import to_disparity
@@ -55,7 +55,7 @@ from lavin_data.rng import sample_rng
 from lavin_data.shards import ShardReader, build_pairs_folder, shard_done
 from lavin_data.split import pair_split
 from lavin_model import metrics as M
-from lavin_model.infer import resolve_resolution, resolve_vae, squash, to_rgb_uint8, training_record
+from lavin_model.infer import resolve_resolution, resolve_vae, squash, training_record
 
 PCK_ALPHA = 0.05  # a keypoint is correct within 5 % of the image's longer side
 RESTORATION = ("denoise", "derain", "deblur_motion", "deblur_glass", "low_light", "inpainting")

@@ -29,7 +29,7 @@ import cv2
 import numpy as np
 
 from lavin_data.cli import HelpFormatter
-from lavin_data.codecs import decode_image
+from lavin_data.codecs import decode_image, to_rgb_uint8
 from lavin_data.geometry import plan_resize
 
 IMAGE_EXTS = (".png", ".jpg", ".jpeg")
@@ -54,16 +54,6 @@ def template_pairs(folder: str | Path) -> list[tuple[Path, Path]]:
                 f"e.g. --examples {folder / tasks[0]}") if tasks else ""
         raise ValueError(f"{folder}: no <id>_input.png + <id>_target.png pairs{hint}")
     return pairs
-
-
-def to_rgb_uint8(img: np.ndarray) -> np.ndarray:
-    """A decoded image (grey, RGB or RGBA; uint8 or 16-bit) -> (H, W, 3) uint8 RGB."""
-    if img.ndim == 2:
-        img = np.repeat(img[..., None], 3, axis=2)
-    img = img[..., :3]
-    if img.dtype != np.uint8:
-        img = (img / max(1, np.iinfo(img.dtype).max) * 255).round().astype(np.uint8)
-    return img
 
 
 def squash(img: np.ndarray, res: int) -> np.ndarray:

@@ -33,7 +33,7 @@ import numpy as np
 import pyarrow.parquet as pq
 
 from lavin_data.cli import HelpFormatter
-from lavin_data.codecs import decode_image
+from lavin_data.codecs import decode_image, to_rgb_uint8
 from lavin_data.registry import TASKS
 from lavin_data.shards import INDEX_SCHEMA, atomic_write, error_code, index_path, iter_tar_samples, shard_done
 from lavin_data.spec import Spec
@@ -149,25 +149,12 @@ def reason_table(out: Path, manifest: dict) -> Reasons:
 # --------------------------------------------------------------------------- contact sheets
 
 
-def _rgb8(img: np.ndarray) -> np.ndarray:
-    """Any decoded member -> (H, W, 3) uint8: grey is repeated, 16-bit scaled to 8."""
-    if img.dtype == np.uint16:
-        img = (img >> 8).astype(np.uint8)
-    elif img.dtype != np.uint8:
-        img = np.clip(img, 0, 255).astype(np.uint8)
-    if img.ndim == 2:
-        img = img[..., None]
-    if img.shape[2] == 1:
-        img = np.repeat(img, 3, axis=2)
-    return np.ascontiguousarray(img[..., :3])
-
-
 def _frames(m: dict[str, bytes], role: str) -> list[np.ndarray]:
     """The first, middle and last frames of a clip's ``role`` members, or its one image."""
     names = sorted(k for k in m if re.fullmatch(rf"{role}(_\d+)?\.(png|jpg)", k))
     if len(names) > 1:
         names = [names[0], names[len(names) // 2], names[-1]]
-    return [_rgb8(decode_image(m[k], k)) for k in names]
+    return [to_rgb_uint8(decode_image(m[k], k)) for k in names]
 
 
 LABEL_FONT = (cv2.FONT_HERSHEY_SIMPLEX, 0.4)  # face, scale

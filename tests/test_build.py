@@ -90,6 +90,7 @@ def test_pair_samples_are_well_formed(demo_build):
             break
 
 
+@pytest.mark.slow
 def test_rerun_does_no_work_and_rebuilds_exactly_a_deleted_shard(ray_session, demo_build, tmp_path):
     spec0, _ = demo_build
     spec = small_demo_spec(tmp_path / "b")

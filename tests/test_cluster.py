@@ -44,6 +44,8 @@ import yaml
 from pipelines.build import build
 from tests.conftest import ROOT
 
+pytestmark = pytest.mark.slow  # a Ray job server and a killed node: make test-fast leaves it out
+
 BIN = Path(sys.executable).parent  # the environment the tests run in: `python` and `ray` for the cluster
 MARK = "LAVIN_TEST_RAY_CLUSTER"  # environment variable that tags every process of our cluster
 START_TIMEOUT = 300  # seconds; generous: CI machines are shared

@@ -52,7 +52,8 @@ import yaml
 
 from tests.conftest import ROOT
 
-pytestmark = pytest.mark.skipif(sys.platform != "linux", reason="kills sessions found through /proc and pidfds")
+pytestmark = [pytest.mark.slow,
+              pytest.mark.skipif(sys.platform != "linux", reason="kills sessions found through /proc and pidfds")]
 
 SEED = int(os.environ.get("LAVIN_CRASH_SEED", "0"))
 NUM_CPUS = "2"

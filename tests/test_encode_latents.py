@@ -31,6 +31,7 @@ def _run(pixels, out, vae, *extra) -> int:
                  "--vae-config", json.dumps(TINY), "--batch-size", "4", *extra])
 
 
+@pytest.mark.slow
 def test_latent_shards_mirror_pair_shards_and_resume(ray_session, demo_build, tmp_path):
     spec, _ = demo_build
     pixels, out, vae = Path(spec.output) / "pairs", tmp_path / "lat", _vae(tmp_path)
@@ -55,6 +56,7 @@ def test_latent_shards_mirror_pair_shards_and_resume(ray_session, demo_build, tm
     assert {p: p.stat().st_mtime_ns for p in out.rglob("*.tar")} == mtimes
 
 
+@pytest.mark.slow
 def test_a_corrupt_pair_is_recorded_and_the_rest_encoded(ray_session, demo_build, tmp_path):
     spec, _ = demo_build
     src = Path(spec.output) / "pairs" / "colorization" / "synthetic-000000.tar"
@@ -188,6 +190,7 @@ def test_a_latent_base_or_task_folder_as_pixels_is_exit_2(demo_build, tmp_path, 
     assert not (tmp_path / "lat").exists()
 
 
+@pytest.mark.slow
 def test_the_build_folder_encodes_like_its_pairs_folder(ray_session, demo_build, tmp_path, capsys):
     build, vae = tmp_path / "build", _vae(tmp_path)
     pairs = _pairs(demo_build, build / "pairs")

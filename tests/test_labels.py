@@ -181,6 +181,7 @@ def _ci() -> bool:
     return os.environ.get("CI", "").lower() == "true"
 
 
+@pytest.mark.slow
 def test_depth_anything_and_normals_label_real_photos_end_to_end(ray_session, tmp_path):
     model = tiny_depth_anything(tmp_path / "da2-tiny")
     spec = parse_spec({
@@ -297,6 +298,7 @@ def test_hf_dataset_source(ray_session, tmp_path, layout):
         build(bad, **quiet)
 
 
+@pytest.mark.slow
 def test_marigold_normals_label_real_photos_end_to_end(ray_session, tmp_path):
     pytest.importorskip("diffusers") if not _ci() else None
     from lavin_data.testing import tiny_marigold_normals

@@ -18,6 +18,7 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 SCRIPT = ROOT / "scripts" / "pipeline.sh"
 pytest.importorskip("deepspeed")
+pytestmark = pytest.mark.slow  # minutes: make test-fast leaves them out
 
 
 def _between_markers(text: str) -> list[str]:

@@ -356,6 +356,7 @@ def _cli(spec: Path) -> subprocess.CompletedProcess:
                           capture_output=True, text=True, timeout=300)
 
 
+@pytest.mark.slow
 def test_cli_exit_codes(tmp_path):
     """Through a real process: 2 for a bad spec (resolution, a reversed range), 3 for a
     build whose one task wrote nothing (every target blank), 0 once it has pairs."""

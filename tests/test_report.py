@@ -547,6 +547,7 @@ def test_card_states_size_on_disk_index_columns_and_no_link_outside_the_reposito
     assert docs and all((root / d).is_file() for d in docs), docs
 
 
+@pytest.mark.slow
 def test_card_load_snippet_runs_and_reads_the_pairs(build_copy):
     """The card's Loading snippet, run as written from the build folder, reads the pairs with
     webdataset, Hugging Face datasets and Ray Data (each count checked against the manifest)."""

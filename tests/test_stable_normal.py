@@ -95,6 +95,7 @@ def _reference_pipeline(weights: Path, clone: Path):
 # --------------------------------------------------------------------------- StableNormal
 
 
+@pytest.mark.slow
 def test_stable_normal_equals_the_clones_pipeline_run_image_by_image(sn, photos, tmp_path):
     """Batched labelling of same-sized images gives, per image, what the clone's own pipeline
     gives for it alone, with x negated (StableNormal's x points left, ours right) and no other
@@ -280,6 +281,7 @@ def test_depth_processing_size_must_fit_the_patches(da2, tmp_path):
 # --------------------------------------------------------------------------- end to end
 
 
+@pytest.mark.slow
 def test_build_labels_fixture_photos_with_stable_normal_and_depth(ray_session, sn, da2, photos, tmp_path):
     """A build over the fixture photos with stable_normal + Depth-Anything (both at a fixed
     processing size) writes normal and depth sidecars and pairs; the sidecar normals are the

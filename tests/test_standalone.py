@@ -23,6 +23,7 @@ def _script(name: str):
     return mod
 
 
+@pytest.mark.slow
 def test_readme_states_the_suites_own_test_count():
     """The README's count is the suite's (pytest --collect-only, counted independently here)."""
     figures = _script("readme_figures")
@@ -229,6 +230,7 @@ def test_ray_noise_filter_drops_only_the_two_deliberate_warnings():
     assert f.filter(rec("Task failed: ValueError"))
 
 
+@pytest.mark.slow
 def test_a_build_prints_no_ray_noise(tmp_path):
     spec = tmp_path / "s.yaml"
     spec.write_text(yaml.safe_dump({"name": "q", "output": str(tmp_path / "o"), "resolution": 64, "shard_size": 4,
@@ -334,3 +336,23 @@ def test_every_docs_pointer_and_markdown_link_resolves_inside_the_repository():
         if "DESIGN.md" in text and f.name not in ("test_standalone.py", "test_report.py"):
             bad.append(f"{f.relative_to(ROOT)}: DESIGN.md")
     assert bad == []
+
+
+def test_one_display_conversion_for_16_bit_images_everywhere():
+    """infer, evaluate and the report share one 16-bit -> 8-bit conversion (scaled and rounded:
+    the report used to shift: 65280 -> 255 shifted, 254 scaled)."""
+    import numpy as np
+
+    import lavin_model.evaluate as ev
+    import lavin_model.infer as inf
+    import pipelines.report as rep
+    from lavin_data.codecs import to_rgb_uint8
+
+    assert inf.to_rgb_uint8 is to_rgb_uint8 and ev.to_rgb_uint8 is to_rgb_uint8 and rep.to_rgb_uint8 is to_rgb_uint8
+    v = np.array([[0, 257, 32896, 65280, 65535]], np.uint16)
+    want = np.rint(v.astype(np.float64) * 255 / 65535).astype(np.uint8)
+    got = to_rgb_uint8(v)
+    assert got.shape == (1, 5, 3) and (got == want[..., None]).all() and got[0, 3, 0] == 254
+    rgba = np.zeros((2, 2, 4), np.uint8)
+    rgba[..., 0], rgba[..., 3] = 7, 99
+    assert (to_rgb_uint8(rgba) == [7, 0, 0]).all()

@@ -24,6 +24,7 @@ from lavin_data.testing import synthetic_latent_shards
 ROOT = Path(__file__).resolve().parents[1]
 TINY_VAE = {"block_out_channels": [32, 64, 64, 64], "layers_per_block": 1}
 pytest.importorskip("deepspeed")
+pytestmark = pytest.mark.slow  # minutes: make test-fast leaves them out
 
 
 def _env() -> dict:
