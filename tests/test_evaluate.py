@@ -508,6 +508,7 @@ def test_end_to_end_on_an_nyu_build(ray_session, tiny_checkpoint, tmp_path, caps
     assert (tmp_path / "ev" / "metrics.png").exists()
 
 
+@pytest.mark.slow
 def test_end_to_end_on_a_small_demo_build(ray_session, tiny_checkpoint, tmp_path, capsys):
     import yaml
 

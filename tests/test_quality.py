@@ -329,6 +329,7 @@ def test_a_build_where_every_sample_failed_exits_3(ray_session, tmp_path, capsys
     assert manifest["reasons"]["colorization"]["f"] == {"error": {"ValueError": 3}, "skipped": {}}
 
 
+@pytest.mark.slow
 def test_a_task_with_only_skips_and_a_failure_rate_over_the_threshold_exit_3(ray_session, tmp_path):
     root = _folder(tmp_path, 3, 0, flat=True)
     spec = _folder_spec(tmp_path, root, ["colorization", "edge_detection"])

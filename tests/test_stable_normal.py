@@ -230,6 +230,7 @@ def test_square_fit_puts_the_image_in_the_middle_and_maps_back():
     assert np.all(np.diff(back[:, 0]) >= 0)  # top stays top
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("kind", ["depth_anything_v2", "stable_normal"])
 def test_fixed_size_batches_mixed_sizes_like_one_at_a_time(kind, sn, da2, photos, tmp_path):
     """The four fixture photos (four sizes) in one forward at processing_size give what each

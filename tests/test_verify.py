@@ -179,6 +179,7 @@ def test_a_deleted_member_is_found(demo_build, tmp_path, folder, suffix, expecte
     assert all(p.startswith(f"{rel}: ") for p in problems), problems
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("damage", ["delete", "truncate"])
 def test_a_deleted_or_truncated_tar_is_found_and_a_rerun_rebuilds_it(ray_session, demo_build, tmp_path, capsys,
                                                                      damage):
