@@ -168,7 +168,7 @@ def plan_source(spec: Spec, source: str) -> Plan:
         return table, True
     src = spec.source(source)
     reader = reader_for(src.kind)
-    if hasattr(reader, "plan_table"):
+    if reader.columnar:
         return _plan_columns(spec, src, reader), False
     items = reader.plan(src)
     if not items:  # a wrong layout or an empty folder: say so here, not as an empty-table error later
@@ -177,11 +177,10 @@ def plan_source(spec: Spec, source: str) -> Plan:
         raise no_items_error(src, reader)
     if src.limit is not None:
         items = items[: src.limit]
-    own = getattr(reader, "own_split", lambda _src, _item: None)
     rows = []
     for i, it in enumerate(items):
         key = sample_key(source, it["item_id"])
-        split = assign_split(key, src.val_fraction, src.holdout, own(src, it))
+        split = assign_split(key, src.val_fraction, src.holdout, reader.own_split(src, it))
         rows.append(dict(it, key=key, shard=i // spec.shard_size, split=split))
     return rows, False
 
@@ -201,7 +200,7 @@ def _plan_columns(spec: Spec, src, reader) -> pa.Table:
         items = items.slice(0, src.limit)
     n = items.num_rows
     # A columnar reader's own split is one for all its items (hf_dataset: the dataset's split).
-    own = getattr(reader, "own_split_of_all", lambda _src: None)(src)
+    own = reader.own_split_of_all(src)
     keys, splits = [], []
     for a in range(0, n, _CHUNK_ROWS):
         ks = [sample_key(src.name, i) for i in items.column("item_id").slice(a, _CHUNK_ROWS).to_pylist()]

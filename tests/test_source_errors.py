@@ -421,3 +421,27 @@ def test_video_folder_skips_short_videos_with_a_code(tmp_path):
                                                "frame_prediction"))
     assert item["skip"] == "short.mp4: 3 frames < min_frames 4" and item["skip_code"] == "min_frames"
 
+
+
+def test_reader_supplies_the_defaults_a_module_leaves_out_and_delegates_the_rest(monkeypatch):
+    """One place for a reader's optional parts: no caller probes a module with hasattr."""
+    from types import ModuleType
+
+    from lavin_data.sources import Reader, reader_for
+
+    bare = ModuleType("bare")
+    bare.plan = lambda src: [{"item_id": "a"}]
+    r = Reader(bare)
+    assert r.source_meta(None) == {} and r.own_split(None, {}) is None and r.own_split_of_all(None) is None
+    assert not r.columnar and r.layout == "see the reader's documentation" and r.plan(None) == [{"item_id": "a"}]
+    full = ModuleType("full")
+    full.source_meta, full.own_split = (lambda src: {"k": 1}), (lambda src, item: "val")
+    full.own_split_of_all, full.plan_table, full.LAYOUT = (lambda src: "val"), (lambda src: None), "root/x.jpg"
+    r = Reader(full)
+    assert r.source_meta(None) == {"k": 1} and r.own_split(None, {}) == "val" and r.own_split_of_all(None) == "val"
+    assert r.columnar and r.layout == "root/x.jpg"
+    assert reader_for("image_folder").columnar and not reader_for("coco").columnar
+    monkeypatch.setattr(coco_reader, "plan", lambda src: ["patched"])  # tests patch modules: seen through it
+    assert reader_for("coco").plan(None) == ["patched"]
+    with pytest.raises(AttributeError):
+        Reader(bare).read  # noqa: B018 - a required function a module lacks is an AttributeError

@@ -15,10 +15,16 @@ A reader has:
   empty plan stops the build with :func:`no_items_error`;
 - ``LAYOUT``: one or two lines saying what files and folders the reader expects, quoted
   when a source plans nothing;
-- ``source_meta(src)`` -> dict every item needs (computed once in the driver);
 - ``read(src, item, seed, source_meta)`` -> :class:`~lavin_data.base.BaseSample` (arrays
   and metadata; the ingest stage encodes them). It raises :class:`SkipItem` for an item
-  that has nothing to contribute and any other exception for one that is broken.
+  that has nothing to contribute and any other exception for one that is broken;
+
+and may have (:class:`Reader` supplies the default where it does not):
+
+- ``source_meta(src)`` -> dict every item needs, computed once in the driver (default ``{}``);
+- ``own_split(src, item)`` -> ``"val"`` where the source itself holds the item out (default None);
+- ``plan_table(src)`` -> a pyarrow Table instead of ``plan``'s list, for sources of millions
+  of items, with ``own_split_of_all(src)``: one split for all of them (default None).
 """
 
 from __future__ import annotations
@@ -57,14 +63,46 @@ _SEARCHED_FIELDS = ("root", "path", "images", "instances", "keypoints", "panopti
 _FILTER_FIELDS = ("file_list", "split_file", "split", "format", "extensions", "categories")
 
 
-def no_items_error(src, reader: ModuleType) -> SourceError:
+class Reader:
+    """A source kind's reader: its module's functions, and the defaults for what a module may
+    leave out, so that callers never probe a module for what it has."""
+
+    def __init__(self, module: ModuleType):
+        self.module = module
+
+    def __getattr__(self, name: str):  # check, frames, provides, plan, plan_table, read
+        return getattr(self.module, name)
+
+    @property
+    def columnar(self) -> bool:
+        """Whether the reader plans a pyarrow Table (``plan_table``) rather than a list."""
+        return hasattr(self.module, "plan_table")
+
+    @property
+    def layout(self) -> str:
+        return getattr(self.module, "LAYOUT", None) or "see the reader's documentation"
+
+    def source_meta(self, src) -> dict:
+        fn = getattr(self.module, "source_meta", None)
+        return fn(src) if fn is not None else {}
+
+    def own_split(self, src, item: dict) -> str | None:
+        fn = getattr(self.module, "own_split", None)
+        return fn(src, item) if fn is not None else None
+
+    def own_split_of_all(self, src) -> str | None:
+        fn = getattr(self.module, "own_split_of_all", None)
+        return fn(src) if fn is not None else None
+
+
+def no_items_error(src, reader: Reader) -> SourceError:
     """The error for a source whose plan is empty (wrong folder layout, empty folder, a filter
     that leaves nothing): names the source, its kind, where it looked, the filters set, and
     the layout the reader expects (its module's ``LAYOUT``)."""
     fields = src.model_dump()
     searched = [f"{f} {fields[f]}" for f in _SEARCHED_FIELDS if fields.get(f)]
     filters = [f"{f} {fields[f]!r}" for f in _FILTER_FIELDS if fields.get(f)]
-    layout = getattr(reader, "LAYOUT", None) or "see the reader's documentation"
+    layout = reader.layout
     return SourceError(
         f"source {src.name!r} (kind {src.kind}): no items found in {', '.join(searched) or 'the source'}"
         + (f" (with {', '.join(filters)})" if filters else "") + f". Expected layout: {layout}")
@@ -96,7 +134,7 @@ def check_pixels(width: int, height: int, max_pixels: int, what: str) -> None:
                          f"{max_pixels} (raise the source's max_image_pixels to read it)")
 
 
-def reader_for(kind: str) -> ModuleType:
+def reader_for(kind: str) -> Reader:
     from lavin_data.sources import (
         coco_reader,
         davis_reader,
@@ -120,4 +158,4 @@ def reader_for(kind: str) -> ModuleType:
             f"source kind {kind!r} is part of the spec format but its reader is not built yet "
             f"(available: {', '.join(sorted(readers))})"
         )
-    return readers[kind]
+    return Reader(readers[kind])

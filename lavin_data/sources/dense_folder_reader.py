@@ -217,9 +217,6 @@ def plan(src) -> list[dict]:
     return items
 
 
-def source_meta(src) -> dict:
-    return {}
-
 
 def _load_image(path: Path, max_pixels: int) -> tuple[np.ndarray, bytes, bool]:
     from PIL import Image

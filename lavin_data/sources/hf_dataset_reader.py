@@ -173,9 +173,6 @@ def plan_table(src) -> pa.Table:
     return pa.table({"item_id": pc.utf8_lpad(pc.cast(rows, pa.string()), 8, "0"), "row": rows})
 
 
-def source_meta(src) -> dict:
-    return {}
-
 
 def read(src, item: dict, seed: int, source_meta: dict) -> BaseSample:
     ds = _open(src.path, src.split, src.image_column)

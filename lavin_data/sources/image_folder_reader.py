@@ -206,9 +206,6 @@ def load_rgb(data: bytes, name: str, max_pixels: int) -> tuple[np.ndarray, bool]
     return np.asarray(im.convert("RGB")), plain
 
 
-def source_meta(src) -> dict:
-    return {}
-
 
 def read(src, item: dict, seed: int, source_meta: dict) -> BaseSample:
     planned_problem(item)

@@ -158,9 +158,6 @@ def _normals_for(src, rgb_name: str) -> Path | None:
     return None
 
 
-def source_meta(src) -> dict:
-    return {}
-
 
 def read(src, item: dict, seed: int, source_meta: dict) -> BaseSample:
     meta = {"source": src.name, "item_id": item["item_id"], "licence": src.licence, "depth_kind": "depth",

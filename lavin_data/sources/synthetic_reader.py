@@ -29,9 +29,6 @@ def plan(src) -> list[dict]:
     return [{"item_id": f"{i:06d}"} for i in range(src.num_items)]
 
 
-def source_meta(src) -> dict:
-    return {}
-
 
 def read(src, item: dict, seed: int, source_meta: dict) -> BaseSample:
     # Scenes depend on the spec seed and the item index only, not on the source's name.

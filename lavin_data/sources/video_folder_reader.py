@@ -123,9 +123,6 @@ def plan(src) -> list[dict]:
     return items
 
 
-def source_meta(src) -> dict:
-    return {}
-
 
 def read(src, item: dict, seed: int, source_meta: dict) -> BaseSample:
     planned_problem(item)
