@@ -1,8 +1,16 @@
-"""What every command line of the project shares: its ``--help`` formatter."""
+"""What every command line of the project shares: its ``--help`` formatter and its error line."""
 
 from __future__ import annotations
 
 import argparse
+import sys
+
+
+def fail(message: object, code: int = 2) -> int:
+    """Print ``error: <message>`` on stderr, the one line a command gives for a user's mistake
+    (no traceback), and return the exit status ``code`` (2: bad input; 3: a quality gate)."""
+    print(f"error: {message}", file=sys.stderr, flush=True)
+    return code
 
 
 class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):

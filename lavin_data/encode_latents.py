@@ -30,7 +30,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from lavin_data.cli import HelpFormatter
+from lavin_data.cli import HelpFormatter, fail
 from lavin_data.codecs import decode_image, encode_npy
 from lavin_data.geometry import plan_resize
 from lavin_data.output_lock import OutputLock, OutputLockError, os_problem
@@ -331,29 +331,23 @@ def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     pixels, out = Path(args.pixels), Path(args.out)
     if args.resolution < 16 or args.resolution % 16:  # latents of R/8 that J-DiT's 2x2 patches tile
-        print(f"error: --resolution must be a positive multiple of 16 (the ST-VAE's 8 x J-DiT's patch 2), got "
-              f"{args.resolution}", file=sys.stderr)
-        return 2
+        return fail(f"--resolution must be a positive multiple of 16 (the ST-VAE's 8 x J-DiT's patch 2), got "
+                    f"{args.resolution}")
     if not pixels.is_dir():
-        print(f"error: {pixels}: no such pairs folder", file=sys.stderr)
-        return 2
+        return fail(f"{pixels}: no such pairs folder")
     try:
         vae_config = json.loads(args.vae_config) if args.vae_config else None
     except ValueError as e:
-        print(f"error: --vae-config is not JSON: {e}", file=sys.stderr)
-        return 2
+        return fail(f"--vae-config is not JSON: {e}")
     if args.vae is None and vae_config is None:
-        print("error: give --vae (a checkpoint) or --vae-config (random weights, for tests)", file=sys.stderr)
-        return 2
+        return fail("give --vae (a checkpoint) or --vae-config (random weights, for tests)")
     if args.vae and not Path(args.vae).exists():
-        print(f"error: {args.vae}: VAE checkpoint not found", file=sys.stderr)
-        return 2
+        return fail(f"{args.vae}: VAE checkpoint not found")
     if args.num_gpus > 0:
         import torch
 
         if not torch.cuda.is_available():
-            print(f"error: --num-gpus {args.num_gpus} but no CUDA device is visible to torch", file=sys.stderr)
-            return 2
+            return fail(f"--num-gpus {args.num_gpus} but no CUDA device is visible to torch")
     tasks = [t.strip() for t in args.tasks.split(",") if t.strip()] if args.tasks else None
     # The outermost folder this run creates (the lock makes --out and its missing parents).
     fresh = next((d for d in reversed([out, *out.parents]) if not d.exists()), None)
@@ -370,15 +364,12 @@ def main(argv: list[str] | None = None) -> int:
             except PixelsError as e:
                 if fresh is not None:  # leave no empty output folder behind a mistyped command
                     _remove_fresh_output(out, fresh)
-                print(f"error: {e}", file=sys.stderr)
-                return 2
+                return fail(e)
             return _encode(args, pairs, out, rows, vae_config)
     except OutputLockError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+        return fail(e)
     except OSError as e:  # a full disk, a read-only or foreign folder
-        print(f"error: {os_problem(e, str(out))}", file=sys.stderr)
-        return 2
+        return fail(os_problem(e, str(out)))
 
 
 def _remove_fresh_output(out: Path, created: Path) -> None:

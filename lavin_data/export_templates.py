@@ -44,7 +44,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from lavin_data.cli import HelpFormatter
+from lavin_data.cli import HelpFormatter, fail
 from lavin_data.shards import build_pairs_folder, check_key, read_stats, shard_done, stats_path
 from lavin_data.split import SPLITS, pair_split, split_count
 
@@ -393,8 +393,7 @@ def main(argv: list[str] | None = None) -> int:
         export(args.pairs, args.out, tasks, args.split, args.count, args.seed, with_json=not args.no_json,
                note=lambda line: print(f"note: {line}", file=sys.stderr))
     except (ExportError, OSError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+        return fail(e)
     return 0
 
 

@@ -50,7 +50,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from lavin_data.cli import HelpFormatter
+from lavin_data.cli import HelpFormatter, fail
 from lavin_data.codecs import decode_image
 from lavin_data.shards import HashingFile, ShardReader, index_path, stats_path
 
@@ -674,8 +674,7 @@ def main(argv: list[str] | None = None) -> int:
         res = check(args.out, check_images=not args.quick, progress=lambda line: print(line, file=sys.stderr,
                                                                                       flush=True))
     except NotAnOutput as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+        return fail(e)
     for note in res.notes:
         print(f"note: {note}", file=sys.stderr)
     what = f"{res.shards} shards, {res.samples} samples checked" + (" (images not decoded: --quick)"

@@ -36,7 +36,6 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import sys
 import tarfile
 import time
 from collections.abc import Callable
@@ -46,7 +45,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from lavin_data.cli import HelpFormatter
+from lavin_data.cli import HelpFormatter, fail
 from lavin_data.codecs import decode_image, decode_npy, to_rgb_uint8
 from lavin_data.registry import TASKS
 from lavin_data.render import COCO_SKELETON, PALETTE, decode_depth, decode_keypoints, decode_normals, grey
@@ -748,8 +747,7 @@ def main(argv: list[str] | None = None) -> int:
             raise EvalError(f"--steps must be at least 2 (time points from noise to data), got {args.steps}")
         run(args)
     except (EvalError, OSError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+        return fail(e)
     return 0
 
 

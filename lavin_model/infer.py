@@ -28,7 +28,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from lavin_data.cli import HelpFormatter
+from lavin_data.cli import HelpFormatter, fail
 from lavin_data.codecs import decode_image, to_rgb_uint8
 from lavin_data.geometry import plan_resize
 
@@ -211,8 +211,7 @@ def main(argv: list[str] | None = None) -> int:
         examples = [(read_square(a, args.resolution)[0], read_square(b, args.resolution)[0]) for a, b in pairs]
         squares, sizes = zip(*(read_square(q, args.resolution) for q in queries))
     except (OSError, ValueError, CheckpointError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+        return fail(e)
     preds = predict(model, vae, examples, list(squares), args.steps, args.cfg_scale, args.seed, device)
     out = Path(args.out)
     many = len(queries) > 1 or out.suffix.lower() != ".png"

@@ -39,7 +39,7 @@ from pathlib import Path
 if __package__ in (None, ""):  # run as a script by the deepspeed launcher
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from lavin_data.cli import HelpFormatter
+from lavin_data.cli import HelpFormatter, fail
 from lavin_data.weights import EMA_FILE  # noqa: E402 - after the path set-up above
 
 DEFAULT_CONFIG = Path(__file__).with_name("ds_zero2.json")
@@ -550,8 +550,7 @@ def cli() -> int:
     try:
         main()
     except (LatentDataError, CheckpointError) as e:
-        print(f"error: {error_message(e)}", file=sys.stderr, flush=True)
-        return 2
+        return fail(error_message(e))
     except KeyboardInterrupt:  # a second SIGINT/SIGTERM (the first saves a checkpoint and ends cleanly)
         print("[train] stopped without a checkpoint", file=sys.stderr, flush=True)
         return 130

@@ -28,7 +28,7 @@ import pyarrow.parquet as pq
 
 from lavin_data import __version__
 from lavin_data.base import BASE_FORMAT
-from lavin_data.cli import HelpFormatter
+from lavin_data.cli import HelpFormatter, fail
 from lavin_data.labelers import LabelerError, labeler_class
 from lavin_data.output_lock import OutputLock, OutputLockError, os_problem
 from lavin_data.ray_session import ensure_ray
@@ -560,14 +560,11 @@ def main(argv: list[str] | None = None) -> int:
             print(f"[build] output {args.output} (--output; the spec's output: field is not used)")
         manifest = build(spec, args.num_cpus)
     except QualityError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 3
+        return fail(e, 3)
     except (SpecError, BuildError, SourceError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+        return fail(e)
     except OSError as e:  # the machine said no: a full disk, a read-only or foreign folder
-        print(f"error: {os_problem(e, spec.output if spec else None)}", file=sys.stderr)
-        return 2
+        return fail(os_problem(e, spec.output if spec else None))
     total = sum(sum(v.values()) for v in manifest["counts"].values())
     failed = sum(sum(v.values()) for v in manifest["failures"].values())
     print(f"[build] done: {total} pairs in {len(manifest['counts'])} tasks, {failed} failed, "

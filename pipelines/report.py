@@ -32,7 +32,7 @@ import cv2
 import numpy as np
 import pyarrow.parquet as pq
 
-from lavin_data.cli import HelpFormatter
+from lavin_data.cli import HelpFormatter, fail
 from lavin_data.codecs import decode_image, to_rgb_uint8
 from lavin_data.registry import TASKS
 from lavin_data.shards import INDEX_SCHEMA, atomic_write, error_code, index_path, iter_tar_samples, shard_done
@@ -841,8 +841,7 @@ def main(argv: list[str] | None = None) -> int:
         print(write_report(spec, manifest, args.per_task))
         print(write_dataset_card(spec, manifest))
     except ReportError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+        return fail(e)
     return 0
 
 
