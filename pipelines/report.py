@@ -639,14 +639,17 @@ rds = ray.data.read_webdataset(sorted(glob.glob("{root}/pairs/{task}/*.tar")))
 
 
 def render_card(spec: Spec, manifest: dict, reasons: Reasons) -> str:
-    """The dataset card (Markdown) as a string."""
-    from lavin_data.labelers import LabelerError, labeler_class
+    """The dataset card (Markdown) as a string: one function per section."""
+    tasks = _tasks(manifest, spec)
+    sections = [_card_summary(spec, manifest, tasks), _card_sources(spec, manifest), _card_labelers(spec, manifest),
+                _card_contents(spec, manifest), _card_splits_size_loading(spec, manifest, tasks),
+                _card_reasons(spec, reasons), _card_format(), _card_caveats(spec)]
+    return "\n".join(line for section in sections for line in section) + "\n"
 
-    out = Path(spec.output)
-    counts = manifest.get("counts", {})
+
+def _card_summary(spec: Spec, manifest: dict, tasks: list[str]) -> list[str]:
     versions = manifest.get("versions", {})
     n_ok, n_fail, n_skip = (_total(manifest, k) for k in ("counts", "failures", "skipped"))
-    tasks = _tasks(manifest, spec)
     lines = [
         f"# {_md(spec.name)}: dataset card", "",
         f"Input/target pairs for training in-context vision generalists (LaVin-DiT style): every task is posed as "
@@ -664,16 +667,28 @@ def render_card(spec: Spec, manifest: dict, reasons: Reasons) -> str:
         f"| shard size | {spec.shard_size} source items per shard |",
         f"| formats | natural inputs JPEG q{spec.formats.input_jpeg_quality} 4:4:4; rendered images and targets PNG |",
         "| software | " + ", ".join(f"{_md(k)} {_md(v)}" for k, v in sorted(versions.items())) + " |",
-        "", "## Sources", "",
-        "Pairs derived from a source item are subject to that source's terms.", "",
-        "| source | kind | pairs | licence |", "|---|---|---:|---|",
     ]
+    return lines
+
+
+def _card_sources(spec: Spec, manifest: dict) -> list[str]:
+    counts = manifest.get("counts", {})
+    lines = ["", "## Sources", "",
+             "Pairs derived from a source item are subject to that source's terms.", "",
+             "| source | kind | pairs | licence |", "|---|---|---:|---|"]
     for src in spec.sources:
         n = sum(v.get(src.name, 0) for v in counts.values() if isinstance(v.get(src.name, 0), int))
         lic = _md(src.licence) if src.licence else \
             "**licence not stated** \u2014 set `licence:` on the source in the spec"
         lines.append(f"| `{_md(src.name)}` | {_md(src.kind)} | {n} | {lic} |")
+    return lines
 
+
+def _card_labelers(spec: Spec, manifest: dict) -> list[str]:
+    from lavin_data.labelers import LabelerError, labeler_class
+
+    out = Path(spec.output)
+    lines: list[str] = []
     lines += ["", "## Labelers (pseudo-labels)", ""]
     if not spec.labelers:
         lines.append("None: every target is rendered from the sources' own annotations, measurements or procedural "
@@ -701,7 +716,12 @@ def render_card(spec: Spec, manifest: dict, reasons: Reasons) -> str:
             n = (manifest.get("labels") or {}).get(lab.name, {}).get(lab.source, DASH)
             lines.append(f"| `{_md(lab.name)}` | {_md(lab.kind)} | `{_md(lab.source)}` | "
                          f"{_md(model) if model else DASH} | {wh} | {_md(lic)} | {_md(n)} |")
+    return lines
 
+
+def _card_contents(spec: Spec, manifest: dict) -> list[str]:
+    n_ok, n_fail, n_skip = (_total(manifest, k) for k in ("counts", "failures", "skipped"))
+    lines: list[str] = []
     lines += ["", "## Contents", "", "| task | source | labeler | pairs | failed | skipped |",
               "|---|---|---|---:|---:|---:|"]
     for t in spec.tasks:
@@ -709,7 +729,12 @@ def render_card(spec: Spec, manifest: dict, reasons: Reasons) -> str:
         lines.append(f"| {_md(t.task)} | `{_md(t.source)}` | {_md(t.labeler) if t.labeler else DASH} | "
                      f"{_md(c[0])} | {_md(c[1])} | {_md(c[2])} |")
     lines.append(f"| **total** | | | **{n_ok}** | **{n_fail}** | **{n_skip}** |")
+    return lines
 
+
+def _card_splits_size_loading(spec: Spec, manifest: dict, tasks: list[str]) -> list[str]:
+    out = Path(spec.output)
+    lines: list[str] = []
     lines += ["", "## Splits", "",
               "Every source item is in one split (`train` or `val`), kept by every pair made from it; the split "
               "is in each pair's json and in the shard indexes.", "",
@@ -734,7 +759,11 @@ def render_card(spec: Spec, manifest: dict, reasons: Reasons) -> str:
     lines += ["", "## Loading", "",
               "Plain tar shards: any WebDataset reader works. From the folder holding this card:", "",
               LOAD_SNIPPET.format(root=".", task=_md(example))]
+    return lines
 
+
+def _card_reasons(spec: Spec, reasons: Reasons) -> list[str]:
+    lines: list[str] = []
     lines += ["", "## Failures and skips by reason", ""]
     rows = [(t.task, t.source, st, code, r.count) for t in spec.tasks
             for (st, code), r in reasons.rows.get((t.task, t.source), {}).items()]
@@ -750,8 +779,11 @@ def render_card(spec: Spec, manifest: dict, reasons: Reasons) -> str:
         lines += ["", "**Shard indexes that could not be read** (their examples, and their counts where "
                   "`manifest.json` has no `reasons`, are missing above):", ""]
         lines += [f"- {_md(m)}" for m in reasons.unreadable]
+    return lines
 
-    lines += [
+
+def _card_format() -> list[str]:
+    return [
         "", "## Format", "",
         "- `pairs/<task>/<source>-NNNNNN.tar`: WebDataset shards, one sample per pair, key "
         "`<source>_<item id>[_<variant>]`. Members: `input.jpg` (natural images, degraded photos) or `input.png` "
@@ -764,8 +796,11 @@ def render_card(spec: Spec, manifest: dict, reasons: Reasons) -> str:
         "- `manifest.json`: the spec, its hash, software versions, counts per task and source, and the shard list.",
         "- The full format is documented in the lavin-data repository: `docs/format.md` (output layout, pair, "
         "base and latent samples) and `docs/spec.md` (the spec).",
-        "", "## Known caveats", "",
     ]
+
+
+def _card_caveats(spec: Spec) -> list[str]:
+    lines = ["", "## Known caveats", ""]
     labelled = [t for t in spec.tasks if t.labeler]
     if labelled:
         lines.append("- **Pseudo-labels are model predictions, not ground truth.** The targets of "
@@ -790,7 +825,7 @@ def render_card(spec: Spec, manifest: dict, reasons: Reasons) -> str:
     if any(s.kind == "synthetic" for s in spec.sources):
         lines.append("- Synthetic sources are procedurally generated ray-cast scenes: exact labels, but a domain "
                      "gap to real photographs.")
-    return "\n".join(lines) + "\n"
+    return lines
 
 
 def write_dataset_card(spec: Spec, manifest: dict) -> Path:
