@@ -37,7 +37,7 @@ while [ $# -gt 0 ]; do
                 case "$mirror" in /*) ;; *) mirror="$here/$mirror" ;; esac
                 [ -d "$mirror" ] || { echo "fetch_fixtures: --from $mirror: no such folder" >&2; exit 2; } ;;
         --list) list=1; shift ;;
-        -h|--help) sed -n '2,14p' "$self"; exit 0 ;;
+        -h|--help) sed -n '2,13p' "$self"; exit 0 ;;
         -*) echo "fetch_fixtures: unknown option $1 (see --help)" >&2; exit 2 ;;
         *) want+=("$1"); shift ;;
     esac
