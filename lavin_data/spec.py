@@ -25,6 +25,7 @@ import yaml
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from lavin_data.registry import TASKS, task_options_model
+from lavin_data.task_options import clip_length
 
 NAME_RE = r"^[a-z][a-z0-9-]*$"  # source names go into sample keys: no dots, no underscores
 
@@ -59,14 +60,8 @@ class _SourceBase(_Strict):
                             "val_fraction only; val: every item is val")
 
 
-def _clip_frames(v: int) -> int:
-    from lavin_data.task_options import clip_length
-
-    return clip_length(v)
-
-
 # Frames per clip of a video source: 1 or 1 + 4k, the lengths the ST-VAE encodes whole.
-ClipFrames = Annotated[int, AfterValidator(_clip_frames)]
+ClipFrames = Annotated[int, AfterValidator(clip_length)]
 
 
 class SyntheticSource(_SourceBase):

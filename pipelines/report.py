@@ -35,7 +35,15 @@ import pyarrow.parquet as pq
 from lavin_data.cli import HelpFormatter, fail
 from lavin_data.codecs import decode_image, to_rgb_uint8
 from lavin_data.registry import TASKS
-from lavin_data.shards import INDEX_SCHEMA, atomic_write, error_code, index_path, iter_tar_samples, shard_done
+from lavin_data.shards import (
+    INDEX_SCHEMA,
+    atomic_write,
+    error_code,
+    index_path,
+    iter_tar_samples,
+    read_stats,
+    shard_done,
+)
 from lavin_data.spec import Spec
 
 N_EXAMPLES = 2  # example keys shown per reason code
@@ -603,8 +611,6 @@ def _human_bytes(n: int) -> str:
 def disk_usage(out: Path, manifest: dict) -> dict[str, int]:
     """Bytes of the committed shards (tar + index, as their stats record) the manifest lists,
     per kind (``base``, ``labels``, ``pairs``); deterministic for a build, wherever it lies."""
-    from lavin_data.shards import read_stats
-
     used = {}
     for kind, rels in (manifest.get("shards") or {}).items():
         total = 0
@@ -641,15 +647,17 @@ rds = ray.data.read_webdataset(sorted(glob.glob("{root}/pairs/{task}/*.tar")))
 def render_card(spec: Spec, manifest: dict, reasons: Reasons) -> str:
     """The dataset card (Markdown) as a string: one function per section."""
     tasks = _tasks(manifest, spec)
-    sections = [_card_summary(spec, manifest, tasks), _card_sources(spec, manifest), _card_labelers(spec, manifest),
-                _card_contents(spec, manifest), _card_splits_size_loading(spec, manifest, tasks),
+    totals = tuple(_total(manifest, k) for k in ("counts", "failures", "skipped"))  # ok, failed, skipped
+    sections = [_card_summary(spec, manifest, tasks, totals), _card_sources(spec, manifest),
+                _card_labelers(spec, manifest), _card_contents(spec, manifest, totals),
+                _card_splits_size_loading(spec, manifest, tasks),
                 _card_reasons(spec, reasons), _card_format(), _card_caveats(spec)]
     return "\n".join(line for section in sections for line in section) + "\n"
 
 
-def _card_summary(spec: Spec, manifest: dict, tasks: list[str]) -> list[str]:
+def _card_summary(spec: Spec, manifest: dict, tasks: list[str], totals: tuple[int, int, int]) -> list[str]:
     versions = manifest.get("versions", {})
-    n_ok, n_fail, n_skip = (_total(manifest, k) for k in ("counts", "failures", "skipped"))
+    n_ok, n_fail, n_skip = totals
     lines = [
         f"# {_md(spec.name)}: dataset card", "",
         f"Input/target pairs for training in-context vision generalists (LaVin-DiT style): every task is posed as "
@@ -719,8 +727,8 @@ def _card_labelers(spec: Spec, manifest: dict) -> list[str]:
     return lines
 
 
-def _card_contents(spec: Spec, manifest: dict) -> list[str]:
-    n_ok, n_fail, n_skip = (_total(manifest, k) for k in ("counts", "failures", "skipped"))
+def _card_contents(spec: Spec, manifest: dict, totals: tuple[int, int, int]) -> list[str]:
+    n_ok, n_fail, n_skip = totals
     lines: list[str] = []
     lines += ["", "## Contents", "", "| task | source | labeler | pairs | failed | skipped |",
               "|---|---|---|---:|---:|---:|"]
